@@ -1,0 +1,5 @@
+"""`python -m camseg` runs the CLI."""
+
+from camseg.cli import main
+
+main()

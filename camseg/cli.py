@@ -1,0 +1,229 @@
+"""The `camseg` command line: parses arguments, calls the library, prints for the user.
+
+The only module that imports typer, prints or exits. A `CamsegError` from the library becomes
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from camseg.errors import CamsegError
+
+app = typer.Typer(
+    help="Train and use U-Net models for semantic segmentation of urban driving scenes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+data_app = typer.Typer(help="Check, prepare, download and generate datasets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key: --set data.batch_size=4 (value is YAML)."),
+]
+
+
+def _user_errors(fn: F) -> F:
+    """Turn CamsegError into one stderr line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CamsegError as e:
+            err.print(f"camseg: error: {e}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m:
+        raise CamsegError(f"--size {text!r}: expected HxW, e.g. 96x128")
+    return int(m.group(1)), int(m.group(2))
+
+
+# ---- config -------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+@_user_errors
+def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Print the resolved config (defaults + file + --set) as YAML."""
+    from camseg.config import dump_config, load_config
+
+    out.print(dump_config(load_config(config, set_ or [])), markup=False, end="")
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+@data_app.command("check")
+@_user_errors
+def data_check(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    set_: SetOpt = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset folder (instead of a config).")] = None,
+    layout: Annotated[str, typer.Option(help="Layout of --root: camvid or camseq01.")] = "camvid",
+) -> None:
+    """Check a dataset: pairs, sizes, label values, codes, valid.txt, unreadable files."""
+    from camseg.config import load_config
+    from camseg.data import check_dataset, find_files
+
+    if config is None and root is None:
+        raise CamsegError("give --config FILE or --root DIR")
+    overrides = list(set_ or [])
+    if root is not None:
+        overrides += [f"data.root={root}", f"data.layout={layout}"]
+    cfg = load_config(config, overrides)
+    files = find_files(cfg.data)
+    report = check_dataset(files)
+    out.print(
+        f"[bold]{files.root}[/] ({files.layout}): {report.n_images} images, "
+        f"{report.n_train} train / {report.n_valid} valid, {len(report.codes)} classes",
+        soft_wrap=True,
+    )
+    table = Table("index", "class", "pixel share", title="Pixels per class", min_width=40)
+    for i, (name, share) in enumerate(report.pixel_shares().items()):
+        table.add_row(str(i), name, f"{share:.4f}")
+    out.print(table)
+    if not report.ok:
+        for problem in report.problems:
+            err.print(f"camseg: problem: {problem}", markup=False, soft_wrap=True)
+        err.print(f"camseg: error: {len(report.problems)} problem(s) in {files.root}", markup=False)
+        raise typer.Exit(2)
+    out.print("[green]dataset OK[/]")
+
+
+@data_app.command("prepare")
+@_user_errors
+def data_prepare(
+    src: Annotated[
+        Path, typer.Argument(help="CamSeq01 folder (flat, or CamSeq01_Raw + _Labeled).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="New folder for the camvid layout.")],
+    valid: Annotated[Path | None, typer.Option(help="File listing the validation frames.")] = None,
+    valid_fraction: Annotated[
+        float, typer.Option(help="Without --valid: this fraction of the last frames validates.")
+    ] = 0.2,
+    unknown_as: Annotated[
+        str | None, typer.Option(help="Class for colours not in the table (e.g. Void).")
+    ] = None,
+) -> None:
+    """Convert a CamSeq01 download (colour labels) into the camvid layout, once."""
+    from camseg.data.prepare import prepare_camseq01
+
+    res = prepare_camseq01(
+        src, out_dir, valid=valid, valid_fraction=valid_fraction, unknown_as=unknown_as
+    )
+    out.print(
+        f"wrote {res.n_images} frames ({res.n_images - res.n_valid} train / {res.n_valid} valid) "
+        f"to {res.out}",
+        soft_wrap=True,
+    )
+
+
+@data_app.command("synth")
+@_user_errors
+def data_synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="New folder for the scenes.")],
+    n: Annotated[int, typer.Option("--n", help="Number of scenes.")] = 200,
+    size: Annotated[str, typer.Option(help="Scene size HxW.")] = "96x128",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    valid_fraction: Annotated[float, typer.Option(help="Fraction put in valid.txt.")] = 0.2,
+) -> None:
+    """Render synthetic street scenes labelled with the 32 CamVid classes."""
+    from camseg.data.synth import generate
+
+    generate(out_dir, n=n, size=_size(size), seed=seed, valid_fraction=valid_fraction)
+    out.print(f"wrote {n} synthetic scenes to {out_dir}")
+
+
+@data_app.command("download")
+@_user_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="camvid, camvid-tiny or camseq01.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder for the data.")] = Path(
+        "data"
+    ),
+) -> None:
+    """Download a dataset (needs internet) into the camvid layout."""
+    from camseg.data.prepare import download
+
+    path = download(name, out_dir)
+    out.print(f"{name} is ready at {path}")
+
+
+def _not_yet(verb: str) -> None:
+    raise CamsegError(f"'camseg {verb}' is not yet available in this version")
+
+
+@app.command("train")
+@_user_errors
+def train() -> None:
+    """Train a U-Net with the staged recipe of a config."""
+    _not_yet("train")
+
+
+@app.command("lr-find")
+@_user_errors
+def lr_find() -> None:
+    """Run fastai's learning-rate finder for a stage of a config."""
+    _not_yet("lr-find")
+
+
+@app.command("evaluate")
+@_user_errors
+def evaluate() -> None:
+    """Score a trained model on a dataset split."""
+    _not_yet("evaluate")
+
+
+@app.command("predict")
+@_user_errors
+def predict() -> None:
+    """Write segmentation masks for images."""
+    _not_yet("predict")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="camseg")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

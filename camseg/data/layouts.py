@@ -1,0 +1,237 @@
+"""Dataset layouts on disk (camvid, camseq01, synthetic) -> a file listing -> fastai DataLoaders.
+
+A layout only says where images, labels, codes and the validation list are; everything after
+that (DataBlock, FileSplitter, resizing, augmentation, normalisation) is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from camseg.config import DataConfig
+from camseg.data.files import (
+    IMAGE_SUFFIXES,
+    ColorToIndex,
+    LabelColors,
+    natural_key,
+    read_codes,
+    read_label_colors,
+)
+from camseg.errors import CamsegError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """What a layout found: the frames, where each one's label is, the codes and the split."""
+
+    root: Path
+    layout: str
+    codes: list[str]
+    images: list[Path]
+    label_for: Callable[[Path], Path]
+    valid_file: Path
+    colors: LabelColors | None = field(default=None)
+
+    @property
+    def void_index(self) -> int:
+        return self.codes.index("Void")
+
+
+class CamvidLabel:
+    """get_y for the camvid layout: images/<stem>.png -> labels/<stem>_P.png."""
+
+    def __init__(self, labels_dir: Path) -> None:
+        self.labels_dir = labels_dir
+
+    def __call__(self, image: Path) -> Path:
+        return self.labels_dir / f"{image.stem}_P.png"
+
+
+class Camseq01Label:
+    """get_y for the camseq01 layout: <stem>_L.png, colour-coded."""
+
+    def __init__(self, labels_dir: Path) -> None:
+        self.labels_dir = labels_dir
+
+    def __call__(self, image: Path) -> Path:
+        return self.labels_dir / f"{image.stem}_L.png"
+
+
+class ColorMask:
+    """get_y that reads a colour label and returns its class-index array (for MaskBlock)."""
+
+    def __init__(self, label_for: Callable[[Path], Path], colors: LabelColors) -> None:
+        self.label_for = label_for
+        self.convert = ColorToIndex(colors, unknown_as=None)
+
+    def __call__(self, image: Path) -> np.ndarray:
+        with Image.open(self.label_for(image)) as im:
+            idx, _ = self.convert.convert(np.asarray(im.convert("RGB")))
+        return idx
+
+
+def _image_files(folder: Path, skip_suffix: str | None = None) -> list[Path]:
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not (skip_suffix and p.stem.endswith(skip_suffix))
+    ]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise CamsegError(f"{what} not found: {path}")
+
+
+def camvid_files(root: Path, valid_file: str) -> DatasetFiles:
+    _require_dir(root, "dataset folder")
+    _require_dir(root / "images", "images folder (camvid layout: images/, labels/, codes.txt)")
+    _require_dir(root / "labels", "labels folder (camvid layout: labels/<stem>_P.png)")
+    return DatasetFiles(
+        root=root,
+        layout="camvid",
+        codes=read_codes(root / "codes.txt"),
+        images=_image_files(root / "images"),
+        label_for=CamvidLabel(root / "labels"),
+        valid_file=root / valid_file,
+    )
+
+
+def camseq01_folders(root: Path) -> tuple[Path, Path]:
+    """(raw frames folder, labelled frames folder): split download or flat original zip."""
+    raw, labelled = root / "CamSeq01_Raw", root / "CamSeq01_Labeled"
+    if raw.is_dir() and labelled.is_dir():
+        return raw, labelled
+    return root, root
+
+
+def camseq01_files(root: Path, valid_file: str) -> DatasetFiles:
+    _require_dir(root, "dataset folder")
+    raw, labelled = camseq01_folders(root)
+    colors = read_label_colors(root / "label_colors.txt")
+    codes = list(colors.names)
+    if "Void" not in codes:
+        raise CamsegError(f"{root / 'label_colors.txt'}: no 'Void' class; add '0 0 0<TAB>Void'")
+    return DatasetFiles(
+        root=root,
+        layout="camseq01",
+        codes=codes,
+        images=_image_files(raw, skip_suffix="_L"),
+        label_for=Camseq01Label(labelled),
+        valid_file=root / valid_file,
+        colors=colors,
+    )
+
+
+def synthetic_files(cfg: DataConfig) -> DatasetFiles:
+    """The synthetic set is generated into `root` the first time it is asked for."""
+    from camseg.data.synth import generate
+
+    if not (cfg.root / "images").is_dir():
+        s = cfg.synthetic
+        log.info("generating %d synthetic scenes into %s", s.n, cfg.root)
+        generate(cfg.root, n=s.n, size=s.size, seed=s.seed, valid_fraction=s.valid_fraction)
+    return camvid_files(cfg.root, cfg.valid_file)
+
+
+LAYOUTS: dict[str, Callable[[DataConfig], DatasetFiles]] = {
+    "camvid": lambda cfg: camvid_files(cfg.root, cfg.valid_file),
+    "camseq01": lambda cfg: camseq01_files(cfg.root, cfg.valid_file),
+    "synthetic": synthetic_files,
+}
+
+
+def find_files(cfg: DataConfig) -> DatasetFiles:
+    """List a dataset's files with the layout the config names."""
+    try:
+        make = LAYOUTS[cfg.layout]
+    except KeyError:
+        raise CamsegError(
+            f"unknown data.layout {cfg.layout!r}; valid layouts: {', '.join(LAYOUTS)}"
+        ) from None
+    return make(cfg)
+
+
+def resolve_size(size: tuple[int, int] | float, first_image: Path) -> tuple[int, int]:
+    """[H, W] as given, or a scale of the source image's size, rounded to whole pixels."""
+    if isinstance(size, tuple):
+        return size
+    with Image.open(first_image) as im:
+        w, h = im.size
+    return max(32, round(h * size)), max(32, round(w * size))
+
+
+def auto_workers(on_cuda: bool) -> int:
+    """Worker processes for `num_workers: auto`.
+
+    On a GPU the model waits for data, so use the cores (up to 8). On a CPU the model itself
+    needs the cores, and decoding competes with it, so stay in-process on small machines.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    if on_cuda:
+        return min(8, cpus)
+    return 0 if cpus <= 4 else min(4, cpus // 4)
+
+
+def build_dataloaders(
+    cfg: DataConfig,
+    files: DatasetFiles,
+    *,
+    batch_size: int | None = None,
+    device: object | None = None,
+):
+    """fastai DataLoaders: DataBlock(ImageBlock, MaskBlock(codes)) split by valid.txt."""
+    import torch
+    from fastai.data.block import DataBlock
+    from fastai.data.transforms import FileSplitter, Normalize
+    from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+    from fastai.vision.core import imagenet_stats
+    from fastai.vision.data import ImageBlock, MaskBlock
+
+    size = resolve_size(cfg.size, files.images[0])
+    get_y = files.label_for if files.colors is None else ColorMask(files.label_for, files.colors)
+    aug = cfg.augment
+    batch_tfms = []
+    if aug.enabled:
+        batch_tfms += aug_transforms(
+            do_flip=aug.flip,
+            max_rotate=aug.max_rotate,
+            max_zoom=aug.max_zoom,
+            max_lighting=aug.max_lighting,
+            max_warp=aug.max_warp,
+            p_affine=aug.p_affine,
+            p_lighting=aug.p_lighting,
+        )
+    batch_tfms.append(Normalize.from_stats(*imagenet_stats))
+    block = DataBlock(
+        blocks=(ImageBlock, MaskBlock(files.codes)),
+        get_y=get_y,
+        splitter=FileSplitter(files.valid_file),
+        # Squish, not crop: the whole frame is scored, and CamVid frames keep their aspect.
+        item_tfms=Resize(size, method=ResizeMethod.Squish),
+        batch_tfms=batch_tfms,
+    )
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    on_cuda = dev.type == "cuda"
+    workers = auto_workers(on_cuda) if cfg.num_workers == "auto" else cfg.num_workers
+    pin = on_cuda if cfg.pin_memory == "auto" else cfg.pin_memory
+    return block.dataloaders(
+        files.images,
+        bs=batch_size or cfg.batch_size,
+        num_workers=workers,
+        pin_memory=pin,
+        device=dev,
+    )

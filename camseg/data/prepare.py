@@ -1,0 +1,165 @@
+"""Getting data into the camvid layout: converting a CamSeq01 download once (`data prepare`) and
+the real download paths (`data download`). Writes to a temporary folder and renames it into
+place, so an interrupted conversion never leaves a half-made dataset."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from camseg.data.files import ColorToIndex, read_names
+from camseg.data.layouts import camseq01_files
+from camseg.errors import CamsegError
+
+log = logging.getLogger(__name__)
+
+CAMSEQ01_URL = "http://mi.eng.cam.ac.uk/research/projects/VideoRec/CamSeq01/CamSeq01.zip"
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out: Path
+    n_images: int
+    n_valid: int
+    unknown_pixels: int
+
+
+def _fresh_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
+
+
+def prepare_camseq01(
+    src: Path,
+    out: Path,
+    *,
+    valid: Path | None = None,
+    valid_fraction: float = 0.2,
+    unknown_as: str | None = None,
+) -> PrepareResult:
+    """Convert colour labels to index masks; write images/, labels/, codes.txt, valid.txt."""
+    files = camseq01_files(src, "valid.txt")
+    if not files.images:
+        raise CamsegError(f"{src}: no CamSeq01 frames found (<stem>.png beside <stem>_L.png)")
+    if not 0 < valid_fraction < 1:
+        raise CamsegError(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    _fresh_out(out)
+    codes = files.codes
+    unknown_idx = None
+    if unknown_as is not None:
+        if unknown_as not in codes:
+            raise CamsegError(
+                f"--unknown-as {unknown_as!r} is not a class of label_colors.txt (e.g. Void)"
+            )
+        unknown_idx = codes.index(unknown_as)
+    convert = ColorToIndex(files.colors, unknown_as=unknown_idx)  # type: ignore[arg-type]
+    names = [p.name for p in files.images]
+    if valid is not None:
+        valid_names = read_names(valid)
+        missing = [n for n in valid_names if n not in set(names)]
+        if missing:
+            raise CamsegError(f"{valid}: names not among the frames of {src}: {missing[:3]}")
+    else:
+        # The frames are a video: hold out a contiguous tail, never a random sample.
+        k = max(1, math.ceil(len(names) * valid_fraction))
+        valid_names = names[-k:]
+    if len(set(valid_names)) >= len(names):
+        raise CamsegError("the validation list covers every frame; leave some for training")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    unknown_total = 0
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        for img in files.images:
+            lbl = files.label_for(img)
+            if not lbl.is_file():
+                raise CamsegError(f"{img}: no label (expected {lbl})")
+            with Image.open(lbl) as im:
+                idx, unknown = convert.convert(np.asarray(im.convert("RGB")))
+            if unknown:
+                if unknown_idx is None:
+                    colour, count = max(unknown.items(), key=lambda kv: kv[1])
+                    raise CamsegError(
+                        f"{lbl}: colour RGB{colour} ({count} px) is not in label_colors.txt; "
+                        f"fix the label or pass --unknown-as Void"
+                    )
+                unknown_total += sum(unknown.values())
+            Image.fromarray(idx, mode="L").save(tmp / "labels" / f"{img.stem}_P.png")
+            shutil.copyfile(img, tmp / "images" / img.name)
+        (tmp / "codes.txt").write_text("\n".join(codes) + "\n", encoding="utf-8")
+        (tmp / "valid.txt").write_text("\n".join(valid_names) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if unknown_total:
+        log.warning("%d pixels of unknown colours were labelled %s", unknown_total, unknown_as)
+    return PrepareResult(out, len(names), len(valid_names), unknown_total)
+
+
+# fastai's CamVid validation split is the CamSeq01 sequence: every second frame of 0016E5 from
+# 07959 to 08159. camvid_tiny ships without a valid.txt; this rule recreates the same split.
+def camvid_valid_names(names: list[str]) -> list[str]:
+    keep = []
+    for name in names:
+        stem = Path(name).stem
+        if stem.startswith("0016E5_") and stem[7:].isdigit():
+            frame = int(stem[7:])
+            if 7959 <= frame <= 8159 and frame % 2 == 1:
+                keep.append(name)
+    return keep
+
+
+def _offline(url: str, out: Path, by_hand: str, err: Exception) -> CamsegError:
+    return CamsegError(
+        f"cannot download {url} ({type(err).__name__}: {err}); offline? {by_hand} under {out}"
+    )
+
+
+def download(name: str, out: Path) -> Path:
+    """Fetch a dataset into `out` and return its camvid-layout folder."""
+    if name in ("camvid", "camvid-tiny"):
+        from fastai.data.external import URLs, untar_data
+
+        url = URLs.CAMVID if name == "camvid" else URLs.CAMVID_TINY
+        folder = "camvid" if name == "camvid" else "camvid_tiny"
+        try:
+            path = Path(untar_data(url, data=out))
+        except Exception as e:
+            raise _offline(
+                url, out / folder, "unpack the archive by hand (images/, labels/, codes.txt)", e
+            ) from None
+        valid = path / "valid.txt"
+        if not valid.exists():
+            names = sorted(p.name for p in (path / "images").iterdir())
+            valid.write_text("\n".join(camvid_valid_names(names)) + "\n", encoding="utf-8")
+        return path
+    if name == "camseq01":
+        dest = out / "camseq01"
+        _fresh_out(dest)
+        raw = out / "CamSeq01_raw"
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            archive = Path(tmp) / "CamSeq01.zip"
+            try:
+                urllib.request.urlretrieve(CAMSEQ01_URL, archive)
+            except Exception as e:
+                raise _offline(CAMSEQ01_URL, raw, "unzip CamSeq01.zip by hand", e) from None
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(raw)
+        prepare_camseq01(raw, dest)
+        return dest
+    raise CamsegError(f"unknown dataset {name!r}; choose camvid, camvid-tiny or camseq01")

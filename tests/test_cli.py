@@ -1,0 +1,134 @@
+"""The CLI as a user meets it: exit codes, one-line errors, what each command prints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_verb(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    for verb in ("train", "lr-find", "evaluate", "predict", "config", "data"):
+        assert verb in result.stdout
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run(
+        [sys.executable, "-m", "camseg", "config", "show", "--config", "configs/tiny.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["data"]["size"] == [96, 128]
+
+
+def test_config_show_resolves_overrides(cli):
+    result = cli(
+        "config",
+        "show",
+        "--config",
+        REPO / "configs/half.yaml",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "train.stages[1].epochs=3",
+    )
+    assert result.exit_code == 0
+    shown = yaml.safe_load(result.stdout)
+    assert shown["data"]["batch_size"] == 2
+    assert shown["train"]["stages"][1]["epochs"] == 3
+    assert shown["train"]["stages"][0]["lr"] == 3e-3
+    assert shown["data"]["root"] == str(REPO / "configs" / ".." / "data" / "camvid")
+
+
+def test_config_error_is_one_line_exit_2(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  batchsize: 3\n")
+    result = cli("config", "show", "--config", bad)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"camseg: error: {bad}: unknown key data.batchsize; did you mean data.batch_size?"
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_missing_config_file(cli, tmp_path):
+    result = cli("config", "show", "--config", tmp_path / "nope.yaml")
+    assert result.exit_code == 2
+    assert "config file not found" in result.stderr and "nope.yaml" in result.stderr
+
+
+def test_data_check_clean_and_reports_shares(cli, camvid_tiny):
+    result = cli("data", "check", "--root", camvid_tiny)
+    assert result.exit_code == 0, result.output
+    assert "100 images, 85 train / 15 valid, 32 classes" in result.stdout
+    assert "Road" in result.stdout and "dataset OK" in result.stdout
+
+
+def test_data_check_lists_every_problem(cli, tiny_copy):
+    (tiny_copy / "labels" / "0001TP_006750_P.png").unlink()
+    img = tiny_copy / "images" / "0001TP_007500.png"
+    img.write_bytes(img.read_bytes()[:200])
+    result = cli("data", "check", "--root", tiny_copy)
+    assert result.exit_code == 2
+    assert "0001TP_006750.png: no label" in result.stderr
+    assert "0001TP_007500.png: unreadable image" in result.stderr
+    assert "2 problem(s)" in result.stderr
+
+
+def test_data_check_via_config(cli, camvid_tiny):
+    result = cli(
+        "data", "check", "--config", REPO / "configs/tiny.yaml", "--set", f"data.root={camvid_tiny}"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_prepare_then_check(cli, camseq01_sample, tmp_path):
+    out = tmp_path / "camseq"
+    result = cli("data", "prepare", camseq01_sample, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "4 frames (3 train / 1 valid)" in result.stdout
+    assert cli("data", "check", "--root", out).exit_code == 0
+    again = cli("data", "prepare", camseq01_sample, "--out", out)
+    assert again.exit_code == 2 and "not empty" in again.stderr
+
+
+def test_prepare_unknown_colour_exit_2(cli, camseq01_sample, tmp_path):
+    src = tmp_path / "src"
+    import shutil
+
+    shutil.copytree(camseq01_sample, src)
+    lbl = src / "CamSeq01_Labeled" / "0016E5_07973_L.png"
+    arr = np.array(Image.open(lbl))
+    arr[0, :3] = (9, 9, 9)
+    Image.fromarray(arr).save(lbl)
+    result = cli("data", "prepare", src, "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "RGB(9, 9, 9) (3 px)" in result.stderr and "--unknown-as Void" in result.stderr
+
+
+def test_synth_then_check(cli, tmp_path):
+    out = tmp_path / "syn"
+    assert cli("data", "synth", "--out", out, "--n", "10", "--size", "64x96").exit_code == 0
+    assert cli("data", "check", "--root", out).exit_code == 0
+    bad = cli("data", "synth", "--out", tmp_path / "x", "--size", "64by96")
+    assert bad.exit_code == 2 and "expected HxW" in bad.stderr
+
+
+def test_download_offline_is_one_clear_line(cli, tmp_path):
+    result = cli("data", "download", "camseq01", "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "cannot download http" in result.stderr and "by hand" in result.stderr
+    unknown = cli("data", "download", "voc", "--out", tmp_path)
+    assert unknown.exit_code == 2 and "camvid, camvid-tiny or camseq01" in unknown.stderr

@@ -1,0 +1,118 @@
+"""Config loading, --set overrides, presets and every kind of config error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from camseg.config import Config, load_config
+from camseg.errors import CamsegError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_file_and_overrides(tmp_path):
+    path = write(tmp_path, "data:\n  batch_size: 4\n  root: some/data\ntrain:\n  wd: 1.0e-2\n")
+    cfg = load_config(path, ["train.stages[0].lr=[1e-6, 1e-4]", "data.size=[96, 128]"])
+    assert cfg.data.batch_size == 4
+    assert cfg.train.wd == pytest.approx(0.01)
+    assert cfg.train.stages[0].lr == (1e-6, 1e-4)
+    assert cfg.data.size == (96, 128)
+    # paths written in a config file are relative to that file's folder
+    assert cfg.data.root == tmp_path / "some" / "data"
+    assert cfg.model.arch == "resnet34"  # untouched default
+
+
+def test_override_dotted_index_form_and_yaml_values(tmp_path):
+    cfg = load_config(None, ["train.stages.0.lr=find", "train.fp16=false", "model.weights=w.pth"])
+    assert cfg.train.stages[0].lr == "find"
+    assert cfg.train.fp16 is False
+    assert cfg.model.weights == Path("w.pth")
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        (
+            "data:\n  batchsize: 3\n",
+            [],
+            "unknown key data.batchsize; did you mean data.batch_size?",
+        ),
+        ("trian:\n  wd: 1\n", [], "did you mean train?"),
+        ("data:\n  batch_size: -1\n", [], "data.batch_size = -1"),
+        ("data:\n  batch_size: many\n", [], "data.batch_size = 'many'"),
+        ("train:\n  stages:\n  - epochs: 0\n", [], "train.stages[0].epochs = 0"),
+        ("train:\n  stages:\n  - lr: [1.0e-3, 1.0e-5]\n", [], "low <= high"),
+        ("train:\n  stages:\n  - lr: fast\n", [], "a [low, high] pair or 'find'"),
+        ("train:\n  stages: []\n", [], "at least one stage"),
+        ("train:\n  device: gpu\n", [], "train.device = 'gpu'"),
+        ("data:\n  layout: voc\n", [], "'camvid', 'camseq01' or 'synthetic'"),
+        ("model:\n  arch: vgg16\n", [], "'resnet18', 'resnet34' or 'resnet50'"),
+        ("data:\n  size: [10, 20]\n", [], "at least 32 pixels"),
+        ("data: {}\n", ["train.stages[0].lrr=1"], "did you mean train.stages[0].lr?"),
+        ("data: {}\n", ["train.stages[5].lr=1"], "index [5] does not exist"),
+        ("data: {}\n", ["nokey"], "expected key=value"),
+        ("data:\n  size: [96, 128\n", [], "YAML syntax error"),
+        ("", [], "config file is empty"),
+        ("- 1\n- 2\n", [], "expected a mapping"),
+        ("data: !!python/object/apply:os.system ['echo pwned']\n", [], "YAML tag refused"),
+    ],
+)
+def test_config_errors_are_one_line(tmp_path, text, overrides, expected):
+    with pytest.raises(CamsegError) as exc:
+        load_config(write(tmp_path, text), overrides)
+    message = str(exc.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_yaml_error_names_line(tmp_path):
+    path = write(tmp_path, "data:\n  batch_size: 4\n  size: [96, 128\n")
+    with pytest.raises(CamsegError, match=r"c\.yaml:\d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_missing_file_named(tmp_path):
+    with pytest.raises(CamsegError, match=r"config file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("preset", ["half", "full", "tiny", "demo"])
+def test_presets_load_and_differ_from_defaults(preset):
+    path = REPO / "configs" / f"{preset}.yaml"
+    cfg = load_config(path)
+    assert cfg != Config()
+    # every value in a preset carries a why-comment
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        is_label = stripped.startswith("- name:")
+        if (
+            stripped
+            and not stripped.startswith("#")
+            and not stripped.endswith(":")
+            and not is_label
+        ):
+            assert "#" in line, f"{preset}.yaml: value without a why-comment: {line!r}"
+
+
+def test_half_and_full_presets_match_the_paper():
+    half = load_config(REPO / "configs" / "half.yaml")
+    assert half.data.size == 0.5 and half.data.batch_size == 8 and half.train.wd == 1e-2
+    s1, s2 = half.train.stages
+    assert (s1.epochs, s1.freeze, s1.lr, s1.pct_start) == (10, True, 3e-3, 0.9)
+    assert (s2.epochs, s2.freeze, s2.pct_start) == (12, False, 0.8)
+    assert s2.lr == pytest.approx((3e-3 / 400, 3e-3 / 4))
+    full = load_config(REPO / "configs" / "full.yaml")
+    assert full.data.size == 1.0 and full.data.batch_size == 3
+    assert full.model.init_from is not None and full.model.init_from.name == "half"
+    f1, f2 = full.train.stages
+    assert (f1.epochs, f1.freeze, f1.lr, f1.pct_start) == (10, True, 1e-3, 0.8)
+    assert (f2.epochs, f2.freeze) == (10, False)
+    assert f2.lr == pytest.approx((1e-6, 1e-4))

@@ -1,0 +1,219 @@
+"""Dataset layouts on real CamVid / CamSeq01 data, the CamSeq01 conversion, synthetic scenes
+and the faults `data check` must catch."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camseg.config import load_config
+from camseg.data import build_dataloaders, check_dataset, find_files
+from camseg.data.files import read_codes, resource_path
+from camseg.data.prepare import camvid_valid_names, prepare_camseq01
+from camseg.data.synth import generate
+from camseg.errors import CamsegError
+
+
+def tiny_cfg(root: Path, *overrides: str):
+    return load_config(None, [f"data.root={root}", "data.size=[96,128]", *overrides]).data
+
+
+def test_camvid_tiny_layout_split_and_batch(camvid_tiny):
+    cfg = tiny_cfg(camvid_tiny, "data.batch_size=4", "data.num_workers=0")
+    files = find_files(cfg)
+    assert len(files.codes) == 32 and files.void_index == 30
+    report = check_dataset(files)
+    assert report.ok, report.problems
+    assert (report.n_train, report.n_valid) == (85, 15)
+    dls = build_dataloaders(cfg, files)
+    assert len(dls.train_ds) == 85 and len(dls.valid_ds) == 15
+    valid_names = {Path(p).name for p in dls.valid_ds.items}
+    assert valid_names == set((camvid_tiny / "valid.txt").read_text().split())
+    xb, yb = dls.one_batch()
+    assert xb.shape == (4, 3, 96, 128) and xb.dtype == torch.float32
+    assert yb.shape == (4, 96, 128) and yb.dtype == torch.int64
+    assert int(yb.max()) < 32
+    assert abs(float(xb.mean())) < 1.5  # ImageNet-normalised, not 0-255
+
+
+def test_scale_size_resizes_from_source(camvid_tiny):
+    cfg = tiny_cfg(camvid_tiny, "data.size=0.5", "data.batch_size=2", "data.num_workers=0")
+    xb, yb = build_dataloaders(cfg, find_files(cfg)).one_batch()
+    assert xb.shape[-2:] == (48, 64) and yb.shape[-2:] == (48, 64)
+
+
+def test_camseq01_conversion_matches_camvid_tiny(camseq01_sample, camvid_tiny, tmp_path):
+    out = tmp_path / "camseq"
+    res = prepare_camseq01(camseq01_sample, out)
+    assert (res.n_images, res.n_valid) == (4, 1)
+    # codes come from label_colors.txt in its line order = the CamVid codes
+    assert read_codes(out / "codes.txt") == read_codes(camvid_tiny / "codes.txt")
+    # contiguous tail of the sequence, not a random pick
+    assert (out / "valid.txt").read_text().split() == ["0016E5_07997.png"]
+    for stem in ["0016E5_07973", "0016E5_07979", "0016E5_07995", "0016E5_07997"]:
+        mine = Image.open(out / "labels" / f"{stem}_P.png")
+        assert mine.mode == "L" and mine.size == (960, 720)
+        small = np.asarray(mine.resize((128, 96), Image.NEAREST))
+        ref = np.asarray(Image.open(camvid_tiny / "labels" / f"{stem}_P.png"))
+        assert (small == ref).mean() >= 0.99, stem
+    cfg = load_config(None, [f"data.root={out}"]).data
+    assert check_dataset(find_files(cfg)).ok
+
+
+def test_camseq01_flat_layout_and_direct_loading(camseq01_sample, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in (camseq01_sample / "CamSeq01_Raw").iterdir():
+        shutil.copy(p, flat / p.name)
+    for p in (camseq01_sample / "CamSeq01_Labeled").iterdir():
+        shutil.copy(p, flat / p.name)
+    shutil.copy(camseq01_sample / "label_colors.txt", flat)
+    (flat / "valid.txt").write_text("0016E5_07997.png\n")
+    cfg = tiny_cfg(flat, "data.layout=camseq01", "data.batch_size=3", "data.num_workers=0")
+    files = find_files(cfg)
+    assert next(p.stem for p in files.images) == "0016E5_07973" and len(files.images) == 4
+    assert check_dataset(files).ok
+    _xb, yb = build_dataloaders(cfg, files).one_batch()
+    assert yb.shape == (3, 96, 128) and int(yb.max()) < 32
+
+
+def test_camseq01_valid_file_and_unknown_colour(camseq01_sample, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(camseq01_sample, src)
+    lbl = src / "CamSeq01_Labeled" / "0016E5_07979_L.png"
+    arr = np.array(Image.open(lbl))
+    arr[:10, :10] = (1, 2, 3)
+    Image.fromarray(arr).save(lbl)
+    with pytest.raises(CamsegError, match=r"0016E5_07979_L\.png: colour RGB\(1, 2, 3\) \(100 px\)"):
+        prepare_camseq01(src, tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # nothing half-written
+    valid = tmp_path / "v.txt"
+    valid.write_text("0016E5_07973.png\n0016E5_07979.png\n")
+    res = prepare_camseq01(src, tmp_path / "b", valid=valid, unknown_as="Void")
+    assert res.unknown_pixels == 100 and res.n_valid == 2
+    void = np.asarray(Image.open(tmp_path / "b" / "labels" / "0016E5_07979_P.png"))[:10, :10]
+    assert (void == 30).all()
+
+
+def test_camvid_valid_rule_reproduces_tiny_split(camvid_tiny):
+    names = sorted(p.name for p in (camvid_tiny / "images").iterdir())
+    assert camvid_valid_names(names) == sorted((camvid_tiny / "valid.txt").read_text().split())
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_synth_is_deterministic_and_valid(tmp_path):
+    a = generate(tmp_path / "a", n=8, size=(64, 96), seed=3)
+    b = generate(tmp_path / "b", n=8, size=(64, 96), seed=3)
+    c = generate(tmp_path / "c", n=8, size=(64, 96), seed=4)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+    codes = read_codes(resource_path("codes.txt"))
+    report = check_dataset(find_files(tiny_cfg(a)))
+    assert report.ok and (report.n_train, report.n_valid) == (6, 2)
+    present = {codes[i] for i, n in enumerate(report.class_pixels) if n}
+    assert {"Sky", "Building", "Road", "Sidewalk", "LaneMkgsDriv", "Void"} <= present
+    assert len(present) >= 8  # poles, trees, cars, people ... appear too
+    photo = np.asarray(Image.open(a / "images" / "synth_00000.png"))
+    assert photo.shape == (64, 96, 3) and photo.std() > 20  # textured, not flat colour
+
+
+def test_synthetic_layout_generates_on_first_use(tmp_path):
+    cfg = tiny_cfg(tmp_path / "syn", "data.layout=synthetic", "data.synthetic.n=6")
+    files = find_files(cfg)
+    assert len(files.images) == 6 and (tmp_path / "syn" / "valid.txt").is_file()
+
+
+# ---- faults data check must catch --------------------------------------------------------
+
+
+def _problems(root: Path) -> list[str]:
+    return check_dataset(find_files(tiny_cfg(root))).problems
+
+
+def test_check_missing_label(tiny_copy):
+    (tiny_copy / "labels" / "0001TP_006750_P.png").unlink()
+    assert any("0001TP_006750.png: no label" in p for p in _problems(tiny_copy))
+
+
+def test_check_label_without_image(tiny_copy):
+    (tiny_copy / "images" / "0001TP_006840.png").unlink()
+    assert any("0001TP_006840_P.png: label without an image" in p for p in _problems(tiny_copy))
+
+
+def test_check_size_mismatch(tiny_copy):
+    lbl = tiny_copy / "labels" / "0001TP_006750_P.png"
+    Image.open(lbl).resize((64, 48), Image.NEAREST).save(lbl)
+    assert any("0001TP_006750_P.png: size 64x48 differs" in p for p in _problems(tiny_copy))
+
+
+def test_check_label_value_out_of_range(tiny_copy):
+    lbl = tiny_copy / "labels" / "0001TP_006750_P.png"
+    arr = np.array(Image.open(lbl))
+    arr[0, 0] = 40
+    Image.fromarray(arr).save(lbl)
+    assert any("label value 40 >= number of codes (32)" in p for p in _problems(tiny_copy))
+
+
+def test_check_truncated_png(tiny_copy):
+    img = tiny_copy / "images" / "0001TP_007500.png"
+    img.write_bytes(img.read_bytes()[:300])
+    assert any("0001TP_007500.png: unreadable image" in p for p in _problems(tiny_copy))
+
+
+def test_check_palette_and_16bit_labels(tiny_copy):
+    lbl = tiny_copy / "labels" / "0001TP_006750_P.png"
+    Image.open(lbl).convert("P").save(lbl)
+    lbl2 = tiny_copy / "labels" / "0001TP_006840_P.png"
+    Image.fromarray(np.array(Image.open(lbl2)).astype(np.uint16)).save(lbl2)
+    problems = _problems(tiny_copy)
+    assert any("0001TP_006750_P.png: palette-mode label" in p for p in problems)
+    assert any("0001TP_006840_P.png: label must be 8-bit" in p for p in problems)
+
+
+def test_check_valid_txt_faults(tiny_copy):
+    valid = tiny_copy / "valid.txt"
+    valid.write_text(valid.read_text() + "nope_000.png\n")
+    assert any("names not among the images: nope_000.png" in p for p in _problems(tiny_copy))
+    valid.write_text("")
+    assert any("validation list is empty" in p for p in _problems(tiny_copy))
+    valid.write_text("\n".join(p.name for p in (tiny_copy / "images").iterdir()))
+    assert any("leaving no training set" in p for p in _problems(tiny_copy))
+
+
+def test_codes_without_void_or_with_duplicates(tiny_copy):
+    codes = tiny_copy / "codes.txt"
+    text = codes.read_text()
+    codes.write_text(text.replace("Void\n", "Nothing\n"))
+    with pytest.raises(CamsegError, match="no 'Void' class"):
+        find_files(tiny_cfg(tiny_copy))
+    codes.write_text(text.replace("Wall", "Road"))
+    with pytest.raises(CamsegError, match="duplicate class names Road"):
+        find_files(tiny_cfg(tiny_copy))
+
+
+def test_check_unknown_colour_in_camseq01(camseq01_sample, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(camseq01_sample, src)
+    (src / "valid.txt").write_text("0016E5_07997.png\n")
+    lbl = src / "CamSeq01_Labeled" / "0016E5_07995_L.png"
+    arr = np.array(Image.open(lbl))
+    arr[5:9, 5:9] = (7, 7, 7)
+    Image.fromarray(arr).save(lbl)
+    problems = check_dataset(find_files(tiny_cfg(src, "data.layout=camseq01"))).problems
+    assert any(
+        "0016E5_07995_L.png: colours not in label_colors.txt: RGB(7, 7, 7) (16 px)" in p
+        for p in problems
+    )
