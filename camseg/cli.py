@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -62,6 +63,9 @@ def _user_errors(fn: F) -> F:
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
+    # fastai's own import-time deprecation chatter is not something a user can act on
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+    warnings.filterwarnings("ignore", message="The 'mode.chained_assignment' option")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -192,18 +196,113 @@ def _not_yet(verb: str) -> None:
     raise CamsegError(f"'camseg {verb}' is not yet available in this version")
 
 
+_TABLE = "{:<10} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8}"
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+
+
+def _print_epoch(row: Any) -> None:
+    if out.is_terminal:  # overwrite what is left of fastai's progress bar on this line
+        out.file.write("\r\x1b[2K")
+    out.print(
+        _TABLE.format(
+            row.stage_name[:10],
+            row.epoch,
+            f"{row.train_loss:.6f}",
+            f"{row.valid_loss:.6f}",
+            f"{row.acc_camvid:.6f}",
+            f"{row.miou:.4f}",
+            _fmt_time(row.seconds),
+        ),
+        markup=False,
+        highlight=False,
+    )
+
+
+def _print_stage(index: int, name: str, lr: Any) -> None:
+    shown = f"slice({lr[0]:.2e}, {lr[1]:.2e})" if isinstance(lr, list | tuple) else f"{lr:.2e}"
+    out.print(f"[bold]stage {index} ({name})[/]: lr {shown}")
+    out.print(
+        _TABLE.format("stage", "epoch", "train_loss", "valid_loss", "acc_camvid", "miou", "time"),
+        markup=False,
+    )
+
+
 @app.command("train")
 @_user_errors
-def train() -> None:
-    """Train a U-Net with the staged recipe of a config."""
-    _not_yet("train")
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under output.dir).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Train a U-Net with the staged recipe of a config (or resume a run)."""
+    from camseg.config import load_config
+    from camseg.train import TrainingInterrupted, describe_command, train_new, train_resume
+
+    if (config is None) == (resume is None):
+        raise CamsegError("give either --config FILE (a new run) or --resume RUN_DIR")
+    progress = not no_progress and out.is_terminal
+    try:
+        if resume is not None:
+            out.print(f"resuming [bold]{resume}[/]")
+            summary = train_resume(
+                resume,
+                overrides=list(set_ or []),
+                progress=progress,
+                on_epoch=_print_epoch,
+                on_stage=_print_stage,
+            )
+        else:
+            summary = train_new(
+                load_config(config, set_ or []),
+                config_path=config,
+                name=name,
+                command=describe_command(["camseg", *sys.argv[1:]]),
+                progress=progress,
+                on_epoch=_print_epoch,
+                on_start=lambda d: out.print(f"run folder [bold]{d}[/]"),
+                on_stage=_print_stage,
+            )
+    except TrainingInterrupted as e:
+        err.print(f"camseg: {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if summary.epochs:
+        out.print(
+            f"best acc_camvid {summary.best_acc_camvid:.4f} ({summary.best_stage}, epoch "
+            f"{summary.best_epoch}); {summary.epochs} epochs in {_fmt_time(summary.seconds)}, "
+            f"{summary.images_per_second:.1f} images/s; model: {summary.run_dir / 'model.pth'}",
+            soft_wrap=True,
+        )
 
 
 @app.command("lr-find")
 @_user_errors
-def lr_find() -> None:
-    """Run fastai's learning-rate finder for a stage of a config."""
-    _not_yet("lr-find")
+def lr_find(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    stage: Annotated[int, typer.Option(help="Stage index whose freeze state to use.")] = 0,
+    num_it: Annotated[int, typer.Option(help="Iterations to run (fastai's default 100).")] = 100,
+    name: Annotated[str | None, typer.Option(help="Output folder name under output.dir.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Run fastai's learning-rate finder for a stage of a config (paper Fig. 9/10)."""
+    import json
+
+    from camseg.config import load_config
+    from camseg.train import lr_find as find
+    from camseg.train import run_name
+
+    cfg = load_config(config, set_ or [])
+    progress = not no_progress and out.is_terminal
+    out_dir, suggestions = find(
+        cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, num_it=num_it
+    )
+    out.print(json.dumps(suggestions, indent=2), markup=False)
+    out.print(f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}")
 
 
 @app.command("evaluate")

@@ -253,7 +253,20 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             p = Path(sec[key]).expanduser()
-            sec[key] = str(p if p.is_absolute() else (base / p))
+            sec[key] = str(p if p.is_absolute() else (base.absolute() / p))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """The same config with every path absolute (what a run folder stores, so that resuming
+    from another working folder reads the same files)."""
+    updates: dict[str, dict[str, Path]] = {}
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and not value.is_absolute():
+            updates.setdefault(section, {})[key] = value.absolute()
+    return cfg.model_copy(
+        update={s: getattr(cfg, s).model_copy(update=u) for s, u in updates.items()}
+    )
 
 
 _TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")

@@ -1,0 +1,128 @@
+"""Void-masked pixel accuracy (the paper's acc_camvid), mIoU and per-class scores, all from one
+confusion matrix accumulated over a whole split; fastai `Metric`s that accumulate it in training.
+
+Not a mean of batch means: a batch with few non-Void pixels weighs what its pixels weigh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fastai.learner import Metric
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(n, n) int64 counts; row = true class, column = predicted class.
+
+    `pred` holds class indices (any shape) or logits with classes on dim 1.
+    """
+    if pred.dim() == target.dim() + 1:
+        pred = pred.argmax(dim=1)
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long()
+    keep = (target >= 0) & (target < n_classes)
+    flat = target[keep] * n_classes + pred[keep]
+    return torch.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def acc_camvid(cm: torch.Tensor, void_index: int) -> float:
+    """Correct pixels / pixels whose true class is not Void. NaN when every pixel is Void."""
+    cm = cm.double()
+    keep = torch.ones(cm.shape[0], dtype=torch.bool, device=cm.device)
+    keep[void_index] = False
+    total = cm[keep].sum()
+    if total == 0:
+        return float("nan")
+    return float(cm.diagonal()[keep].sum() / total)
+
+
+def pixel_acc(cm: torch.Tensor) -> float:
+    """Correct pixels / all pixels, Void counted."""
+    total = cm.sum()
+    return float(cm.diagonal().sum().double() / total) if total else float("nan")
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    iou: list[float]
+    precision: list[float]
+    recall: list[float]
+    share: list[float]
+    present: list[bool]
+
+
+def class_scores(cm: torch.Tensor) -> ClassScores:
+    """Per-class IoU, precision, recall and pixel share (NaN where undefined)."""
+    cm = cm.double().cpu()
+    tp = cm.diagonal()
+    true = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    union = true + predicted - tp
+
+    def div(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+        return torch.where(b > 0, a / b.clamp(min=1), torch.full_like(a, float("nan"))).tolist()
+
+    total = cm.sum()
+    return ClassScores(
+        iou=div(tp, union),
+        precision=div(tp, predicted),
+        recall=div(tp, true),
+        share=(true / total).tolist() if total else [float("nan")] * len(tp),
+        present=(true > 0).tolist(),
+    )
+
+
+def miou(cm: torch.Tensor, void_index: int) -> float:
+    """Mean IoU over the non-Void classes present in the labels. Void pixels are ignored."""
+    cm = cm.clone()
+    # Void pixels are not scored; a Void prediction on a scored pixel still counts as a miss.
+    cm[void_index, :] = 0
+    scores = class_scores(cm)
+    ious = [
+        iou
+        for i, (iou, present) in enumerate(zip(scores.iou, scores.present, strict=True))
+        if present and i != void_index
+    ]
+    return float(sum(ious) / len(ious)) if ious else float("nan")
+
+
+class ConfusionMetric(Metric):
+    """Accumulates the validation confusion matrix; subclasses turn it into one number."""
+
+    def __init__(self, n_classes: int, void_index: int) -> None:
+        self.n_classes, self.void_index = n_classes, void_index
+        self.cm: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.cm = None
+
+    def accumulate(self, learn) -> None:
+        cm = confusion_matrix(learn.pred.detach(), learn.yb[0], self.n_classes)
+        # Under DistributedDataParallel, to_detach gathers every rank's matrix; sum them.
+        cm = learn.to_detach(cm[None]).sum(dim=0)
+        self.cm = cm if self.cm is None else self.cm + cm
+
+
+class AccCamvid(ConfusionMetric):
+    """Pixel accuracy ignoring Void, over the whole validation set (the paper's number)."""
+
+    @property
+    def name(self) -> str:
+        return "acc_camvid"
+
+    @property
+    def value(self) -> float | None:
+        return None if self.cm is None else acc_camvid(self.cm, self.void_index)
+
+
+class MeanIoU(ConfusionMetric):
+    """Mean IoU over non-Void classes present in the validation labels."""
+
+    @property
+    def name(self) -> str:
+        return "miou"
+
+    @property
+    def value(self) -> float | None:
+        return None if self.cm is None else miou(self.cm, self.void_index)

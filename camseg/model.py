@@ -1,0 +1,236 @@
+"""The network: fastai's U-Net on a torchvision ResNet encoder, its ImageNet or local weights,
+and the `model.pth` file that evaluate and predict rebuild it from (no pickled code).
+
+Training schedules live in train.py; this module only builds and loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision import models
+
+from camseg import __version__
+from camseg.atomic import atomic_torch_save
+from camseg.config import ModelConfig
+from camseg.errors import CamsegError
+
+log = logging.getLogger(__name__)
+
+# name -> (torchvision constructor, its ImageNet weights)
+ARCHS: dict[str, tuple[Callable[..., nn.Module], models.WeightsEnum]] = {
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
+}
+
+MODEL_FORMAT = "camseg-model"
+CHECKPOINT_FORMAT = "camseg-checkpoint"
+FILE_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def arch_fn(name: str) -> Callable[..., nn.Module]:
+    try:
+        return ARCHS[name][0]
+    except KeyError:
+        raise CamsegError(f"unknown model.arch {name!r}; valid: {', '.join(ARCHS)}") from None
+
+
+def _cache_file(weights: models.WeightsEnum) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def encoder_state(cfg: ModelConfig) -> dict[str, torch.Tensor] | None:
+    """The encoder weights the config asks for (torchvision keys), or None for random init."""
+    fn, weights = ARCHS[cfg.arch]
+    if cfg.weights is not None:
+        state = _load_file(cfg.weights, "model.weights")
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise CamsegError(
+                f"{cfg.weights}: not a torchvision {cfg.arch} state dict (model.weights)"
+            )
+        missing, unexpected = fn(weights=None).load_state_dict(state, strict=False)
+        if missing or [k for k in unexpected if not k.startswith("fc.")]:
+            raise CamsegError(
+                f"{cfg.weights}: does not fit a torchvision {cfg.arch} "
+                f"(missing {missing[:2]}, unexpected {unexpected[:2]}); check model.arch"
+            )
+        return state
+    if not cfg.pretrained:
+        return None
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as e:  # URLError, socket errors, HTTP errors: all mean "no weights here"
+        raise CamsegError(
+            f"ImageNet weights for {cfg.arch} are not in torch's cache ({_cache_file(weights)}) "
+            f"and could not be downloaded ({type(e).__name__}); either set model.weights=PATH to "
+            f"a local torchvision {cfg.arch} state dict, or set model.pretrained=false"
+        ) from None
+
+
+def build_learner(
+    dls: Any,
+    cfg: ModelConfig,
+    *,
+    codes: list[str],
+    metrics: list,
+    path: Path,
+    wd: float | None,
+    moms: tuple[float, float, float],
+) -> Any:
+    """fastai unet_learner with the encoder initialised as the config says."""
+    from fastai.vision.learner import unet_learner
+
+    learn = unet_learner(
+        dls,
+        arch_fn(cfg.arch),
+        pretrained=False,  # weights are loaded below, so an offline machine never tries a download
+        n_out=len(codes),
+        metrics=metrics,
+        path=path,
+        model_dir="checkpoints",
+        wd=wd,
+        moms=moms,
+        self_attention=cfg.self_attention,
+        blur=cfg.blur,
+    )
+    state = encoder_state(cfg)
+    if state is not None:
+        tv = ARCHS[cfg.arch][0](weights=None)
+        tv.load_state_dict(state, strict=False)
+        body = nn.Sequential(*list(tv.children())[:-2])  # fastai's resnet cut: drop pool and fc
+        learn.model[0].load_state_dict(body.state_dict())
+    if cfg.init_from is not None:
+        load_init_weights(learn.model, cfg.init_from, codes)
+    return learn
+
+
+def _load_file(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CamsegError(f"{what}: file not found: {path}")
+    try:
+        # weights_only: a model file is data; a pickle that carries code is refused, not run.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CamsegError(
+            f"{path}: cannot load ({what}): {first[:200]}; is it a complete camseg/torch file?"
+        ) from None
+
+
+def resolve_model_path(path: Path) -> Path:
+    """A run folder -> its model.pth, or its best checkpoint when training did not finish."""
+    if path.is_dir():
+        for candidate in (path / "model.pth", path / "checkpoints" / "best.pth"):
+            if candidate.is_file():
+                return candidate
+        raise CamsegError(f"{path}: no model.pth or checkpoints/best.pth in this run folder")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What model.pth (or a checkpoint) says about the network it holds."""
+
+    path: Path
+    arch: str
+    codes: list[str]
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    self_attention: bool
+    blur: bool
+    state_dict: dict[str, torch.Tensor]
+
+    def build(self) -> nn.Module:
+        """Rebuild the U-Net and load the weights (fastai's create_unet_model, no download)."""
+        from fastai.vision.learner import create_unet_model
+
+        model = create_unet_model(
+            arch_fn(self.arch),
+            len(self.codes),
+            self.size,
+            pretrained=False,
+            self_attention=self.self_attention,
+            blur=self.blur,
+        )
+        model.load_state_dict(self.state_dict)
+        return model
+
+
+def read_model_file(path: Path) -> ModelFile:
+    """Load model.pth or a training checkpoint (a run folder is resolved to its model)."""
+    path = resolve_model_path(path)
+    obj = _load_file(path, "model file")
+    if not isinstance(obj, dict) or obj.get("format") not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        raise CamsegError(f"{path}: not a camseg model file or checkpoint")
+    if obj.get("version") != FILE_VERSION:
+        raise CamsegError(
+            f"{path}: file format version {obj.get('version')} but this camseg "
+            f"({__version__}) reads version {FILE_VERSION}; re-export it with a matching camseg"
+        )
+    meta = obj["meta"]
+    return ModelFile(
+        path=path,
+        arch=meta["arch"],
+        codes=list(meta["codes"]),
+        size=tuple(meta["size"]),  # type: ignore[arg-type]
+        mean=tuple(meta["mean"]),  # type: ignore[arg-type]
+        std=tuple(meta["std"]),  # type: ignore[arg-type]
+        self_attention=bool(meta["self_attention"]),
+        blur=bool(meta["blur"]),
+        state_dict=obj["model"],
+    )
+
+
+def model_meta(cfg: ModelConfig, codes: list[str], size: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "arch": cfg.arch,
+        "codes": list(codes),
+        "size": list(size),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "self_attention": cfg.self_attention,
+        "blur": cfg.blur,
+        "camseg_version": __version__,
+    }
+
+
+def write_model_file(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """model.pth: weights + what is needed to rebuild and use them; loads with weights_only."""
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    atomic_torch_save(
+        path, {"format": MODEL_FORMAT, "version": FILE_VERSION, "meta": meta, "model": state}
+    )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def load_init_weights(model: nn.Module, source: Path, codes: list[str]) -> None:
+    """Start from an earlier run's weights (progressive resizing). Codes must match."""
+    found = read_model_file(source)
+    if found.codes != codes:
+        raise CamsegError(
+            f"model.init_from {found.path} was trained on other classes: "
+            f"{found.codes} vs this data's {codes}"
+        )
+    try:
+        _unwrap(model).load_state_dict(found.state_dict)
+    except RuntimeError as e:
+        raise CamsegError(
+            f"model.init_from {found.path}: weights do not fit this model "
+            f"({str(e).splitlines()[0][:160]}); check model.arch ({found.arch} there)"
+        ) from None
+    log.info("initialised from %s", found.path)

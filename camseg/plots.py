@@ -1,0 +1,130 @@
+"""Every figure camseg draws (matplotlib, Agg backend): lr finder, lr/momentum schedule, losses,
+image / ground truth / prediction grid, confusion heatmap. Each function writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from camseg.atomic import atomic_write
+from camseg.data.files import read_label_colors, resource_path
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def palette(codes: list[str]) -> np.ndarray:
+    """CamVid colours for these class names (grey for a name not in the CamVid table)."""
+    table = read_label_colors(resource_path("label_colors.txt"))
+    by_name = dict(zip(table.names, table.colors, strict=True))
+    return np.array([by_name.get(c, (128, 128, 128)) for c in codes], dtype=np.uint8)
+
+
+def plot_lr_find(recorder: Any, suggestions: dict[str, float], path: Path) -> None:
+    """Loss against learning rate (paper Fig. 9/10) with fastai's suggestions marked."""
+    lrs = [float(x) for x in recorder.lrs]
+    losses = [float(x) for x in recorder.losses]
+    skip = 5 if len(lrs) > 10 else 0  # the last steps diverge and squash the plot
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs[: len(lrs) - skip], losses[: len(losses) - skip])
+    for (name, lr), colour in zip(suggestions.items(), ("C1", "C2", "C3", "C4"), strict=False):
+        ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="lr finder")
+    ax.legend()
+    _save(fig, path)
+
+
+def _stage_edges(stages: list[int]) -> list[int]:
+    return [i for i in range(1, len(stages)) if stages[i] != stages[i - 1]]
+
+
+def plot_schedule(iters: dict[str, list], path: Path) -> None:
+    """Learning rate and momentum against iteration, all stages (paper Fig. 7/8)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a1.plot(iters["lr"])
+    a1.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
+    a2.plot(iters["mom"])
+    a2.set(xlabel="iteration", ylabel="momentum", title="momentum")
+    for ax in (a1, a2):
+        for edge in _stage_edges(iters["stage"]):
+            ax.axvline(edge, color="grey", linestyle=":")
+    _save(fig, path)
+
+
+def plot_losses(iters: dict[str, list], valid_points: list[list[float]], path: Path) -> None:
+    """Smoothed train loss per iteration and valid loss per epoch (paper Fig. 11/12)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(iters["loss"], label="train")
+    if valid_points:
+        x, y = zip(*valid_points, strict=True)
+        ax.plot(x, y, marker="o", label="valid")
+    for edge in _stage_edges(iters["stage"]):
+        ax.axvline(edge, color="grey", linestyle=":")
+    ax.set(xlabel="iteration", ylabel="loss", title="losses")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_grid(
+    images: np.ndarray,
+    truths: np.ndarray | None,
+    preds: np.ndarray,
+    codes: list[str],
+    path: Path,
+    titles: list[str] | None = None,
+) -> None:
+    """Rows of image / ground truth / prediction (paper Fig. 14); uint8 HxWx3 and HxW arrays."""
+    pal = palette(codes)
+    cols = 3 if truths is not None else 2
+    n = len(images)
+    fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 3 * n), squeeze=False)
+    for r in range(n):
+        panels = [images[r]] + ([pal[truths[r]]] if truths is not None else []) + [pal[preds[r]]]
+        names = ["image"] + (["ground truth"] if truths is not None else []) + ["prediction"]
+        for c, (panel, name) in enumerate(zip(panels, names, strict=True)):
+            axes[r, c].imshow(panel)
+            axes[r, c].set_axis_off()
+            title = name if r == 0 else ""
+            if c == 0 and titles:
+                title = f"{title}\n{titles[r]}" if title else titles[r]
+            axes[r, c].set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def plot_results(learn: Any, codes: list[str], path: Path, n: int = 4) -> None:
+    """Image / ground truth / prediction for the first validation images of a learner."""
+    dl = learn.dls.valid.new(bs=min(n, len(learn.dls.valid_ds)), shuffle=False)
+    xb, yb = dl.one_batch()
+    model = learn.model
+    model.eval()
+    with torch.no_grad():
+        preds = model(xb).argmax(dim=1).cpu().numpy().astype(np.uint8)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    images = ((xb.float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1)
+    names = [Path(p).name for p in learn.dls.valid_ds.items[: len(preds)]]
+    plot_grid(images.numpy(), yb.cpu().numpy().astype(np.uint8), preds, codes, path, names)
+
+
+def plot_confusion(cm: np.ndarray, codes: list[str], path: Path) -> None:
+    """Row-normalised confusion heatmap (rows: true class, columns: predicted)."""
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    k = len(codes)
+    fig, ax = plt.subplots(figsize=(0.32 * k + 3, 0.32 * k + 2))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), codes, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), codes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    _save(fig, path)

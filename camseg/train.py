@@ -1,0 +1,663 @@
+"""The paper's staged recipe: run folders, fit_one_cycle stage by stage, atomic checkpoints,
+history, plots, model.pth, and resume after a crash, Ctrl-C or kill -9.
+
+The data and the network come from data/ and model.py; the console table belongs to the CLI,
+which passes `on_epoch` to see each finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import minimum, slide, steep, valley
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
+
+from camseg import __version__
+from camseg.atomic import atomic_link, atomic_torch_save, atomic_write_text
+from camseg.config import Config, StageConfig, absolute_paths, dump_config, load_config
+from camseg.data import build_dataloaders, check_dataset, find_files
+from camseg.data.layouts import resolve_size
+from camseg.errors import CamsegError
+from camseg.metrics import AccCamvid, MeanIoU
+from camseg.model import (
+    CHECKPOINT_FORMAT,
+    FILE_VERSION,
+    build_learner,
+    model_meta,
+    write_model_file,
+)
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = (
+    "stage",
+    "stage_name",
+    "epoch",
+    "train_loss",
+    "valid_loss",
+    "acc_camvid",
+    "miou",
+    "lr",
+    "seconds",
+)
+
+
+@dataclass
+class EpochRow:
+    stage: int
+    stage_name: str
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    acc_camvid: float
+    miou: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class RunState:
+    """Everything about a run that must survive a restart; saved inside every checkpoint."""
+
+    stage: int = 0  # stage in progress
+    epochs_done: int = 0  # completed epochs of that stage
+    history: list[dict] = field(default_factory=list)
+    iters: dict[str, list] = field(
+        default_factory=lambda: {"stage": [], "lr": [], "mom": [], "loss": []}
+    )
+    valid_points: list[list[float]] = field(default_factory=list)  # [iteration, valid_loss]
+    lrs: dict[str, Any] = field(default_factory=dict)  # stage index -> lr actually used
+    best: float = -1.0
+    best_at: list[int] = field(default_factory=list)  # [stage, epoch]
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the last finished epoch is saved; `resume` says how to continue."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"training interrupted; resume with: camseg train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder and the paths inside it."""
+
+    dir: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pth"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pth"
+
+    @property
+    def plots(self) -> Path:
+        return self.dir / "plots"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model.pth"
+
+
+# ---- run folder ---------------------------------------------------------------------------
+
+
+def run_name(cfg: Config, config_path: Path | None, name: str | None) -> str:
+    name = name or cfg.output.name or (config_path.stem if config_path else "run")
+    if not name or "/" in name or name in (".", ".."):
+        raise CamsegError(f"run name {name!r} is not a plain folder name")
+    return name
+
+
+def create_run_dir(parent: Path, name: str) -> Path:
+    """runs/<name>, or <name>-2, -3 ... : an existing run is never overwritten.
+
+    os.mkdir is atomic, so two processes starting at once get two different folders.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = parent / (name if k == 1 else f"{name}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CamsegError(f"{parent}: too many runs named {name}; pick another --name")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import fastai
+    import torchvision
+
+    env: dict[str, Any] = {
+        "camseg": __version__,
+        "fastai": fastai.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "world_size": max(1, num_distrib()),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto -> CUDA when present (this rank's GPU under torchrun), else CPU."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CamsegError(
+                f"train.device={spec} but CUDA is not available here (torch {torch.__version__}); "
+                f"use train.device=cpu or auto"
+            )
+        index = int(spec.split(":")[1]) if ":" in spec else local
+        if index >= torch.cuda.device_count():
+            raise CamsegError(
+                f"train.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return torch.device("cuda", index)
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise CamsegError("train.device=mps but MPS is not available; use cpu or auto")
+    return torch.device(spec)
+
+
+def start_run(cfg: Config, config_path: Path | None, name: str | None, command: str) -> Path:
+    """Make the run folder and write config.yaml, command.txt, env.json before any batch."""
+    device = resolve_device(cfg.train.device)
+    run_dir = create_run_dir(cfg.output.dir, run_name(cfg, config_path, name))
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(run_dir / "command.txt", command + "\n")
+    atomic_write_text(run_dir / "env.json", json.dumps(environment(device), indent=2) + "\n")
+    return run_dir
+
+
+# ---- callbacks ----------------------------------------------------------------------------
+
+
+class StopOnNaN(Callback):
+    """fastai's TerminateOnNaNCallback, remembering where the loss went bad."""
+
+    order = -9
+
+    def __init__(self) -> None:
+        self.where: tuple[int, int] | None = None
+
+    def after_batch(self) -> None:
+        if self.training and not torch.isfinite(self.loss):
+            self.where = (self.epoch, self.iter)
+            raise CancelFitException
+
+
+class RunRecorder(Callback):
+    """After each epoch: history row, last.pth and (if acc_camvid improved) best.pth.
+
+    fastai's SaveModelCallback and CSVLogger do each half of this, but neither writes
+    atomically nor keeps the stage, the schedule position and the history with the weights,
+    which resume needs. Runs after fastai's Recorder (order 50), which computes the metrics.
+    """
+
+    order = 60
+
+    def __init__(
+        self,
+        run: Run,
+        state: RunState,
+        stage: int,
+        stage_name: str,
+        meta: dict,
+        config: dict,
+        on_epoch: Callable[[EpochRow], None] | None,
+    ) -> None:
+        self.run, self.state, self.stage, self.stage_name = run, state, stage, stage_name
+        self.meta, self.config, self.on_epoch = meta, config, on_epoch
+        self._losses: list[torch.Tensor] = []
+
+    def before_epoch(self) -> None:
+        self._ran = False
+        self._start = time.perf_counter()
+
+    def after_batch(self) -> None:
+        if not self.training:
+            return
+        hypers = self.opt.hypers[-1]
+        it = self.state.iters
+        it["stage"].append(self.stage)
+        it["lr"].append(float(hypers["lr"]))
+        it["mom"].append(float(hypers.get("mom", float("nan"))))
+        self._losses.append(self.recorder.smooth_loss.value.detach())
+
+    def after_validate(self) -> None:
+        self._ran = True
+
+    def after_epoch(self) -> None:
+        if not self._ran:  # an epoch skipped by resume (start_epoch)
+            return
+        seconds = time.perf_counter() - self._start
+        if self._losses:
+            self.state.iters["loss"] += torch.stack(self._losses).float().cpu().tolist()
+            self._losses = []
+        train_loss, valid_loss, acc, miou = (float(v) for v in self.learn.final_record[:4])
+        row = EpochRow(
+            stage=self.stage,
+            stage_name=self.stage_name,
+            epoch=self.epoch,
+            train_loss=train_loss,
+            valid_loss=valid_loss,
+            acc_camvid=acc,
+            miou=miou,
+            lr=float(self.opt.hypers[-1]["lr"]),
+            seconds=seconds,
+        )
+        st = self.state
+        st.history.append(asdict(row))
+        st.valid_points.append([len(st.iters["loss"]), valid_loss])
+        st.epochs_done = self.epoch + 1
+        st.train_seconds += seconds
+        st.images_seen += len(self.dls.train.dataset)
+        improved = not math.isnan(acc) and acc > st.best
+        if improved:
+            st.best, st.best_at = acc, [self.stage, self.epoch]
+        if rank_distrib() == 0:
+            ckpt = checkpoint_dict(self.learn, st, self.meta, self.config)
+            atomic_torch_save(self.run.last, ckpt)
+            if improved:  # last.pth is the best one now: link, don't write it twice
+                atomic_link(self.run.last, self.run.best)
+            write_history(self.run.dir / "history.csv", st.history)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+
+class BarsOnly(ProgressCallback):
+    """fastai's progress bars without its metrics table (the CLI prints the paper's table)."""
+
+    def _write_stats(self, log: Any) -> None:
+        pass
+
+
+def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> dict:
+    model = learn.model.module if hasattr(learn.model, "module") else learn.model
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": FILE_VERSION,
+        "meta": meta,
+        "config": config,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "opt": _plain(learn.opt.state_dict()),
+        "state": asdict(state),
+    }
+
+
+def _plain(obj: Any) -> Any:
+    """fastai's optimizer state as dicts, lists and tensors, so it loads with weights_only."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) or type(obj).__name__ == "L":
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def _load_opt_state(learn: Any, state: dict) -> None:
+    from fastcore.foundation import L
+
+    learn.opt.load_state_dict({"state": state["state"], "hypers": L(state["hypers"])})
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---- the recipe ---------------------------------------------------------------------------
+
+
+def _lr_max(lr: float | tuple[float, float]) -> float | slice:
+    return slice(*lr) if isinstance(lr, tuple) else lr
+
+
+def _stage_name(stage: StageConfig, i: int) -> str:
+    return stage.name or f"stage-{i + 1}"
+
+
+def _enable_precision(learn: Any, cfg: Config, device: torch.device) -> None:
+    fp16 = device.type == "cuda" if cfg.train.fp16 == "auto" else cfg.train.fp16
+    if fp16 and device.type != "cuda":
+        raise CamsegError("train.fp16=true needs a CUDA device; set train.fp16=auto or false")
+    channels_last = (
+        device.type == "cuda" if cfg.train.channels_last == "auto" else cfg.train.channels_last
+    )
+    if channels_last:
+        from fastai.callback.channelslast import ChannelsLast
+
+        learn.add_cb(ChannelsLast())
+    if fp16:
+        learn.to_fp16()
+
+
+@dataclass(frozen=True)
+class Summary:
+    run_dir: Path
+    best_acc_camvid: float
+    best_stage: str
+    best_epoch: int
+    final: dict
+    epochs: int
+    seconds: float
+    seconds_per_epoch: float
+    images_per_second: float
+
+
+class Trainer:
+    """A learner ready to run a config's stages: device chosen, data checked, weights loaded.
+
+    Everything that can fail on bad input happens here, before a run folder exists.
+    """
+
+    def __init__(self, cfg: Config, ckpt: dict | None = None, progress: bool = True) -> None:
+        self.cfg, self.ckpt = cfg, ckpt
+        self.device = resolve_device(cfg.train.device)
+        state = RunState(**ckpt["state"]) if ckpt else RunState()
+        self.state = state
+        set_seed(cfg.train.seed, reproducible=True)
+        self.files = find_files(cfg.data)
+        check_dataset(self.files).raise_if_bad()
+        self.size = resolve_size(cfg.data.size, self.files.images[0])
+        stages = cfg.train.stages
+        first = stages[state.stage] if state.stage < len(stages) else stages[-1]
+        self.bs = first.batch_size or cfg.data.batch_size
+        dls = build_dataloaders(cfg.data, self.files, batch_size=self.bs, device=self.device)
+        n, void = len(self.files.codes), self.files.void_index
+        # A resumed run takes its weights from the checkpoint: no download, no init_from.
+        model_cfg = cfg.model
+        if ckpt:
+            model_cfg = model_cfg.model_copy(
+                update={"pretrained": False, "weights": None, "init_from": None}
+            )
+        learn = build_learner(
+            dls,
+            model_cfg,
+            codes=self.files.codes,
+            metrics=[AccCamvid(n, void), MeanIoU(n, void)],
+            path=Path("."),
+            wd=cfg.train.wd,
+            moms=cfg.train.moms,
+        )
+        learn.logger = lambda *_: None  # the CLI prints the table
+        learn.remove_cb(ProgressCallback)
+        if progress and rank_distrib() == 0:
+            learn.add_cb(BarsOnly())
+        _enable_precision(learn, cfg, self.device)
+        if ckpt:
+            learn.model.load_state_dict(ckpt["model"])
+        self.nan_guard = StopOnNaN()
+        learn.add_cb(self.nan_guard)
+        self.learn = learn
+
+    def run(
+        self,
+        run_dir: Path,
+        on_epoch: Callable[[EpochRow], None] | None = None,
+        on_stage: Callable[[int, str, Any], None] | None = None,
+    ) -> Summary:
+        """Run the remaining stages, writing checkpoints, history, plots and model.pth."""
+        from camseg.plots import plot_lr_find
+
+        cfg, learn, state, files = self.cfg, self.learn, self.state, self.files
+        run = Run(run_dir)
+        learn.path = run.dir
+        run.plots.mkdir(parents=True, exist_ok=True)
+        meta = model_meta(cfg.model, files.codes, self.size)
+        config_dict = cfg.model_dump(mode="json")
+        ckpt = self.ckpt
+        try:
+            for i, stage in enumerate(cfg.train.stages):
+                if i < state.stage or (i == state.stage and state.epochs_done >= stage.epochs):
+                    continue
+                name = _stage_name(stage, i)
+                stage_bs = stage.batch_size or cfg.data.batch_size
+                if stage_bs != self.bs:
+                    learn.dls = build_dataloaders(
+                        cfg.data, files, batch_size=stage_bs, device=self.device
+                    )
+                    self.bs = stage_bs
+                if stage.freeze:
+                    learn.freeze()
+                else:
+                    learn.unfreeze()
+                if ckpt is not None:  # same optimizer moments as the uninterrupted run
+                    _load_opt_state(learn, ckpt["opt"])
+                    ckpt = None
+                start_epoch = state.epochs_done if i == state.stage else 0
+                state.stage, state.epochs_done = i, start_epoch
+                lr = state.lrs.get(str(i))
+                if lr is None:
+                    if stage.lr == "find":
+                        found = learn.lr_find(
+                            show_plot=False, suggest_funcs=(valley, slide, minimum, steep)
+                        )
+                        lr = float(found.valley)
+                        plot_lr_find(
+                            learn.recorder, found._asdict(), run.plots / f"lr_find_{name}.png"
+                        )
+                    else:
+                        lr = list(stage.lr) if isinstance(stage.lr, tuple) else stage.lr
+                    state.lrs[str(i)] = lr
+                if on_stage is not None:
+                    on_stage(i, name, lr)
+                recorder = RunRecorder(run, state, i, name, meta, config_dict, on_epoch)
+                learn.fit_one_cycle(
+                    stage.epochs,
+                    lr_max=_lr_max(tuple(lr) if isinstance(lr, list) else lr),
+                    pct_start=stage.pct_start,
+                    moms=cfg.train.moms,
+                    wd=cfg.train.wd,
+                    cbs=[recorder],
+                    start_epoch=start_epoch,
+                )
+                if self.nan_guard.where is not None:
+                    epoch, step = self.nan_guard.where
+                    last = run.last if run.last.exists() else "none yet"
+                    raise CamsegError(
+                        f"stage {name} (train.stages[{i}]): loss became NaN/inf at epoch {epoch} "
+                        f"step {step}; stopped. Last good checkpoint: {last}. Lower the lr and "
+                        f"continue: camseg train --resume {run.dir} "
+                        f"--set 'train.stages[{i}].lr=...'"
+                    )
+                state.stage, state.epochs_done = i + 1, 0
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(run.dir) from None
+        except torch.cuda.OutOfMemoryError:
+            h, w = self.size
+            raise CamsegError(
+                f"CUDA out of memory at batch size {self.bs}, size {h}x{w}; try "
+                f"--set data.batch_size={max(1, self.bs // 2)} (or a smaller data.size). "
+                f"Checkpoints so far are intact: camseg train --resume {run.dir}"
+            ) from None
+
+        if rank_distrib() == 0:
+            write_model_file(run.model, learn.model, meta)
+            _finish_plots(learn, state, run, files.codes)
+        return _summary(run, state, cfg)
+
+
+def train_new(
+    cfg: Config,
+    *,
+    config_path: Path | None,
+    name: str | None,
+    command: str,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRow], None] | None = None,
+    on_start: Callable[[Path], None] | None = None,
+    on_stage: Callable[[int, str, Any], None] | None = None,
+) -> Summary:
+    """A new run: check and build everything, then make the run folder and train."""
+    cfg = absolute_paths(cfg)
+    trainer = Trainer(cfg, progress=progress)
+    run_dir = start_run(cfg, config_path, name, command) if rank_distrib() == 0 else None
+    run_dir = _share_run_dir(run_dir)
+    if on_start is not None:
+        on_start(run_dir)
+    return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
+
+
+def train_resume(
+    run_dir: Path,
+    *,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRow], None] | None = None,
+    on_stage: Callable[[int, str, Any], None] | None = None,
+) -> Summary:
+    """Continue a run from its last checkpoint (or from the start if none was written)."""
+    run = Run(run_dir)
+    if not (run.dir / "config.yaml").is_file():
+        raise CamsegError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+    cfg = load_config(run.dir / "config.yaml", overrides or [])
+    ckpt = _load_checkpoint(run.last) if run.last.is_file() else None
+    trainer = Trainer(cfg, ckpt=ckpt, progress=progress)
+    if overrides and rank_distrib() == 0:
+        atomic_write_text(run.dir / "config.yaml", dump_config(absolute_paths(cfg)))
+    return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
+
+
+def _share_run_dir(run_dir: Path | None) -> Path:
+    """Under torchrun/accelerate only rank 0 makes the folder; the others learn its name."""
+    if num_distrib() <= 1:
+        assert run_dir is not None
+        return run_dir
+    import torch.distributed as dist
+
+    box = [str(run_dir) if run_dir is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])  # type: ignore[arg-type]
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CamsegError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}); it may be damaged"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CamsegError(f"{path}: not a camseg checkpoint")
+    return ckpt
+
+
+def _finish_plots(learn: Any, state: RunState, run: Run, codes: list[str]) -> None:
+    from camseg.plots import plot_losses, plot_results, plot_schedule
+
+    plot_schedule(state.iters, run.plots / "schedule.png")
+    plot_losses(state.iters, state.valid_points, run.plots / "loss.png")
+    plot_results(learn, codes, run.plots / "results.png")
+
+
+def _summary(run: Run, state: RunState, cfg: Config) -> Summary:
+    hist = state.history
+    stages = cfg.train.stages
+    best_stage, best_epoch = state.best_at or [0, 0]
+    summary = Summary(
+        run_dir=run.dir,
+        best_acc_camvid=state.best,
+        best_stage=_stage_name(stages[best_stage], best_stage),
+        best_epoch=best_epoch,
+        final=hist[-1] if hist else {},
+        epochs=len(hist),
+        seconds=state.train_seconds,
+        seconds_per_epoch=state.train_seconds / max(1, len(hist)),
+        images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+    )
+    if rank_distrib() == 0:
+        data = asdict(summary) | {"run_dir": str(run.dir), "lrs": state.lrs}
+        atomic_write_text(run.dir / "summary.json", json.dumps(data, indent=2) + "\n")
+    return summary
+
+
+def lr_find(
+    cfg: Config,
+    stage_index: int,
+    out_parent: Path,
+    name: str,
+    progress: bool = True,
+    num_it: int = 100,
+) -> tuple[Path, dict[str, float]]:
+    """fastai's lr_find for one stage (frozen/unfrozen as it says, init_from honoured).
+
+    Writes lr_find.png and lr_find.json to a new folder out_parent/<name>-lr_find[-k].
+    """
+    from camseg.plots import plot_lr_find
+
+    if not 0 <= stage_index < len(cfg.train.stages):
+        raise CamsegError(
+            f"--stage {stage_index}: the config has stages 0..{len(cfg.train.stages) - 1}"
+        )
+    if num_it < 5:
+        raise CamsegError(f"--num-it must be at least 5, got {num_it}")
+    stage = cfg.train.stages[stage_index]
+    bs = stage.batch_size or cfg.data.batch_size
+    trainer = Trainer(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": bs})}),
+        progress=progress,
+    )
+    learn = trainer.learn
+    if stage.freeze:
+        learn.freeze()
+    else:
+        learn.unfreeze()
+    out_dir = create_run_dir(out_parent, f"{name}-lr_find")
+    learn.path = out_dir
+    found = learn.lr_find(
+        num_it=num_it, show_plot=False, suggest_funcs=(valley, slide, minimum, steep)
+    )
+    (out_dir / "checkpoints").rmdir()  # lr_find's temporary weights went there
+    suggestions = {k: float(v) for k, v in found._asdict().items()}
+    plot_lr_find(learn.recorder, suggestions, out_dir / "lr_find.png")
+    atomic_write_text(out_dir / "lr_find.json", json.dumps(suggestions, indent=2) + "\n")
+    return out_dir, suggestions
+
+
+def describe_command(argv: list[str] | None = None) -> str:
+    """The command line as typed, for command.txt."""
+    import shlex
+
+    return shlex.join(argv if argv is not None else sys.argv)
