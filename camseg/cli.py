@@ -261,7 +261,11 @@ def train(
                 load_config(config, set_ or []),
                 config_path=config,
                 name=name,
-                command=describe_command(["camseg", *sys.argv[1:]]),
+                command=describe_command(
+                    ["camseg", "train", "--config", str(config)]
+                    + [a for item in set_ or [] for a in ("--set", item)]
+                    + (["--name", name] if name else [])
+                ),
                 progress=progress,
                 on_epoch=_print_epoch,
                 on_start=lambda d: out.print(f"run folder [bold]{d}[/]"),
@@ -285,7 +289,6 @@ def lr_find(
     config: ConfigOpt,
     set_: SetOpt = None,
     stage: Annotated[int, typer.Option(help="Stage index whose freeze state to use.")] = 0,
-    num_it: Annotated[int, typer.Option(help="Iterations to run (fastai's default 100).")] = 100,
     name: Annotated[str | None, typer.Option(help="Output folder name under output.dir.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
@@ -298,9 +301,7 @@ def lr_find(
 
     cfg = load_config(config, set_ or [])
     progress = not no_progress and out.is_terminal
-    out_dir, suggestions = find(
-        cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, num_it=num_it
-    )
+    out_dir, suggestions = find(cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress)
     out.print(json.dumps(suggestions, indent=2), markup=False)
     out.print(f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}")
 

@@ -174,6 +174,9 @@ class TrainConfig(_Section):
         (0.95, 0.85, 0.95), description="one-cycle momentum (start, middle, end)"
     )
     seed: int = Field(42, description="seed set before the DataLoaders are built")
+    lr_find_iters: int = Field(
+        100, ge=30, description="iterations of lr_find for a stage whose lr is find (>= 30)"
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     fp16: bool | Literal["auto"] = Field("auto", description="mixed precision; auto = on for CUDA")
     channels_last: bool | Literal["auto"] = Field(

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -472,7 +471,9 @@ class Trainer:
                 if lr is None:
                     if stage.lr == "find":
                         found = learn.lr_find(
-                            show_plot=False, suggest_funcs=(valley, slide, minimum, steep)
+                            num_it=cfg.train.lr_find_iters,
+                            show_plot=False,
+                            suggest_funcs=(valley, slide, minimum, steep),
                         )
                         lr = float(found.valley)
                         plot_lr_find(
@@ -619,7 +620,6 @@ def lr_find(
     out_parent: Path,
     name: str,
     progress: bool = True,
-    num_it: int = 100,
 ) -> tuple[Path, dict[str, float]]:
     """fastai's lr_find for one stage (frozen/unfrozen as it says, init_from honoured).
 
@@ -631,8 +631,6 @@ def lr_find(
         raise CamsegError(
             f"--stage {stage_index}: the config has stages 0..{len(cfg.train.stages) - 1}"
         )
-    if num_it < 5:
-        raise CamsegError(f"--num-it must be at least 5, got {num_it}")
     stage = cfg.train.stages[stage_index]
     bs = stage.batch_size or cfg.data.batch_size
     trainer = Trainer(
@@ -647,7 +645,9 @@ def lr_find(
     out_dir = create_run_dir(out_parent, f"{name}-lr_find")
     learn.path = out_dir
     found = learn.lr_find(
-        num_it=num_it, show_plot=False, suggest_funcs=(valley, slide, minimum, steep)
+        num_it=cfg.train.lr_find_iters,
+        show_plot=False,
+        suggest_funcs=(valley, slide, minimum, steep),
     )
     (out_dir / "checkpoints").rmdir()  # lr_find's temporary weights went there
     suggestions = {k: float(v) for k, v in found._asdict().items()}
@@ -656,8 +656,8 @@ def lr_find(
     return out_dir, suggestions
 
 
-def describe_command(argv: list[str] | None = None) -> str:
-    """The command line as typed, for command.txt."""
+def describe_command(argv: list[str]) -> str:
+    """command.txt: the command line (shell-quoted) and the folder it ran in."""
     import shlex
 
-    return shlex.join(argv if argv is not None else sys.argv)
+    return f"{shlex.join(argv)}\n# cwd: {Path.cwd()}"

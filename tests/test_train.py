@@ -1,0 +1,261 @@
+"""`camseg train` and `camseg lr-find` end to end on the real camvid_tiny (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from camseg.config import load_config
+from camseg.model import read_model_file
+from camseg.train import HISTORY_COLUMNS, create_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def fast_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """tiny.yaml shrunk to seconds per epoch: 64x96 frames, resnet18, one epoch per stage."""
+    sets = [
+        f"data.root={root}",
+        "data.size=[64,96]",
+        "model.arch=resnet18",
+        "train.stages[0].epochs=1",
+        "train.stages[1].epochs=1",
+        f"output.dir={out}",
+        *extra,
+    ]
+    return ["--config", str(TINY), *[a for s in sets for a in ("--set", s)]]
+
+
+def history(run: Path) -> list[dict]:
+    with (run / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, camvid_tiny) -> Path:
+    """One short real training run shared by the tests that only read its outputs."""
+    from typer.testing import CliRunner
+
+    from camseg.cli import app
+
+    out = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(app, ["train", *fast_args(camvid_tiny, out), "--name", "tiny"])
+    assert result.exit_code == 0, result.output
+    return out / "tiny"
+
+
+def test_train_writes_every_file_of_the_run(trained_run):
+    run = trained_run
+    for name in (
+        "config.yaml",
+        "command.txt",
+        "env.json",
+        "history.csv",
+        "summary.json",
+        "model.pth",
+        "checkpoints/last.pth",
+        "checkpoints/best.pth",
+        "plots/schedule.png",
+        "plots/loss.png",
+        "plots/results.png",
+    ):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["size"] == [64, 96] and cfg["model"]["arch"] == "resnet18"
+    assert Path(cfg["data"]["root"]).is_absolute()  # resumable from any folder
+    assert "train --config" in (run / "command.txt").read_text()
+    env = json.loads((run / "env.json").read_text())
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["fastai"]
+
+    rows = history(run)
+    assert tuple(rows[0]) == HISTORY_COLUMNS
+    assert [(r["stage_name"], r["epoch"]) for r in rows] == [("frozen", "0"), ("unfrozen", "0")]
+    for r in rows:
+        assert 0 <= float(r["acc_camvid"]) <= 1 and float(r["valid_loss"]) > 0
+
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(float(r["acc_camvid"]) for r in rows)
+    assert summary["best_acc_camvid"] == pytest.approx(best, abs=1e-5)
+    assert summary["epochs"] == 2 and summary["images_per_second"] > 0
+    assert summary["lrs"] == {"0": 3e-3, "1": [7.5e-6, 7.5e-4]}
+
+
+def test_model_pth_is_plain_data_and_rebuilds(trained_run, camvid_tiny):
+    raw = torch.load(trained_run / "model.pth", weights_only=True)  # no pickled code inside
+    assert raw["format"] == "camseg-model"
+    mf = read_model_file(trained_run)
+    assert mf.arch == "resnet18" and mf.size == (64, 96) and len(mf.codes) == 32
+    assert mf.codes == (camvid_tiny / "codes.txt").read_text().split()
+    model = mf.build().eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 96))
+    assert out.shape == (1, 32, 64, 96)
+    ckpt = torch.load(trained_run / "checkpoints" / "last.pth", weights_only=True)
+    assert {"model", "opt", "state", "config", "meta"} <= set(ckpt)
+    assert ckpt["state"]["stage"] == 1 and ckpt["state"]["epochs_done"] == 1
+
+
+def test_init_from_carries_weights(trained_run, camvid_tiny, tmp_path, cli):
+    first_valid = float(history(trained_run)[-1]["valid_loss"])
+    # a near-zero lr: the second run's first valid loss is the first run's, not a fresh model's
+    result = cli(
+        "train",
+        *fast_args(
+            camvid_tiny,
+            tmp_path,
+            f"model.init_from={trained_run}",
+            "train.stages[0].lr=1e-9",
+            "train.stages=[{epochs: 1, lr: 1.0e-9}]",
+        ),
+        "--name",
+        "second",
+    )
+    assert result.exit_code == 0, result.output
+    second_valid = float(history(tmp_path / "second")[0]["valid_loss"])
+    assert second_valid == pytest.approx(first_valid, rel=0.1)
+    assert abs(second_valid - first_valid) < 0.5 * abs(3.4657 - first_valid)  # ln(32): scratch
+
+
+def test_init_from_with_other_codes_names_both(trained_run, tiny_copy, tmp_path, cli):
+    codes = tiny_copy / "codes.txt"
+    codes.write_text(codes.read_text().replace("Animal", "Beast"))
+    out = tmp_path / "runs"
+    result = cli("train", *fast_args(tiny_copy, out, f"model.init_from={trained_run}"))
+    assert result.exit_code == 2
+    assert "trained on other classes" in result.stderr and "Beast" in result.stderr
+    assert "Animal" in result.stderr
+    assert not out.exists()  # no half-made run folder
+
+
+def test_pretrained_offline_names_both_ways_out(camvid_tiny, tmp_path, cli, monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = cli("train", *fast_args(camvid_tiny, tmp_path / "runs", "model.pretrained=true"))
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "ImageNet weights for resnet18" in line
+    assert "model.weights=PATH" in line and "model.pretrained=false" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_local_encoder_weights_file(camvid_tiny, tmp_path):
+    from torchvision.models import resnet18
+
+    from camseg.data import build_dataloaders, find_files
+    from camseg.model import build_learner
+
+    state = resnet18(weights=None).state_dict()
+    weights = tmp_path / "r18.pth"
+    torch.save(state, weights)
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={camvid_tiny}",
+            "model.arch=resnet18",
+            f"model.weights={weights}",
+            "data.num_workers=0",
+        ],
+    )
+    files = find_files(cfg.data)
+    learn = build_learner(
+        build_dataloaders(cfg.data, files),
+        cfg.model,
+        codes=files.codes,
+        metrics=[],
+        path=tmp_path,
+        wd=None,
+        moms=(0.95, 0.85, 0.95),
+    )
+    assert torch.equal(learn.model[0][0].weight, state["conv1.weight"])
+    assert torch.equal(learn.model[0][4][0].conv1.weight, state["layer1.0.conv1.weight"])
+
+
+def test_run_folders_never_clobber(tmp_path):
+    first = create_run_dir(tmp_path, "half")
+    (first / "model.pth").write_text("precious")
+    assert create_run_dir(tmp_path, "half").name == "half-2"
+    assert create_run_dir(tmp_path, "half").name == "half-3"
+    assert (first / "model.pth").read_text() == "precious"
+
+
+def test_resume_after_kill_9_mid_stage(camvid_tiny, tmp_path):
+    args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "r"]
+    cmd = [sys.executable, "-m", "camseg", "train", *args, "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "r"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "history.csv").is_file() and len(history(run)) >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
+    time.sleep(1.5)  # well inside the second epoch of stage 0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = history(run)
+    assert len(before) in (1, 2)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "camseg", "train", "--resume", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = history(run)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [
+        ("0", "0"),
+        ("0", "1"),
+        ("0", "2"),
+        ("1", "0"),
+    ]
+    assert rows[: len(before)] == before  # the history continues, nothing rewritten
+    assert (run / "model.pth").is_file()
+    assert torch.load(run / "checkpoints" / "best.pth", weights_only=True)["format"]
+
+
+def test_lr_find_writes_plot_and_suggestions(camvid_tiny, tmp_path, cli):
+    result = cli(
+        "lr-find",
+        *fast_args(camvid_tiny, tmp_path),
+        "--stage",
+        "1",
+        "--set",
+        "train.lr_find_iters=30",
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "tiny-lr_find"
+    found = json.loads((out / "lr_find.json").read_text())
+    assert set(found) == {"valley", "slide", "minimum", "steep"}
+    assert all(1e-8 < v < 10 for v in found.values())
+    assert (out / "lr_find.png").stat().st_size > 1000
+
+
+def test_stage_lr_find_is_recorded(camvid_tiny, tmp_path, cli):
+    result = cli(
+        "train",
+        *fast_args(
+            camvid_tiny, tmp_path, "train.stages=[{epochs: 1, lr: find}]", "train.lr_find_iters=30"
+        ),
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert isinstance(summary["lrs"]["0"], float) and summary["lrs"]["0"] > 0
+    assert (tmp_path / "tiny" / "plots" / "lr_find_stage-1.png").is_file()
