@@ -274,7 +274,7 @@ def train(
     except TrainingInterrupted as e:
         err.print(f"camseg: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    if summary.epochs:
+    if summary.epochs and summary.is_main:
         out.print(
             f"best acc_camvid {summary.best_acc_camvid:.4f} ({summary.best_stage}, epoch "
             f"{summary.best_epoch}); {summary.epochs} epochs in {_fmt_time(summary.seconds)}, "

@@ -98,9 +98,10 @@ class ConfusionMetric(Metric):
         self.cm = None
 
     def accumulate(self, learn) -> None:
-        cm = confusion_matrix(learn.pred.detach(), learn.yb[0], self.n_classes)
-        # Under DistributedDataParallel, to_detach gathers every rank's matrix; sum them.
-        cm = learn.to_detach(cm[None]).sum(dim=0)
+        # Under DistributedDataParallel to_detach gathers every rank's pixels (and drops the
+        # samples the distributed loader repeated to even out the ranks); otherwise a no-op.
+        pred, target = learn.to_detach((learn.pred.argmax(dim=1), learn.yb[0]), cpu=False)
+        cm = confusion_matrix(pred, target, self.n_classes)
         self.cm = cm if self.cm is None else self.cm + cm
 
 

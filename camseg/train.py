@@ -7,6 +7,7 @@ which passes `on_epoch` to see each finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -349,10 +350,6 @@ def write_history(path: Path, rows: list[dict]) -> None:
 # ---- the recipe ---------------------------------------------------------------------------
 
 
-def _lr_max(lr: float | tuple[float, float]) -> float | slice:
-    return slice(*lr) if isinstance(lr, tuple) else lr
-
-
 def _stage_name(stage: StageConfig, i: int) -> str:
     return stage.name or f"stage-{i + 1}"
 
@@ -383,6 +380,7 @@ class Summary:
     seconds: float
     seconds_per_epoch: float
     images_per_second: float
+    is_main: bool = True  # False on the other ranks of a distributed run
 
 
 class Trainer:
@@ -397,7 +395,10 @@ class Trainer:
         state = RunState(**ckpt["state"]) if ckpt else RunState()
         self.state = state
         set_seed(cfg.train.seed, reproducible=True)
-        self.files = find_files(cfg.data)
+        if num_distrib() > 1:
+            _init_distributed(self.device)
+        with _rank0_first():  # rank 0 generates a synthetic set while the others wait
+            self.files = find_files(cfg.data)
         check_dataset(self.files).raise_if_bad()
         self.size = resolve_size(cfg.data.size, self.files.images[0])
         stages = cfg.train.stages
@@ -431,6 +432,15 @@ class Trainer:
         learn.add_cb(self.nan_guard)
         self.learn = learn
 
+    def _distributed(self) -> Any:
+        """fastai distrib_ctx (DistributedDataParallel) under torchrun/accelerate, else nothing."""
+        if num_distrib() <= 1:
+            return contextlib.nullcontext()
+        # SyncBatchNorm only runs on CUDA; on CPU (gloo) each rank keeps its own BN statistics.
+        return self.learn.distrib_ctx(
+            sync_bn=self.device.type == "cuda", in_notebook=False, cpu=self.device.type == "cpu"
+        )
+
     def run(
         self,
         run_dir: Path,
@@ -438,72 +448,20 @@ class Trainer:
         on_stage: Callable[[int, str, Any], None] | None = None,
     ) -> Summary:
         """Run the remaining stages, writing checkpoints, history, plots and model.pth."""
-        from camseg.plots import plot_lr_find
-
-        cfg, learn, state, files = self.cfg, self.learn, self.state, self.files
         run = Run(run_dir)
-        learn.path = run.dir
-        run.plots.mkdir(parents=True, exist_ok=True)
-        meta = model_meta(cfg.model, files.codes, self.size)
-        config_dict = cfg.model_dump(mode="json")
-        ckpt = self.ckpt
+        self.learn.path = run.dir
+        if rank_distrib() != 0:  # only rank 0 talks to the user
+            on_epoch = on_stage = None
+        else:
+            run.plots.mkdir(parents=True, exist_ok=True)
+        meta = model_meta(self.cfg.model, self.files.codes, self.size)
         try:
-            for i, stage in enumerate(cfg.train.stages):
-                if i < state.stage or (i == state.stage and state.epochs_done >= stage.epochs):
-                    continue
-                name = _stage_name(stage, i)
-                stage_bs = stage.batch_size or cfg.data.batch_size
-                if stage_bs != self.bs:
-                    learn.dls = build_dataloaders(
-                        cfg.data, files, batch_size=stage_bs, device=self.device
-                    )
-                    self.bs = stage_bs
-                if stage.freeze:
-                    learn.freeze()
-                else:
-                    learn.unfreeze()
-                if ckpt is not None:  # same optimizer moments as the uninterrupted run
-                    _load_opt_state(learn, ckpt["opt"])
-                    ckpt = None
-                start_epoch = state.epochs_done if i == state.stage else 0
-                state.stage, state.epochs_done = i, start_epoch
-                lr = state.lrs.get(str(i))
-                if lr is None:
-                    if stage.lr == "find":
-                        found = learn.lr_find(
-                            num_it=cfg.train.lr_find_iters,
-                            show_plot=False,
-                            suggest_funcs=(valley, slide, minimum, steep),
-                        )
-                        lr = float(found.valley)
-                        plot_lr_find(
-                            learn.recorder, found._asdict(), run.plots / f"lr_find_{name}.png"
-                        )
-                    else:
-                        lr = list(stage.lr) if isinstance(stage.lr, tuple) else stage.lr
-                    state.lrs[str(i)] = lr
-                if on_stage is not None:
-                    on_stage(i, name, lr)
-                recorder = RunRecorder(run, state, i, name, meta, config_dict, on_epoch)
-                learn.fit_one_cycle(
-                    stage.epochs,
-                    lr_max=_lr_max(tuple(lr) if isinstance(lr, list) else lr),
-                    pct_start=stage.pct_start,
-                    moms=cfg.train.moms,
-                    wd=cfg.train.wd,
-                    cbs=[recorder],
-                    start_epoch=start_epoch,
-                )
-                if self.nan_guard.where is not None:
-                    epoch, step = self.nan_guard.where
-                    last = run.last if run.last.exists() else "none yet"
-                    raise CamsegError(
-                        f"stage {name} (train.stages[{i}]): loss became NaN/inf at epoch {epoch} "
-                        f"step {step}; stopped. Last good checkpoint: {last}. Lower the lr and "
-                        f"continue: camseg train --resume {run.dir} "
-                        f"--set 'train.stages[{i}].lr=...'"
-                    )
-                state.stage, state.epochs_done = i + 1, 0
+            with self._distributed():
+                for i, stage in enumerate(self.cfg.train.stages):
+                    if i > self.state.stage or (
+                        i == self.state.stage and self.state.epochs_done < stage.epochs
+                    ):
+                        self._run_stage(i, stage, run, meta, on_epoch, on_stage)
         except KeyboardInterrupt:
             raise TrainingInterrupted(run.dir) from None
         except torch.cuda.OutOfMemoryError:
@@ -513,11 +471,78 @@ class Trainer:
                 f"--set data.batch_size={max(1, self.bs // 2)} (or a smaller data.size). "
                 f"Checkpoints so far are intact: camseg train --resume {run.dir}"
             ) from None
-
         if rank_distrib() == 0:
-            write_model_file(run.model, learn.model, meta)
-            _finish_plots(learn, state, run, files.codes)
-        return _summary(run, state, cfg)
+            write_model_file(run.model, self.learn.model, meta)
+            _finish_plots(self.learn, self.state, run, self.files.codes)
+        return _summary(run, self.state, self.cfg)
+
+    def _run_stage(
+        self,
+        i: int,
+        stage: StageConfig,
+        run: Run,
+        meta: dict,
+        on_epoch: Callable[[EpochRow], None] | None,
+        on_stage: Callable[[int, str, Any], None] | None,
+    ) -> None:
+        learn, state, name = self.learn, self.state, _stage_name(stage, i)
+        stage_bs = stage.batch_size or self.cfg.data.batch_size
+        if stage_bs != self.bs:
+            learn.dls = build_dataloaders(
+                self.cfg.data, self.files, batch_size=stage_bs, device=self.device
+            )
+            self.bs = stage_bs
+        if stage.freeze:
+            learn.freeze()
+        else:
+            learn.unfreeze()
+        if self.ckpt is not None:  # same optimizer moments as the uninterrupted run
+            _load_opt_state(learn, self.ckpt["opt"])
+            self.ckpt = None
+        start_epoch = state.epochs_done if i == state.stage else 0
+        state.stage, state.epochs_done = i, start_epoch
+        lr = state.lrs.get(str(i))
+        if lr is None:
+            lr = (
+                self._find_lr(run.plots / f"lr_find_{name}.png") if stage.lr == "find" else stage.lr
+            )
+            state.lrs[str(i)] = list(lr) if isinstance(lr, tuple) else lr
+        if on_stage is not None:
+            on_stage(i, name, lr)
+        recorder = RunRecorder(
+            run, state, i, name, meta, self.cfg.model_dump(mode="json"), on_epoch
+        )
+        learn.fit_one_cycle(
+            stage.epochs,
+            lr_max=slice(*lr) if isinstance(lr, list | tuple) else lr,
+            pct_start=stage.pct_start,
+            moms=self.cfg.train.moms,
+            wd=self.cfg.train.wd,
+            cbs=[recorder],
+            start_epoch=start_epoch,
+        )
+        if self.nan_guard.where is not None:
+            epoch, step = self.nan_guard.where
+            last = run.last if run.last.exists() else "none yet"
+            raise CamsegError(
+                f"stage {name} (train.stages[{i}]): loss became NaN/inf at epoch {epoch} "
+                f"step {step}; stopped. Last good checkpoint: {last}. Lower the lr and "
+                f"continue: camseg train --resume {run.dir} --set 'train.stages[{i}].lr=...'"
+            )
+        state.stage, state.epochs_done = i + 1, 0
+
+    def _find_lr(self, plot: Path) -> float:
+        """fastai lr_find; the valley suggestion, with the plot of all four."""
+        from camseg.plots import plot_lr_find
+
+        found = self.learn.lr_find(
+            num_it=self.cfg.train.lr_find_iters,
+            show_plot=False,
+            suggest_funcs=(valley, slide, minimum, steep),
+        )
+        if rank_distrib() == 0:
+            plot_lr_find(self.learn.recorder, found._asdict(), plot)
+        return float(found.valley)
 
 
 def train_new(
@@ -536,7 +561,7 @@ def train_new(
     trainer = Trainer(cfg, progress=progress)
     run_dir = start_run(cfg, config_path, name, command) if rank_distrib() == 0 else None
     run_dir = _share_run_dir(run_dir)
-    if on_start is not None:
+    if on_start is not None and rank_distrib() == 0:
         on_start(run_dir)
     return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
 
@@ -559,6 +584,49 @@ def train_resume(
     if overrides and rank_distrib() == 0:
         atomic_write_text(run.dir / "config.yaml", dump_config(absolute_paths(cfg)))
     return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
+
+
+@contextlib.contextmanager
+def _rank0_first() -> Any:
+    """Rank 0 runs the block first, the other ranks after it (no-op when not distributed)."""
+    if num_distrib() <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    if rank_distrib() != 0:
+        dist.barrier()
+    yield
+    if rank_distrib() == 0:
+        dist.barrier()
+
+
+def _init_distributed(device: torch.device) -> None:
+    """Join the process group torchrun/accelerate describe in the environment (once).
+
+    accelerate's PartialState picks nccl on GPUs and, told cpu=True, gloo on CPU; the
+    Accelerator fastai's distrib_ctx makes later reuses the same state.
+    """
+    from accelerate import PartialState
+
+    PartialState(cpu=device.type == "cpu")
+    _patch_fastai_broadcast()
+
+
+def _patch_fastai_broadcast() -> None:
+    """Compatibility shim: fastai's DistributedDL broadcasts the shuffled order through a CUDA
+    tensor ("nccl only works with cuda tensors"), which fails under gloo on CPU. Broadcast on
+    the device the backend wants instead; under nccl this is exactly fastai's behaviour."""
+    import torch.distributed as dist
+    from fastai.distributed import DistributedDL
+
+    def _broadcast(self: Any, t: list[int], rank: int) -> list[int]:
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        tensor = torch.tensor(t, dtype=torch.long, device=device)
+        dist.broadcast(tensor, rank)
+        return tensor.cpu().tolist()
+
+    DistributedDL._broadcast = _broadcast
 
 
 def _share_run_dir(run_dir: Path | None) -> Path:
@@ -607,9 +675,11 @@ def _summary(run: Run, state: RunState, cfg: Config) -> Summary:
         seconds=state.train_seconds,
         seconds_per_epoch=state.train_seconds / max(1, len(hist)),
         images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+        is_main=rank_distrib() == 0,
     )
     if rank_distrib() == 0:
         data = asdict(summary) | {"run_dir": str(run.dir), "lrs": state.lrs}
+        data.pop("is_main")
         atomic_write_text(run.dir / "summary.json", json.dumps(data, indent=2) + "\n")
     return summary
 

@@ -259,3 +259,29 @@ def test_stage_lr_find_is_recorded(camvid_tiny, tmp_path, cli):
     summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
     assert isinstance(summary["lrs"]["0"], float) and summary["lrs"]["0"] > 0
     assert (tmp_path / "tiny" / "plots" / "lr_find_stage-1.png").is_file()
+
+
+def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
+    """torchrun with 2 CPU processes: DistributedDataParallel over gloo, rank 0 writes."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "camseg",
+        "train",
+        *fast_args(camvid_tiny, tmp_path),
+        "--name",
+        "ddp",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    assert proc.stdout.count("run folder") == 1 and proc.stdout.count("best acc_camvid") == 1
+    assert len(history(tmp_path / "ddp")) == 2
+    assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
+    assert read_model_file(tmp_path / "ddp").arch == "resnet18"
