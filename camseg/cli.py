@@ -192,10 +192,6 @@ def data_download(
     out.print(f"{name} is ready at {path}")
 
 
-def _not_yet(verb: str) -> None:
-    raise CamsegError(f"'camseg {verb}' is not yet available in this version")
-
-
 _TABLE = "{:<10} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8}"
 
 
@@ -306,18 +302,154 @@ def lr_find(
     out.print(f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}")
 
 
+RunOpt = Annotated[Path | None, typer.Option("--run", help="Run folder (uses its model.pth).")]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="model.pth or a checkpoint file instead of --run.")
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+def _model_source(run: Path | None, model: Path | None) -> Path:
+    if (run is None) == (model is None):
+        raise CamsegError("give either --run RUN_DIR or --model model.pth")
+    source = run if run is not None else model
+    assert source is not None
+    if not source.exists():
+        raise CamsegError(f"{source}: no such file or folder")
+    return source
+
+
 @app.command("evaluate")
 @_user_errors
-def evaluate() -> None:
-    """Score a trained model on a dataset split."""
-    _not_yet("evaluate")
+def evaluate(
+    run: RunOpt = None,
+    model: ModelOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Another dataset folder with the same classes.")
+    ] = None,
+    layout: Annotated[str | None, typer.Option(help="Layout of --data (camvid).")] = None,
+    split: Annotated[str, typer.Option(help="valid, train or all.")] = "valid",
+    size: Annotated[
+        str, typer.Option(help="model (the training size), native (labels at full size) or HxW.")
+    ] = "model",
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+) -> None:
+    """Score a trained model on a dataset split: acc_camvid, pixel accuracy, mIoU, per class."""
+    from camseg.evaluate import REFERENCES
+    from camseg.evaluate import evaluate as run_eval
+
+    if split not in ("valid", "train", "all"):
+        raise CamsegError(f"--split {split!r}: choose valid, train or all")
+    if batch_size < 1:
+        raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
+    result = run_eval(
+        _model_source(run, model),
+        data=data,
+        layout=layout,
+        split=split,
+        size=size,  # type: ignore[arg-type]
+        tta=tta,
+        device=device,
+        batch_size=batch_size,
+    )
+    ev = result.evaluated
+    table = Table(
+        "class",
+        "IoU",
+        "precision",
+        "recall",
+        "pixel share",
+        title=f"{ev['data']} / {ev['split']} ({ev['n_images']} images)",
+    )
+    for row in result.per_class:
+        if row["present"] and row["scored"]:
+            table.add_row(
+                row["class"],
+                *(f"{row[k]:.4f}" for k in ("iou", "precision", "recall", "pixel_share")),
+            )
+    out.print(table)
+    s = result.scores
+    out.print(
+        f"acc_camvid [bold]{s.acc_camvid:.4f}[/]  pixel accuracy (Void counted) "
+        f"{s.pixel_acc:.4f}  mIoU {s.miou:.4f}",
+        soft_wrap=True,
+    )
+    if result.without_tta is not None:
+        w = result.without_tta
+        out.print(
+            f"TTA (flip) changed acc_camvid by {s.acc_camvid - w.acc_camvid:+.4f}, "
+            f"mIoU by {s.miou - w.miou:+.4f} (without: {w.acc_camvid:.4f} / {w.miou:.4f})",
+            soft_wrap=True,
+        )
+    for ref in REFERENCES:
+        out.print(
+            f"  for reference, not comparable: {ref['acc_camvid']:.4f} {ref['source']} "
+            f"({ref['setting']})",
+            soft_wrap=True,
+            style="dim",
+        )
+    out.print(f"wrote {result.out_dir}", soft_wrap=True)
 
 
 @app.command("predict")
 @_user_errors
-def predict() -> None:
-    """Write segmentation masks for images."""
-    _not_yet("predict")
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    run: RunOpt = None,
+    model: ModelOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default RUN_DIR/predictions).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    device: DeviceOpt = "auto",
+    format_: Annotated[
+        str, typer.Option("--format", help="Comma list of index, color, overlay.")
+    ] = "index,color,overlay",
+    json_lines: Annotated[bool, typer.Option("--json", help="A JSON line per image.")] = False,
+) -> None:
+    """Write segmentation masks for images at their own resolution."""
+    import json
+
+    from rich.progress import Progress
+
+    from camseg.predict import expand_inputs
+    from camseg.predict import predict as run_predict
+
+    source = _model_source(run, model)
+    if out_dir is None:
+        out_dir = (source if source.is_dir() else source.parent) / "predictions"
+    formats = tuple(f.strip() for f in format_.split(",") if f.strip())
+    n = len(expand_inputs(inputs))
+    with Progress(console=err, disable=n <= 5 or json_lines or not err.is_terminal) as bar:
+        task = bar.add_task("predicting", total=n)
+
+        def on_image(record: dict | None) -> None:
+            bar.advance(task)
+            if record is not None and json_lines:
+                out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+
+        result = run_predict(
+            inputs,
+            source,
+            out_dir,
+            batch_size=batch_size,
+            tta=tta,
+            device=device,
+            formats=formats,
+            on_image=on_image,
+        )
+    for path, reason in result.skipped:
+        err.print(f"camseg: skipped {path}: {reason}", markup=False, soft_wrap=True)
+    if not json_lines:
+        out.print(f"wrote {len(result.written)} image(s) to {out_dir}", soft_wrap=True)
+    if result.skipped:
+        err.print(
+            f"camseg: error: {len(result.skipped)} of {n} input(s) could not be read", markup=False
+        )
+        raise typer.Exit(1)
 
 
 def main() -> None:

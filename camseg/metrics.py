@@ -52,9 +52,18 @@ class ClassScores:
     present: list[bool]
 
 
-def class_scores(cm: torch.Tensor) -> ClassScores:
-    """Per-class IoU, precision, recall and pixel share (NaN where undefined)."""
+def class_scores(cm: torch.Tensor, void_index: int | None = None) -> ClassScores:
+    """Per-class IoU, precision, recall (NaN where undefined) and pixel share of the labels.
+
+    With void_index, Void-labelled pixels are not scored (as in acc_camvid and miou): a
+    prediction on them is neither right nor wrong. Pixel shares still count every pixel.
+    """
     cm = cm.double().cpu()
+    share_total = cm.sum()
+    share = cm.sum(dim=1) / share_total if share_total else torch.full((cm.shape[0],), float("nan"))
+    if void_index is not None:
+        cm = cm.clone()
+        cm[void_index, :] = 0
     tp = cm.diagonal()
     true = cm.sum(dim=1)
     predicted = cm.sum(dim=0)
@@ -63,22 +72,19 @@ def class_scores(cm: torch.Tensor) -> ClassScores:
     def div(a: torch.Tensor, b: torch.Tensor) -> list[float]:
         return torch.where(b > 0, a / b.clamp(min=1), torch.full_like(a, float("nan"))).tolist()
 
-    total = cm.sum()
     return ClassScores(
         iou=div(tp, union),
         precision=div(tp, predicted),
         recall=div(tp, true),
-        share=(true / total).tolist() if total else [float("nan")] * len(tp),
-        present=(true > 0).tolist(),
+        share=share.tolist(),
+        present=(share > 0).tolist() if share_total else [False] * len(tp),
     )
 
 
 def miou(cm: torch.Tensor, void_index: int) -> float:
     """Mean IoU over the non-Void classes present in the labels. Void pixels are ignored."""
-    cm = cm.clone()
     # Void pixels are not scored; a Void prediction on a scored pixel still counts as a miss.
-    cm[void_index, :] = 0
-    scores = class_scores(cm)
+    scores = class_scores(cm, void_index)
     ious = [
         iou
         for i, (iou, present) in enumerate(zip(scores.iou, scores.present, strict=True))

@@ -7,6 +7,7 @@ Training schedules live in train.py; this module only builds and loads.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,28 @@ def arch_fn(name: str) -> Callable[..., nn.Module]:
         return ARCHS[name][0]
     except KeyError:
         raise CamsegError(f"unknown model.arch {name!r}; valid: {', '.join(ARCHS)}") from None
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto -> CUDA when present (this rank's GPU under torchrun), else CPU."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CamsegError(
+                f"train.device={spec} but CUDA is not available here (torch {torch.__version__}); "
+                f"use train.device=cpu or auto"
+            )
+        index = int(spec.split(":")[1]) if ":" in spec else local
+        if index >= torch.cuda.device_count():
+            raise CamsegError(
+                f"train.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return torch.device("cuda", index)
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise CamsegError("train.device=mps but MPS is not available; use cpu or auto")
+    return torch.device(spec)
 
 
 def _cache_file(weights: models.WeightsEnum) -> Path:

@@ -39,6 +39,7 @@ from camseg.model import (
     FILE_VERSION,
     build_learner,
     model_meta,
+    resolve_device,
     write_model_file,
 )
 
@@ -169,28 +170,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["gpu_count"] = torch.cuda.device_count()
     return env
-
-
-def resolve_device(spec: str) -> torch.device:
-    """auto -> CUDA when present (this rank's GPU under torchrun), else CPU."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec == "auto":
-        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CamsegError(
-                f"train.device={spec} but CUDA is not available here (torch {torch.__version__}); "
-                f"use train.device=cpu or auto"
-            )
-        index = int(spec.split(":")[1]) if ":" in spec else local
-        if index >= torch.cuda.device_count():
-            raise CamsegError(
-                f"train.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return torch.device("cuda", index)
-    if spec == "mps" and not torch.backends.mps.is_available():
-        raise CamsegError("train.device=mps but MPS is not available; use cpu or auto")
-    return torch.device(spec)
 
 
 def start_run(cfg: Config, config_path: Path | None, name: str | None, command: str) -> Path:
@@ -474,7 +453,12 @@ class Trainer:
         if rank_distrib() == 0:
             write_model_file(run.model, self.learn.model, meta)
             _finish_plots(self.learn, self.state, run, self.files.codes)
-        return _summary(run, self.state, self.cfg)
+        summary = _summary(run, self.state, self.cfg)
+        if rank_distrib() == 0:
+            from camseg.report import write_report
+
+            write_report(run.dir)
+        return summary
 
     def _run_stage(
         self,

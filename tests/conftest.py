@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -48,3 +50,35 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+def fast_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """tiny.yaml shrunk to seconds per epoch: 64x96 frames, resnet18, one epoch per stage."""
+    sets = [
+        f"data.root={root}",
+        "data.size=[64,96]",
+        "model.arch=resnet18",
+        "train.stages[0].epochs=1",
+        "train.stages[1].epochs=1",
+        f"output.dir={out}",
+        *extra,
+    ]
+    return ["--config", str(TINY), *[a for s in sets for a in ("--set", s)]]
+
+
+def history(run: Path) -> list[dict]:
+    with (run / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, camvid_tiny) -> Path:
+    """One short real training run shared by the tests that only read its outputs."""
+    from typer.testing import CliRunner
+
+    from camseg.cli import app
+
+    out = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(app, ["train", *fast_args(camvid_tiny, out), "--name", "tiny"])
+    assert result.exit_code == 0, result.output
+    return out / "tiny"

@@ -79,6 +79,24 @@ class ColorMask:
         return idx
 
 
+def label_reader(files: DatasetFiles) -> Callable[[Path], np.ndarray]:
+    """image path -> its label as an (H, W) array of class indices, at the label's own size."""
+    if files.colors is not None:
+        return ColorMask(files.label_for, files.colors)
+    return IndexLabel(files.label_for)
+
+
+class IndexLabel:
+    """Reads a camvid-layout index label as an array."""
+
+    def __init__(self, label_for: Callable[[Path], Path]) -> None:
+        self.label_for = label_for
+
+    def __call__(self, image: Path) -> np.ndarray:
+        with Image.open(self.label_for(image)) as im:
+            return np.asarray(im).copy()
+
+
 def _image_files(folder: Path, skip_suffix: str | None = None) -> list[Path]:
     files = [
         p

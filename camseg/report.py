@@ -1,0 +1,167 @@
+"""RUN_DIR/report.html: one page with the config, the per-epoch table beside the paper's
+Fig. 13, every plot, and the latest evaluation (per-class IoU, confusion heatmap).
+
+Images are linked relative to the run folder, so the folder can be moved or zipped whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+
+from camseg.atomic import atomic_write_text
+from camseg.data.files import resource_path
+
+PAPER_SOURCE = (
+    "H. Gupta, \u201cImage Segmentation Using Deep Learning\u201d, Fig. 13: full-size stage, "
+    "full CamVid, ImageNet-pretrained ResNet34 U-Net, Colab GPU"
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f2f2f2; } td.l, th.l { text-align: left; }
+.side { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.note { color: #666; font-size: 0.85em; }
+"""
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _table(rows: list[dict], columns: list[str], caption: str = "") -> str:
+    if not rows:
+        return "<p class='note'>none yet</p>"
+    head = "".join(f"<th class='l'>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+        for r in rows
+    )
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<tr>{head}</tr>{body}</table>"
+
+
+def _img(run_dir: Path, rel: str, alt: str) -> str:
+    if not (run_dir / rel).is_file():
+        return ""
+    return f"<figure><img src='{html.escape(rel)}' alt='{html.escape(alt)}'></figure>"
+
+
+def _fmt(v: object, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def latest_eval(run_dir: Path) -> Path | None:
+    """The most recent evaluation folder of a run (by metrics.json time), if any."""
+    found = sorted(run_dir.glob("eval/*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent if found else None
+
+
+def write_report(run_dir: Path) -> Path:
+    """(Re)write RUN_DIR/report.html from what the run folder holds now."""
+    history = _read_csv(run_dir / "history.csv")
+    for row in history:
+        for k in ("train_loss", "valid_loss", "acc_camvid", "miou"):
+            row[k] = _fmt(float(row[k]), 6 if k != "miou" else 4)
+        row["seconds"] = _fmt(float(row["seconds"]), 1)
+    paper = _read_csv(resource_path("paper_fig13.csv"))
+    summary = (
+        json.loads((run_dir / "summary.json").read_text())
+        if (run_dir / "summary.json").is_file()
+        else {}
+    )
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+
+    parts = [f"<h1>camseg run: {html.escape(run_dir.name)}</h1>"]
+    if summary:
+        parts.append(
+            f"<p>best acc_camvid <b>{_fmt(summary.get('best_acc_camvid'))}</b> "
+            f"({html.escape(str(summary.get('best_stage')))}, epoch {summary.get('best_epoch')}); "
+            f"{summary.get('epochs')} epochs, {_fmt(summary.get('seconds_per_epoch'), 1)} s/epoch, "
+            f"{_fmt(summary.get('images_per_second'), 1)} images/s</p>"
+        )
+    parts.append("<h2>Per-epoch results</h2><div class='side'>")
+    parts.append(
+        "<div><h3>this run</h3>"
+        + _table(
+            history,
+            ["stage_name", "epoch", "train_loss", "valid_loss", "acc_camvid", "miou", "seconds"],
+        )
+        + "</div>"
+    )
+    parts.append(
+        "<div><h3>the paper (Fig. 13)</h3>"
+        + _table(paper, ["epoch", "train_loss", "valid_loss", "acc_camvid", "time"])
+        + f"<p class='note'>{html.escape(PAPER_SOURCE)}</p></div></div>"
+    )
+    parts.append("<h2>Learning rate finder, schedule and losses</h2>")
+    for p in sorted((run_dir / "plots").glob("lr_find_*.png")):
+        parts.append(_img(run_dir, f"plots/{p.name}", p.stem))
+    for name, alt in (("schedule", "lr and momentum schedule"), ("loss", "losses")):
+        parts.append(_img(run_dir, f"plots/{name}.png", alt))
+    parts.append("<h2>Image / ground truth / prediction</h2>")
+    parts.append(_img(run_dir, "plots/results.png", "validation predictions"))
+    parts.append(_eval_section(run_dir))
+    parts.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>camseg {html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(p for p in parts if p)
+        + "</body></html>\n"
+    )
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def _eval_section(run_dir: Path) -> str:
+    folder = latest_eval(run_dir)
+    if folder is None:
+        return (
+            "<h2>Evaluation</h2><p class='note'>not evaluated yet: "
+            f"camseg evaluate --run {html.escape(str(run_dir))}</p>"
+        )
+    m = json.loads((folder / "metrics.json").read_text())
+    rel = folder.relative_to(run_dir).as_posix()
+    ev = m.get("evaluated", {})
+    rows = [
+        {
+            "class": r["class"],
+            "iou": _fmt(r["iou"]),
+            "precision": _fmt(r["precision"]),
+            "recall": _fmt(r["recall"]),
+            "pixel share": _fmt(r["pixel_share"]),
+        }
+        for r in m["per_class"]
+        if r["present"] and r["scored"]
+    ]
+    refs = "".join(
+        f"<li>{r['acc_camvid']:.4f}: {html.escape(r['source'])} ({html.escape(r['setting'])})</li>"
+        for r in m.get("references", [])
+    )
+    return (
+        f"<h2>Evaluation ({html.escape(rel)})</h2>"
+        f"<p>{html.escape(str(ev.get('data')))}, split {html.escape(str(ev.get('split')))}, "
+        f"{ev.get('n_images')} images, size {html.escape(str(ev.get('size')))}: "
+        f"acc_camvid <b>{_fmt(m['acc_camvid'])}</b>, pixel accuracy {_fmt(m['pixel_acc'])}, "
+        f"mIoU {_fmt(m['miou'])}</p>"
+        f"<p class='note'>Published numbers, for orientation only (other data and weights):"
+        f"</p><ul class='note'>{refs}</ul><div class='side'><div>"
+        + _table(
+            rows,
+            ["class", "iou", "precision", "recall", "pixel share"],
+            "per class (present, non-Void)",
+        )
+        + "</div><div>"
+        + _img(run_dir, f"{rel}/confusion.png", "confusion matrix")
+        + "</div></div>"
+    )

@@ -1,0 +1,102 @@
+"""`camseg predict`: full-resolution masks, every kind of input image, bad files skipped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from camseg.plots import palette
+
+
+def _palette_set(codes: list[str]) -> set[tuple[int, int, int]]:
+    return {tuple(int(v) for v in c) for c in palette(codes)}
+
+
+def test_predict_camseq01_frames_at_full_resolution(trained_run, camseq01_sample, tmp_path, cli):
+    from camseg.model import read_model_file
+
+    out = tmp_path / "pred"
+    frames = camseq01_sample / "CamSeq01_Raw"
+    result = cli("predict", frames, "--run", trained_run, "--out", out, "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    codes = read_model_file(trained_run).codes
+    allowed = _palette_set(codes)
+    for frame in sorted(frames.iterdir()):
+        mask = Image.open(out / f"{frame.stem}_mask.png")
+        assert mask.mode == "L" and mask.size == (960, 720)
+        assert np.asarray(mask).max() < 32
+        colour = np.asarray(Image.open(out / f"{frame.stem}_color.png").convert("RGB"))
+        assert colour.shape == (720, 960, 3)
+        assert {tuple(c) for c in np.unique(colour.reshape(-1, 3), axis=0)} <= allowed
+        assert Image.open(out / f"{frame.stem}_overlay.png").size == (960, 720)
+        # the colour image is the index mask through the CamVid palette
+        assert (palette(codes)[np.asarray(mask)] == colour).all()
+
+
+def test_predict_odd_inputs_and_a_broken_file(trained_run, camvid_tiny, tmp_path, cli):
+    src = np.asarray(Image.open(camvid_tiny / "images" / "0001TP_006750.png").convert("RGB"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(src).convert("RGBA").save(inputs / "rgba.png")
+    Image.fromarray(src).convert("L").save(inputs / "grey.png")
+    grey16 = np.asarray(Image.fromarray(src).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey16).save(inputs / "sixteen.png")
+    Image.fromarray(src).save(inputs / "photo.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(src).save(inputs / "rotated.jpg", exif=exif.tobytes())
+    good = (inputs / "rgba.png").read_bytes()
+    (inputs / "broken.png").write_bytes(good[: len(good) // 3])
+
+    out = tmp_path / "out"
+    result = cli("predict", inputs, "--run", trained_run, "--out", out, "--json")
+    assert result.exit_code == 1  # something was skipped
+    assert "broken.png" in result.stderr and "1 of 6 input(s) could not be read" in result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["image"].rsplit("/", 1)[-1] for r in records) == [
+        "grey.png",
+        "photo.jpg",
+        "rgba.png",
+        "rotated.jpg",
+        "sixteen.png",
+    ]
+    for r in records:
+        assert abs(sum(r["shares"].values()) - 1) < 1e-3
+    for stem in ("rgba", "grey", "sixteen", "photo"):
+        assert Image.open(out / f"{stem}_mask.png").size == (128, 96)
+    assert Image.open(out / "rotated_mask.png").size == (96, 128)  # EXIF rotation applied
+    assert not (out / "broken_mask.png").exists()
+
+
+def test_predict_never_writes_over_an_input(trained_run, camvid_tiny, tmp_path, cli):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frame = camvid_tiny / "images" / "0001TP_006750.png"
+    (folder / "a.png").write_bytes(frame.read_bytes())
+    (folder / "a_mask.png").write_bytes(frame.read_bytes())
+    before = (folder / "a_mask.png").read_bytes()
+    result = cli("predict", folder, "--run", trained_run, "--out", folder)
+    assert result.exit_code == 2 and "would overwrite an input" in result.stderr
+    assert (folder / "a_mask.png").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_mask.png"]
+
+
+def test_predict_default_out_and_glob(trained_run, camvid_tiny, cli):
+    pattern = str(camvid_tiny / "images" / "0006R0_f0*.png")
+    result = cli("predict", pattern, "--run", trained_run, "--format", "index")
+    assert result.exit_code == 0, result.output
+    written = sorted((trained_run / "predictions").glob("*_mask.png"))
+    assert len(written) == 13 and not list((trained_run / "predictions").glob("*_color.png"))
+
+
+def test_predict_errors(trained_run, camvid_tiny, tmp_path, cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("predict", empty, "--run", trained_run)
+    assert r.exit_code == 2 and "folder has no images" in r.stderr
+    r = cli("predict", str(tmp_path / "*.png"), "--run", trained_run)
+    assert r.exit_code == 2 and "pattern matches no files" in r.stderr
+    r = cli("predict", camvid_tiny / "images" / "0001TP_006750.png", "--run", tmp_path)
+    assert r.exit_code == 2 and "no model.pth" in r.stderr
