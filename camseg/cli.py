@@ -402,9 +402,15 @@ def predict(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default RUN_DIR/predictions).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch (default: 16 on CUDA, 1 on CPU).")
+    ] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
     device: DeviceOpt = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(help="auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16."),
+    ] = "auto",
     format_: Annotated[
         str, typer.Option("--format", help="Comma list of index, color, overlay.")
     ] = "index,color,overlay",

@@ -73,6 +73,11 @@ class DataConfig(_Section):
     pin_memory: bool | Literal["auto"] = Field(
         "auto", description="pin host memory for faster GPU copies; auto = on for CUDA"
     )
+    cache: bool | Path = Field(
+        False,
+        description="store frames and masks resized to data.size once (.npy) and read those on "
+        "later epochs and runs; true = ~/.cache/camseg, or a folder",
+    )
     augment: AugConfig = Field(default_factory=AugConfig, description="training augmentation")
     synthetic: SynthConfig = Field(
         default_factory=SynthConfig, description="how the synthetic layout generates its scenes"
@@ -210,7 +215,13 @@ class Config(_Section):
 
 
 # Keys holding paths: values written in a config file are relative to that file's folder.
-PATH_KEYS = (("data", "root"), ("model", "weights"), ("model", "init_from"), ("output", "dir"))
+PATH_KEYS = (
+    ("data", "root"),
+    ("data", "cache"),
+    ("model", "weights"),
+    ("model", "init_from"),
+    ("output", "dir"),
+)
 
 
 def load_config(path: Path | None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -265,7 +276,7 @@ def absolute_paths(cfg: Config) -> Config:
     updates: dict[str, dict[str, Path]] = {}
     for section, key in PATH_KEYS:
         value = getattr(getattr(cfg, section), key)
-        if value is not None and not value.is_absolute():
+        if isinstance(value, Path) and not value.is_absolute():
             updates.setdefault(section, {})[key] = value.absolute()
     return cfg.model_copy(
         update={s: getattr(cfg, s).model_copy(update=u) for s, u in updates.items()}

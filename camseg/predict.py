@@ -128,10 +128,10 @@ def _decode(path: Path) -> tuple[np.ndarray | None, str | None]:
 Decoded = list[tuple[int, np.ndarray | None, str | None]]
 
 
-def _batches(images: list[Path], batch_size: int) -> Iterator[Decoded]:
+def _batches(images: list[Path], batch_size: int, workers: int) -> Iterator[Decoded]:
     """Decode in a thread pool, one batch ahead of the network (PIL releases the GIL)."""
     starts = range(0, len(images), batch_size)
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
 
         def submit(start: int) -> list:
             idx = range(start, min(start + batch_size, len(images)))
@@ -144,14 +144,55 @@ def _batches(images: list[Path], batch_size: int) -> Iterator[Decoded]:
             yield [(i, *fut.result()) for i, fut in current]
 
 
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+Precision = str  # auto, fp32, bf16, fp16
+
+
+def inference_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for inference, or None for plain fp32.
+
+    auto: fp16 on CUDA; bf16 on a CPU with native bf16 (measured 2.4x faster than fp32 on a
+    2-core AVX512-BF16 machine, with the same class on >= 99% of pixels); else fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise CamsegError("--precision fp16 needs a CUDA device; use auto, bf16 or fp32")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    raise CamsegError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
+
+
+def auto_batch_size(device: torch.device) -> int:
+    """On a GPU batches keep it busy; on a CPU one image at a time is fastest (measured: a
+    ResNet34 U-Net at 360x480 runs 1.15 images/s at batch 1, 0.75 at batch 8 on 2 cores — the
+    activations of a big batch outgrow the caches)."""
+    return 16 if device.type == "cuda" else 1
+
+
 def predict(
     inputs: list[str],
     model_path: Path,
     out: Path,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     tta: bool = False,
     device: str = "auto",
+    precision: Precision = "auto",
     formats: tuple[str, ...] = FORMATS,
     on_image: Callable[[dict | None], None] | None = None,
 ) -> PredictResult:
@@ -159,8 +200,11 @@ def predict(
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise CamsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
+    dev = resolve_device(device)
+    dtype = inference_dtype(precision, dev)
+    batch_size = batch_size or auto_batch_size(dev)
     images = expand_inputs(inputs)
     mf = read_model_file(model_path)
     names = _output_names(images, out)
@@ -177,14 +221,16 @@ def predict(
     if not _writable(out):
         raise CamsegError(f"--out {out}: folder is not writable")
 
-    dev = resolve_device(device)
-    model: torch.nn.Module = mf.build().to(dev).eval()
+    # channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (1.5x on CPU).
+    model: torch.nn.Module = mf.build().to(dev).eval().to(memory_format=torch.channels_last)
     if tta:
         model = FlipTTA(model)
     palette = _palette(mf.codes)
     result = PredictResult()
-    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda")
-    for batch in _batches(images, batch_size):
+    autocast = torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    # On a CPU the network's own threads use every core; more decoding threads only preempt them.
+    workers = 4 if dev.type == "cuda" else 1
+    for batch in _batches(images, batch_size, workers):
         good = [(i, arr) for i, arr, err in batch if arr is not None]
         for i, arr, err in batch:
             if arr is None:
@@ -195,13 +241,15 @@ def predict(
         if not good:
             continue
         xb = torch.stack([to_model_input(arr, mf) for _, arr in good]).to(dev)
-        with torch.no_grad(), autocast:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast:
             logits = model(xb).float()
         for (i, arr), lg in zip(good, logits, strict=True):
             h, w = arr.shape[:2]
-            # Upsample the class scores (bilinear), then take the argmax at full resolution.
-            up = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)
-            mask = up[0].argmax(dim=0).byte().cpu().numpy()
+            if (h, w) != tuple(lg.shape[-2:]):
+                # Upsample the class scores (bilinear), then take the argmax at full resolution.
+                lg = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            mask = lg.argmax(dim=0).byte().cpu().numpy()
             record = _write(images[i], names[i], arr, mask, palette, mf.codes, out, formats)
             result.written.append(record)
             if on_image is not None:

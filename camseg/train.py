@@ -32,6 +32,7 @@ from camseg.atomic import atomic_link, atomic_torch_save, atomic_write_text
 from camseg.config import Config, StageConfig, absolute_paths, dump_config, load_config
 from camseg.data import build_dataloaders, check_dataset, find_files
 from camseg.data.layouts import resolve_size
+from camseg.distributed import init_distributed, rank0_first, share_path
 from camseg.errors import CamsegError
 from camseg.metrics import AccCamvid, MeanIoU
 from camseg.model import (
@@ -375,8 +376,8 @@ class Trainer:
         self.state = state
         set_seed(cfg.train.seed, reproducible=True)
         if num_distrib() > 1:
-            _init_distributed(self.device)
-        with _rank0_first():  # rank 0 generates a synthetic set while the others wait
+            init_distributed(self.device)
+        with rank0_first():  # rank 0 generates a synthetic set while the others wait
             self.files = find_files(cfg.data)
         check_dataset(self.files).raise_if_bad()
         self.size = resolve_size(cfg.data.size, self.files.images[0])
@@ -443,6 +444,11 @@ class Trainer:
                         self._run_stage(i, stage, run, meta, on_epoch, on_stage)
         except KeyboardInterrupt:
             raise TrainingInterrupted(run.dir) from None
+        except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
+            raise CamsegError(
+                f"cannot write {e.filename or 'a run file'}: {e.strerror or e}; free space or fix "
+                f"it, then continue: camseg train --resume {run.dir}"
+            ) from None
         except torch.cuda.OutOfMemoryError:
             h, w = self.size
             raise CamsegError(
@@ -485,12 +491,11 @@ class Trainer:
             self.ckpt = None
         start_epoch = state.epochs_done if i == state.stage else 0
         state.stage, state.epochs_done = i, start_epoch
-        lr = state.lrs.get(str(i))
-        if lr is None:
-            lr = (
-                self._find_lr(run.plots / f"lr_find_{name}.png") if stage.lr == "find" else stage.lr
-            )
-            state.lrs[str(i)] = list(lr) if isinstance(lr, tuple) else lr
+        if stage.lr != "find":  # as configured (a --set on resume takes effect here)
+            lr = stage.lr
+        else:  # found once: a resumed stage keeps the lr it started with
+            lr = state.lrs.get(str(i)) or self.find_lr(run.plots / f"lr_find_{name}.png")["valley"]
+        state.lrs[str(i)] = list(lr) if isinstance(lr, tuple) else lr
         if on_stage is not None:
             on_stage(i, name, lr)
         recorder = RunRecorder(
@@ -515,8 +520,8 @@ class Trainer:
             )
         state.stage, state.epochs_done = i + 1, 0
 
-    def _find_lr(self, plot: Path) -> float:
-        """fastai lr_find; the valley suggestion, with the plot of all four."""
+    def find_lr(self, plot: Path) -> dict[str, float]:
+        """fastai lr_find: its four suggestions (valley, slide, minimum, steep), plotted."""
         from camseg.plots import plot_lr_find
 
         found = self.learn.lr_find(
@@ -524,9 +529,10 @@ class Trainer:
             show_plot=False,
             suggest_funcs=(valley, slide, minimum, steep),
         )
+        suggestions = {k: float(v) for k, v in found._asdict().items()}
         if rank_distrib() == 0:
-            plot_lr_find(self.learn.recorder, found._asdict(), plot)
-        return float(found.valley)
+            plot_lr_find(self.learn.recorder, suggestions, plot)
+        return suggestions
 
 
 def train_new(
@@ -544,7 +550,7 @@ def train_new(
     cfg = absolute_paths(cfg)
     trainer = Trainer(cfg, progress=progress)
     run_dir = start_run(cfg, config_path, name, command) if rank_distrib() == 0 else None
-    run_dir = _share_run_dir(run_dir)
+    run_dir = share_path(run_dir)
     if on_start is not None and rank_distrib() == 0:
         on_start(run_dir)
     return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
@@ -563,66 +569,13 @@ def train_resume(
     if not (run.dir / "config.yaml").is_file():
         raise CamsegError(f"--resume {run_dir}: not a run folder (no config.yaml)")
     cfg = load_config(run.dir / "config.yaml", overrides or [])
+    for stray in run.checkpoints.glob(".*.tmp"):  # a write the crash cut short
+        stray.unlink()
     ckpt = _load_checkpoint(run.last) if run.last.is_file() else None
     trainer = Trainer(cfg, ckpt=ckpt, progress=progress)
     if overrides and rank_distrib() == 0:
         atomic_write_text(run.dir / "config.yaml", dump_config(absolute_paths(cfg)))
     return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
-
-
-@contextlib.contextmanager
-def _rank0_first() -> Any:
-    """Rank 0 runs the block first, the other ranks after it (no-op when not distributed)."""
-    if num_distrib() <= 1:
-        yield
-        return
-    import torch.distributed as dist
-
-    if rank_distrib() != 0:
-        dist.barrier()
-    yield
-    if rank_distrib() == 0:
-        dist.barrier()
-
-
-def _init_distributed(device: torch.device) -> None:
-    """Join the process group torchrun/accelerate describe in the environment (once).
-
-    accelerate's PartialState picks nccl on GPUs and, told cpu=True, gloo on CPU; the
-    Accelerator fastai's distrib_ctx makes later reuses the same state.
-    """
-    from accelerate import PartialState
-
-    PartialState(cpu=device.type == "cpu")
-    _patch_fastai_broadcast()
-
-
-def _patch_fastai_broadcast() -> None:
-    """Compatibility shim: fastai's DistributedDL broadcasts the shuffled order through a CUDA
-    tensor ("nccl only works with cuda tensors"), which fails under gloo on CPU. Broadcast on
-    the device the backend wants instead; under nccl this is exactly fastai's behaviour."""
-    import torch.distributed as dist
-    from fastai.distributed import DistributedDL
-
-    def _broadcast(self: Any, t: list[int], rank: int) -> list[int]:
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        tensor = torch.tensor(t, dtype=torch.long, device=device)
-        dist.broadcast(tensor, rank)
-        return tensor.cpu().tolist()
-
-    DistributedDL._broadcast = _broadcast
-
-
-def _share_run_dir(run_dir: Path | None) -> Path:
-    """Under torchrun/accelerate only rank 0 makes the folder; the others learn its name."""
-    if num_distrib() <= 1:
-        assert run_dir is not None
-        return run_dir
-    import torch.distributed as dist
-
-    box = [str(run_dir) if run_dir is not None else None]
-    dist.broadcast_object_list(box, src=0)
-    return Path(box[0])  # type: ignore[arg-type]
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -679,8 +632,6 @@ def lr_find(
 
     Writes lr_find.png and lr_find.json to a new folder out_parent/<name>-lr_find[-k].
     """
-    from camseg.plots import plot_lr_find
-
     if not 0 <= stage_index < len(cfg.train.stages):
         raise CamsegError(
             f"--stage {stage_index}: the config has stages 0..{len(cfg.train.stages) - 1}"
@@ -698,14 +649,8 @@ def lr_find(
         learn.unfreeze()
     out_dir = create_run_dir(out_parent, f"{name}-lr_find")
     learn.path = out_dir
-    found = learn.lr_find(
-        num_it=cfg.train.lr_find_iters,
-        show_plot=False,
-        suggest_funcs=(valley, slide, minimum, steep),
-    )
+    suggestions = trainer.find_lr(out_dir / "lr_find.png")
     (out_dir / "checkpoints").rmdir()  # lr_find's temporary weights went there
-    suggestions = {k: float(v) for k, v in found._asdict().items()}
-    plot_lr_find(learn.recorder, suggestions, out_dir / "lr_find.png")
     atomic_write_text(out_dir / "lr_find.json", json.dumps(suggestions, indent=2) + "\n")
     return out_dir, suggestions
 

@@ -217,3 +217,20 @@ def test_check_unknown_colour_in_camseq01(camseq01_sample, tmp_path):
         "0016E5_07995_L.png: colours not in label_colors.txt: RGB(7, 7, 7) (16 px)" in p
         for p in problems
     )
+
+
+def test_cache_gives_the_same_batches_and_remakes_changed_files(tiny_copy, tmp_path):
+    base = ["data.batch_size=5", "data.num_workers=0", "data.augment.enabled=false"]
+    plain = tiny_cfg(tiny_copy, *base)
+    cached = tiny_cfg(tiny_copy, *base, f"data.cache={tmp_path / 'cache'}", "data.size=[48,64]")
+    plain = plain.model_copy(update={"size": (48, 64)})
+    files = find_files(plain)
+    xa, ya = build_dataloaders(plain, files).valid.one_batch()
+    xb, yb = build_dataloaders(cached, files).valid.one_batch()
+    assert torch.equal(ya, yb) and torch.allclose(xa, xb)
+    entries = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(entries) == 200  # 100 frames + 100 masks, made once
+    frame = tiny_copy / "images" / "0016E5_07973.png"
+    Image.open(frame).transpose(Image.FLIP_LEFT_RIGHT).save(frame)  # the source changes
+    build_dataloaders(cached, files)
+    assert len(sorted((tmp_path / "cache").rglob("*.npy"))) == 201

@@ -100,3 +100,23 @@ def test_predict_errors(trained_run, camvid_tiny, tmp_path, cli):
     assert r.exit_code == 2 and "pattern matches no files" in r.stderr
     r = cli("predict", camvid_tiny / "images" / "0001TP_006750.png", "--run", tmp_path)
     assert r.exit_code == 2 and "no model.pth" in r.stderr
+
+
+def test_fast_precision_agrees_with_fp32(trained_run, camvid_tiny, tmp_path):
+    """auto precision (bf16 on CPUs that have it) labels nearly every pixel as fp32 does."""
+    from camseg.predict import predict
+
+    frames = sorted((camvid_tiny / "images").glob("0016E5_0*.png"))[:6]
+    a = predict([str(p) for p in frames], trained_run, tmp_path / "a", precision="fp32")
+    b = predict(
+        [str(p) for p in frames], trained_run, tmp_path / "b", precision="auto", batch_size=3
+    )
+    assert len(a.written) == len(b.written) == 6
+    same = [
+        (
+            np.asarray(Image.open(tmp_path / "a" / f"{p.stem}_mask.png"))
+            == np.asarray(Image.open(tmp_path / "b" / f"{p.stem}_mask.png"))
+        ).mean()
+        for p in frames
+    ]
+    assert min(same) >= 0.99, same

@@ -220,7 +220,13 @@ def build_dataloaders(
     from fastai.vision.data import ImageBlock, MaskBlock
 
     size = resolve_size(cfg.size, files.images[0])
+    get_x = None
     get_y = files.label_for if files.colors is None else ColorMask(files.label_for, files.colors)
+    if cfg.cache is not False:
+        from camseg.data.cache import build_cache, default_root
+
+        root = default_root() if cfg.cache is True else cfg.cache
+        get_x, get_y = build_cache(files, size, root)
     aug = cfg.augment
     batch_tfms = []
     if aug.enabled:
@@ -236,6 +242,7 @@ def build_dataloaders(
     batch_tfms.append(Normalize.from_stats(*imagenet_stats))
     block = DataBlock(
         blocks=(ImageBlock, MaskBlock(files.codes)),
+        get_x=get_x,
         get_y=get_y,
         splitter=FileSplitter(files.valid_file),
         # Squish, not crop: the whole frame is scored, and CamVid frames keep their aspect.

@@ -1,0 +1,70 @@
+"""`data.cache`: every frame and mask stored once, already resized to the training size, as
+.npy files keyed by the size and by the source file's modification time and byte size (a
+changed file is made again). Later epochs and runs read those instead of decoding and resizing
+full-size PNGs, which on a GPU otherwise starves the model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from camseg.atomic import atomic_write
+from camseg.data.layouts import DatasetFiles, label_reader
+
+
+def default_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "camseg"
+
+
+def _key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.stem}-{st.st_mtime_ns}-{st.st_size}.npy"
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, arr))
+
+
+class CachedArray:
+    """get_x / get_y that reads the cached array of an item (picklable for worker processes)."""
+
+    def __init__(self, mapping: dict[Path, Path]) -> None:
+        self.mapping = mapping
+
+    def __call__(self, item: Path) -> np.ndarray:
+        return np.load(self.mapping[item])
+
+
+def build_cache(
+    files: DatasetFiles, size: tuple[int, int], root: Path, workers: int = 4
+) -> tuple[CachedArray, CachedArray]:
+    """Make the missing cache entries; return (get_x, get_y) that read them."""
+    h, w = size
+    tag = hashlib.sha1(str(files.root.resolve()).encode()).hexdigest()[:12]
+    folder = root / f"{files.root.name}-{tag}" / f"{h}x{w}"
+    read_label = label_reader(files)
+
+    def one(image: Path) -> tuple[Path, Path]:
+        label = files.label_for(image)
+        x_path = folder / "images" / _key(image)
+        y_path = folder / "labels" / _key(label)
+        if not x_path.is_file():
+            with Image.open(image) as im:
+                rgb = im.convert("RGB").resize((w, h), Image.BILINEAR)  # as fastai's Resize
+            _save(x_path, np.asarray(rgb))
+        if not y_path.is_file():
+            mask = Image.fromarray(read_label(image)).resize((w, h), Image.NEAREST)
+            _save(y_path, np.asarray(mask))
+        return x_path, y_path
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        made = list(pool.map(one, files.images))
+    xs = {img: x for img, (x, _) in zip(files.images, made, strict=True)}
+    ys = {img: y for img, (_, y) in zip(files.images, made, strict=True)}
+    return CachedArray(xs), CachedArray(ys)

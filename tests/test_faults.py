@@ -1,0 +1,499 @@
+"""The fault suite: an adversarial user's bad inputs and the faults a long run meets.
+
+Each test is one case: it asserts the exit code, the one-line message (naming the file or key
+and what to do, no traceback) and that nothing earlier was lost or half-written.
+Run them alone with ./scripts/faults.sh (pytest -m faults).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, fast_args, history
+from fastai.callback.core import Callback
+from PIL import Image
+
+import camseg.train
+
+pytestmark = pytest.mark.faults
+
+
+def one_line_error(result, *needles: str) -> str:
+    """Exit code 2, exactly one stderr line, no traceback, containing every needle."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("camseg: error: ")
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ---- bad config -------------------------------------------------------------------------
+
+CONFIG_CASES = {
+    "unknown key": ("data:\n  batchsize: 4\n", "did you mean data.batch_size?"),
+    "wrong type": ("data:\n  batch_size: four\n", "data.batch_size = 'four'"),
+    "negative epochs": ("train:\n  stages:\n  - epochs: -1\n", "train.stages[0].epochs = -1"),
+    "negative batch size": ("data:\n  batch_size: -8\n", "data.batch_size = -8"),
+    "lr pair in the wrong order": (
+        "train:\n  stages:\n  - lr: [1.0e-3, 1.0e-6]\n",
+        "0 < low <= high",
+    ),
+    "unknown arch": ("model:\n  arch: resnet9\n", "'resnet18', 'resnet34' or 'resnet50'"),
+    "unknown layout": ("data:\n  layout: voc\n", "'camvid', 'camseq01' or 'synthetic'"),
+    "YAML syntax error": ("data:\n  size: [96, 128\n  batch_size: 4\n", ".yaml:3: YAML syntax"),
+    "empty file": ("", "config file is empty"),
+    "python object tag": (
+        "data: !!python/object/apply:os.system ['touch PWNED']\n",
+        "YAML tag refused",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_bad_config(case, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text, needle = CONFIG_CASES[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    one_line_error(cli("train", "--config", path), str(path), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no runs/, no PWNED
+
+
+def test_size_not_divisible_by_32_trains(camvid_tiny, tmp_path, cli):
+    """Decision: any size >= 32 is accepted; fastai's U-Net resizes decoder features to fit."""
+    result = cli(
+        "train",
+        *fast_args(camvid_tiny, tmp_path, "data.size=[50,70]", "train.stages=[{epochs: 1}]"),
+    )
+    assert result.exit_code == 0, result.output
+    from camseg.model import read_model_file
+
+    assert read_model_file(tmp_path / "tiny").size == (50, 70)
+
+
+# ---- bad data ---------------------------------------------------------------------------
+
+
+def _break(root: Path, case: str) -> str:
+    """Inject one fault into a camvid copy; return what the message must name."""
+    img, lbl = root / "images" / "0001TP_006750.png", root / "labels" / "0001TP_006750_P.png"
+    if case == "root missing":
+        shutil.rmtree(root)
+        return "dataset folder not found"
+    if case == "no images":
+        for p in (root / "images").iterdir():
+            p.unlink()
+        return "no images found"
+    if case == "image without label":
+        lbl.unlink()
+        return "0001TP_006750.png: no label"
+    if case == "label without image":
+        img.unlink()
+        return "0001TP_006750_P.png: label without an image"
+    if case == "label size differs":
+        Image.open(lbl).resize((64, 48), Image.NEAREST).save(lbl)
+        return "0001TP_006750_P.png: size 64x48 differs"
+    if case == "label value >= codes":
+        arr = np.array(Image.open(lbl))
+        arr[0, 0] = 40
+        Image.fromarray(arr).save(lbl)
+        return "label value 40 >= number of codes (32)"
+    if case == "codes without Void":
+        codes = root / "codes.txt"
+        codes.write_text(codes.read_text().replace("Void\n", "Nothing\n"))
+        return "no 'Void' class"
+    if case == "duplicate codes":
+        codes = root / "codes.txt"
+        codes.write_text(codes.read_text().replace("Wall", "Road"))
+        return "duplicate class names Road"
+    if case == "valid.txt empty":
+        (root / "valid.txt").write_text("")
+        return "validation list is empty"
+    if case == "valid.txt names missing files":
+        (root / "valid.txt").write_text("0016E5_07973.png\nghost.png\n")
+        return "names not among the images: ghost.png"
+    if case == "valid.txt covers every image":
+        (root / "valid.txt").write_text("\n".join(p.name for p in (root / "images").iterdir()))
+        return "leaving no training set"
+    if case == "truncated PNG":
+        img.write_bytes(img.read_bytes()[:300])
+        return "0001TP_006750.png: unreadable image"
+    if case == "16-bit label":
+        Image.fromarray(np.array(Image.open(lbl)).astype(np.uint16)).save(lbl)
+        return "label must be 8-bit"
+    if case == "palette label":
+        Image.open(lbl).convert("P").save(lbl)
+        return "palette-mode label"
+    raise AssertionError(case)
+
+
+DATA_CASES = [
+    "root missing",
+    "no images",
+    "image without label",
+    "label without image",
+    "label size differs",
+    "label value >= codes",
+    "codes without Void",
+    "duplicate codes",
+    "valid.txt empty",
+    "valid.txt names missing files",
+    "valid.txt covers every image",
+    "truncated PNG",
+    "16-bit label",
+    "palette label",
+]
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data_stops_training_before_anything_is_written(case, tiny_copy, tmp_path, cli):
+    needle = _break(tiny_copy, case)
+    out = tmp_path / "runs"
+    one_line_error(cli("train", *fast_args(tiny_copy, out)), needle)
+    assert not out.exists()
+
+
+def test_unknown_colour_in_camseq01_label(camseq01_sample, tmp_path, cli):
+    src = tmp_path / "src"
+    shutil.copytree(camseq01_sample, src)
+    lbl = src / "CamSeq01_Labeled" / "0016E5_07973_L.png"
+    arr = np.array(Image.open(lbl))
+    arr[:2, :2] = (1, 2, 3)
+    Image.fromarray(arr).save(lbl)
+    one_line_error(
+        cli("data", "prepare", src, "--out", tmp_path / "out"),
+        "0016E5_07973_L.png",
+        "RGB(1, 2, 3) (4 px)",
+        "--unknown-as Void",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# ---- bad model files --------------------------------------------------------------------
+
+
+def test_run_folder_without_a_model(tmp_path, camvid_tiny, cli):
+    one_line_error(cli("evaluate", "--run", tmp_path), "no model.pth")
+
+
+def test_model_from_another_camseg_version(trained_run, camvid_tiny, tmp_path, cli):
+    obj = torch.load(trained_run / "model.pth", weights_only=True)
+    obj["version"] = 99
+    path = tmp_path / "model.pth"
+    torch.save(obj, path)
+    one_line_error(
+        cli("evaluate", "--model", path, "--data", camvid_tiny), "file format version 99"
+    )
+
+
+def test_truncated_model_file(trained_run, camvid_tiny, tmp_path, cli):
+    data = (trained_run / "model.pth").read_bytes()
+    path = tmp_path / "model.pth"
+    path.write_bytes(data[: len(data) // 2])
+    one_line_error(cli("evaluate", "--model", path, "--data", camvid_tiny), "cannot load")
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_code_is_refused_not_run(trained_run, camvid_tiny, tmp_path, cli):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "camseg-model", "version": 1, "payload": _Evil(marker)}, evil)
+    one_line_error(cli("evaluate", "--model", evil, "--data", camvid_tiny), "cannot load")
+    one_line_error(cli("predict", camvid_tiny / "images", "--model", evil), "cannot load")
+    one_line_error(
+        cli("train", *fast_args(camvid_tiny, tmp_path / "runs", f"model.init_from={evil}")),
+        "cannot load",
+    )
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    shutil.copy(evil, run / "checkpoints" / "last.pth")
+    one_line_error(cli("train", "--resume", run), "cannot read checkpoint")
+    assert not marker.exists()
+
+
+# ---- predict ----------------------------------------------------------------------------
+
+
+def test_output_folder_not_writable(trained_run, camvid_tiny, tmp_path, cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    one_line_error(
+        cli(
+            "predict",
+            camvid_tiny / "images" / "0001TP_006750.png",
+            "--run",
+            trained_run,
+            "--out",
+            blocker / "sub",
+        ),
+        "cannot create the folder",
+    )
+
+
+def test_input_equal_to_output(trained_run, camvid_tiny, tmp_path, cli):
+    frame = tmp_path / "x.png"
+    shutil.copy(camvid_tiny / "images" / "0001TP_006750.png", frame)
+    shutil.copy(frame, tmp_path / "x_color.png")
+    one_line_error(
+        cli("predict", tmp_path, "--run", trained_run, "--out", tmp_path),
+        "would overwrite an input",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "x_color.png"]
+
+
+# ---- resources ----------------------------------------------------------------------------
+
+
+def test_cuda_requested_but_not_available(camvid_tiny, tmp_path, cli):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    one_line_error(
+        cli("train", *fast_args(camvid_tiny, tmp_path, "train.device=cuda")),
+        "train.device=cuda but CUDA is not available",
+        "train.device=cpu",
+    )
+    one_line_error(
+        cli("train", *fast_args(camvid_tiny, tmp_path, "train.fp16=true")),
+        "train.fp16=true needs a CUDA device",
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_cuda_out_of_memory(camvid_tiny, tmp_path, cli, monkeypatch):
+    from fastai.learner import Learner
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Learner, "fit_one_cycle", oom)
+    one_line_error(
+        cli("train", *fast_args(camvid_tiny, tmp_path, "data.batch_size=8")),
+        "CUDA out of memory at batch size 8",
+        "--set data.batch_size=4",
+    )
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(
+    camvid_tiny, tmp_path, cli, monkeypatch
+):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's checkpoint
+            raise OSError(28, "No space left on device", str(tmp_path / "last.pth"))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)  # what atomic_torch_save calls
+    line = one_line_error(cli("train", *fast_args(camvid_tiny, tmp_path)), "No space left")
+    assert "--resume" in line
+    run = tmp_path / "tiny"
+    ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
+    assert ckpt["state"]["stage"] == 0 and ckpt["state"]["epochs_done"] == 1
+    assert not list(run.joinpath("checkpoints").glob(".*.tmp"))
+
+
+# ---- faults during a run ------------------------------------------------------------------
+
+
+class _InjectNaN(Callback):
+    """Test double: makes the loss NaN at one training step of one epoch."""
+
+    order = -20
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def after_loss(self) -> None:
+        if self.training and (self.epoch, self.iter) == self.at:
+            self.learn.loss = torch.tensor(float("nan"))
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path, cli, monkeypatch):
+    real = camseg.train.build_learner
+
+    def build(*args, **kwargs):
+        learn = real(*args, **kwargs)
+        learn.add_cb(_InjectNaN(epoch=1, step=3))
+        return learn
+
+    monkeypatch.setattr(camseg.train, "build_learner", build)
+    args = fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=2")
+    line = one_line_error(
+        cli("train", *args, "--name", "nan"), "loss became NaN/inf at epoch 1 step 3"
+    )
+    assert "--resume" in line and "train.stages[0].lr=" in line
+    run = tmp_path / "nan"
+    assert [r["epoch"] for r in history(run)] == ["0"]  # the good epoch, and only it
+    ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
+    assert ckpt["state"]["epochs_done"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+    monkeypatch.undo()
+    resumed = cli("train", "--resume", run, "--set", "train.stages[0].lr=1e-3")
+    assert resumed.exit_code == 0, resumed.output
+    assert [(r["stage"], r["epoch"]) for r in history(run)] == [("0", "0"), ("0", "1"), ("1", "0")]
+    assert json.loads((run / "summary.json").read_text())["lrs"]["0"] == 1e-3
+
+
+def _train_cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "camseg", "train", *args, "--no-progress"]
+
+
+def _wait_rows(run: Path, proc: subprocess.Popen, rows: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "history.csv").is_file() and len(history(run)) >= rows:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {rows} epoch(s) in time: {proc.poll()}")
+
+
+def _resume_and_check(run: Path, expected: list[tuple[str, str]]) -> None:
+    done = subprocess.run(
+        _train_cmd(["--resume", str(run)]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [(r["stage"], r["epoch"]) for r in history(run)] == expected
+    for name in ("last.pth", "best.pth"):
+        torch.load(run / "checkpoints" / name, weights_only=True)  # whole, not torn
+    assert (run / "model.pth").is_file()
+
+
+def test_kill_9_between_stages(camvid_tiny, tmp_path):
+    args = [*fast_args(camvid_tiny, tmp_path, "train.stages[1].epochs=2"), "--name", "k"]
+    proc = subprocess.Popen(_train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = tmp_path / "k"
+    _wait_rows(run, proc, 1)  # stage 0 has one epoch: now it is between stages or in stage 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _resume_and_check(run, [("0", "0"), ("1", "0"), ("1", "1")])
+
+
+SLOW_WRITER = """
+import os, sys, time, pathlib
+real = os.replace
+seen = {"n": 0}
+def slow_replace(src, dst, *a, **k):
+    if str(dst).endswith("last.pth"):
+        seen["n"] += 1
+        if seen["n"] == 2:  # inside the second checkpoint write: the temp file is complete
+            pathlib.Path(os.environ["CAMSEG_TEST_MARK"]).touch()
+            time.sleep(120)
+    return real(src, dst, *a, **k)
+os.replace = slow_replace
+sys.argv = ["camseg", *sys.argv[1:]]
+from camseg.cli import main
+main()
+"""
+
+
+def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
+    mark = tmp_path / "writing"
+    args = [*fast_args(camvid_tiny, tmp_path / "runs", "train.stages[0].epochs=2"), "--name", "w"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, "train", *args, "--no-progress"],
+        env={**os.environ, "CAMSEG_TEST_MARK": str(mark)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 300
+    while not mark.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert mark.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() else "timeout"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = tmp_path / "runs" / "w"
+    ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)  # the old one, whole
+    assert ckpt["state"]["epochs_done"] == 1
+    assert list(run.joinpath("checkpoints").glob(".last.pth.*.tmp"))  # the cut-short write
+    _resume_and_check(run, [("0", "0"), ("0", "1"), ("1", "0")])
+    assert not list(run.joinpath("checkpoints").glob(".*.tmp"))
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path):
+    args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "c"]
+    proc = subprocess.Popen(
+        _train_cmd(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    run = tmp_path / "c"
+    _wait_rows(run, proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert f"camseg train --resume {run}" in stderr and "Traceback" not in stderr
+    assert torch.load(run / "checkpoints" / "last.pth", weights_only=True)["state"]["epochs_done"]
+    _resume_and_check(run, [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0")])
+
+
+def test_two_trainings_with_the_same_name_at_once(camvid_tiny, tmp_path):
+    args = [*fast_args(camvid_tiny, tmp_path, "train.stages=[{epochs: 1}]"), "--name", "same"]
+    procs = [
+        subprocess.Popen(_train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same", "same-2"]
+    for run in (tmp_path / "same", tmp_path / "same-2"):
+        assert len(history(run)) == 1 and (run / "model.pth").is_file()
+        assert (run / "command.txt").read_text().count("camseg train") == 1
+
+
+# ---- security -----------------------------------------------------------------------------
+
+
+def test_file_names_are_just_names(tiny_copy, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where `touch PWNED` would land if a name were ever run
+    evil = "$(touch PWNED); `touch PWNED`"
+    for folder, suffix in (("images", ""), ("labels", "_P")):
+        src = tiny_copy / folder / f"0001TP_006750{suffix}.png"
+        src.rename(tiny_copy / folder / f"{evil}{suffix}.png")
+    result = cli("data", "check", "--root", tiny_copy)
+    assert result.exit_code == 0, result.output
+    assert "100 images" in result.stdout
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_run_name_cannot_escape_the_output_folder(camvid_tiny, tmp_path, cli):
+    one_line_error(
+        cli("train", *fast_args(camvid_tiny, tmp_path / "runs"), "--name", "../x"),
+        "not a plain folder name",
+    )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()
+
+
+def test_config_paths_are_relative_to_the_config_file(camvid_tiny, tmp_path, monkeypatch):
+    from camseg.config import load_config
+
+    folder = tmp_path / "cfgs"
+    folder.mkdir()
+    (folder / "c.yaml").write_text("data:\n  root: ../data\noutput:\n  dir: ../out\n")
+    monkeypatch.chdir(REPO)
+    cfg = load_config(folder / "c.yaml")
+    assert cfg.data.root.resolve() == (tmp_path / "data").resolve()
+    assert cfg.output.dir.resolve() == (tmp_path / "out").resolve()
+    assert TINY.is_file()
