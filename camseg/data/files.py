@@ -3,7 +3,11 @@ colour <-> index conversion of CamSeq01 labels. No fastai here: cheap to import.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -129,3 +133,29 @@ class ColorToIndex:
 def natural_key(name: str) -> list[int | str]:
     """Sort key that orders frame numbers numerically (f2 before f10)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+@contextlib.contextmanager
+def new_dataset_folder(out: Path) -> Iterator[Path]:
+    """A temporary camvid-layout folder (images/, labels/) beside `out`, renamed to `out` when
+    the block succeeds and removed when it fails: an interrupted run never leaves half a set."""
+    if out.exists() and any(out.iterdir()):
+        raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_codes_and_split(folder: Path, codes: list[str], valid_names: list[str]) -> None:
+    """codes.txt (line = class index) and valid.txt of a camvid-layout folder."""
+    (folder / "codes.txt").write_text("\n".join(codes) + "\n", encoding="utf-8")
+    (folder / "valid.txt").write_text("\n".join(valid_names) + "\n", encoding="utf-8")

@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camseg.data.files import ColorToIndex, read_names
+from camseg.data.files import (
+    ColorToIndex,
+    new_dataset_folder,
+    read_names,
+    write_codes_and_split,
+)
 from camseg.data.layouts import camseq01_files
 from camseg.errors import CamsegError
 
@@ -33,11 +38,6 @@ class PrepareResult:
     unknown_pixels: int
 
 
-def _fresh_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
-
-
 def prepare_camseq01(
     src: Path,
     out: Path,
@@ -52,7 +52,8 @@ def prepare_camseq01(
         raise CamsegError(f"{src}: no CamSeq01 frames found (<stem>.png beside <stem>_L.png)")
     if not 0 < valid_fraction < 1:
         raise CamsegError(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
-    _fresh_out(out)
+    if out.exists() and any(out.iterdir()):  # fail before the slow conversion, not after
+        raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
     codes = files.codes
     unknown_idx = None
     if unknown_as is not None:
@@ -75,12 +76,8 @@ def prepare_camseq01(
     if len(set(valid_names)) >= len(names):
         raise CamsegError("the validation list covers every frame; leave some for training")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     unknown_total = 0
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
+    with new_dataset_folder(out) as tmp:
         for img in files.images:
             lbl = files.label_for(img)
             if not lbl.is_file():
@@ -97,14 +94,7 @@ def prepare_camseq01(
                 unknown_total += sum(unknown.values())
             Image.fromarray(idx, mode="L").save(tmp / "labels" / f"{img.stem}_P.png")
             shutil.copyfile(img, tmp / "images" / img.name)
-        (tmp / "codes.txt").write_text("\n".join(codes) + "\n", encoding="utf-8")
-        (tmp / "valid.txt").write_text("\n".join(valid_names) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_codes_and_split(tmp, codes, valid_names)
     if unknown_total:
         log.warning("%d pixels of unknown colours were labelled %s", unknown_total, unknown_as)
     return PrepareResult(out, len(names), len(valid_names), unknown_total)
@@ -149,7 +139,8 @@ def download(name: str, out: Path) -> Path:
         return path
     if name == "camseq01":
         dest = out / "camseq01"
-        _fresh_out(dest)
+        if dest.exists() and any(dest.iterdir()):
+            raise CamsegError(f"{dest} exists and is not empty; remove it or choose another --out")
         raw = out / "CamSeq01_raw"
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out) as tmp:

@@ -8,14 +8,17 @@ annotators leave uncertain boundaries. The same seed gives the same bytes.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from camseg.data.files import read_codes, resource_path
+from camseg.data.files import (
+    new_dataset_folder,
+    read_codes,
+    resource_path,
+    write_codes_and_split,
+)
 from camseg.errors import CamsegError
 
 Box = tuple[float, float, float, float]
@@ -210,19 +213,13 @@ def generate(
     out: Path, *, n: int, size: tuple[int, int], seed: int, valid_fraction: float = 0.2
 ) -> Path:
     """Write n scenes to out/images, out/labels, out/codes.txt and out/valid.txt (the last ones)."""
-    if out.exists() and any(out.iterdir()):
-        raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
     if n < 4:
         raise CamsegError(f"--n must be at least 4 (some to train, some to validate), got {n}")
     h, w = size
     if min(h, w) < 32:
         raise CamsegError(f"--size must be at least 32x32, got {h}x{w}")
     codes = read_codes(resource_path("codes.txt"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
+    with new_dataset_folder(out) as tmp:
         names = []
         for i in range(n):
             photo, label = render(h, w, codes, np.random.default_rng([seed, i]))
@@ -230,13 +227,5 @@ def generate(
             photo.save(tmp / "images" / f"{name}.png")
             label.save(tmp / "labels" / f"{name}_P.png")
             names.append(f"{name}.png")
-        k = max(1, round(n * valid_fraction))
-        (tmp / "codes.txt").write_text("\n".join(codes) + "\n", encoding="utf-8")
-        (tmp / "valid.txt").write_text("\n".join(names[-k:]) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_codes_and_split(tmp, codes, names[-max(1, round(n * valid_fraction)) :])
     return out
