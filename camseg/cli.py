@@ -348,8 +348,8 @@ def evaluate(
         _model_source(run, model),
         data=data,
         layout=layout,
-        split=split,
-        size=size,  # type: ignore[arg-type]
+        split=split,  # type: ignore[arg-type]
+        size=size,
         tta=tta,
         device=device,
         batch_size=batch_size,

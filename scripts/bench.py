@@ -11,6 +11,9 @@ images (camvid_tiny frames upscaled), alternating A/B, both writing index masks 
 train: one epoch of `camseg train` against one epoch of scripts/plain_fastai.py (the lesson-3
 recipe) on camvid_tiny, same size, batch size, seed and device, alternating A/B in subprocesses.
 data: DataLoader images/s at the training size from 960x720 sources, with and without data.cache.
+accuracy: configs/tiny.yaml (the lesson-3 recipe) against configs/tiny-scratch.yaml on the real
+camvid_tiny without ImageNet weights, 2 seeds each; acc_camvid and mIoU of the final epoch
+(no picking the best epoch on the validation frames), and minutes per run.
 """
 
 from __future__ import annotations
@@ -338,12 +341,96 @@ def bench_data(args: argparse.Namespace) -> None:
     )
 
 
+def bench_accuracy(args: argparse.Namespace) -> None:
+    import subprocess
+
+    recipes = {"notebook": "tiny.yaml", "scratch": "tiny-scratch.yaml"}
+    seeds = [42] if args.quick else [42, 43]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for name, config in recipes.items():  # alternate the recipes within a seed
+                extra = []
+                if args.quick:
+                    extra = [
+                        "--set",
+                        "data.size=[64,96]",
+                        "--set",
+                        "model.arch=resnet18",
+                        "--set",
+                        "train.stages[0].epochs=1",
+                    ]
+                    extra += ["--set", "train.stages[1].epochs=1"] if name == "notebook" else []
+                t = time.perf_counter()
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "camseg",
+                        "train",
+                        "--config",
+                        str(REPO / "configs" / config),
+                        "--no-progress",
+                        "--name",
+                        f"{name}-{seed}",
+                        "--set",
+                        f"data.root={args.data}",
+                        "--set",
+                        f"output.dir={tmp}",
+                        "--set",
+                        f"train.seed={seed}",
+                        "--set",
+                        f"train.device={args.device}",
+                        *extra,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                minutes = (time.perf_counter() - t) / 60
+                final = json.loads((Path(tmp) / f"{name}-{seed}" / "summary.json").read_text())[
+                    "final"
+                ]
+                rows.append(
+                    {
+                        "recipe": name,
+                        "seed": seed,
+                        "acc_camvid": final["acc_camvid"],
+                        "miou": final["miou"],
+                        "minutes": round(minutes, 2),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+
+    def mean(recipe: str, key: str) -> float:
+        return statistics.mean(r[key] for r in rows if r["recipe"] == recipe)
+
+    save_results(
+        args.out,
+        "accuracy",
+        {
+            "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
+            "data": str(args.data),
+            "runs": rows,
+            **{
+                f"{r}_{k}": round(mean(r, k), 4)
+                for r in recipes
+                for k in ("acc_camvid", "miou", "minutes")
+            },
+            "acc_camvid_gain": round(
+                mean("scratch", "acc_camvid") - mean("notebook", "acc_camvid"), 4
+            ),
+            "miou_gain": round(mean("scratch", "miou") - mean("notebook", "miou"), 4),
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["all", "predict", "train", "data"]
+        "what", nargs="?", default="all", choices=["all", "predict", "train", "data", "accuracy"]
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
     parser.add_argument("--device", default="cpu")
@@ -371,6 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("all", "train"):
         args.size = size or "96x128"
         bench_train(args)
+    if args.what in ("all", "accuracy"):
+        bench_accuracy(args)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,6 @@ def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
     train = results["train_cpu"]
     assert train["camseg_images_per_s"] > 0 and train["plain_fastai_images_per_s"] > 0
     assert train["camseg_peak_rss_mb"] > 100
+    accuracy = results["accuracy"]
+    assert {r["recipe"] for r in accuracy["runs"]} == {"notebook", "scratch"}
+    assert all(0 <= r["acc_camvid"] <= 1 and r["minutes"] > 0 for r in accuracy["runs"])

@@ -84,7 +84,7 @@ def test_missing_file_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("preset", ["half", "full", "tiny", "demo"])
+@pytest.mark.parametrize("preset", ["half", "full", "tiny", "tiny-scratch", "demo"])
 def test_presets_load_and_differ_from_defaults(preset):
     path = REPO / "configs" / f"{preset}.yaml"
     cfg = load_config(path)
