@@ -118,6 +118,10 @@ class ModelConfig(_Section):
     blur: bool = Field(
         False, description="fastai blur in the decoder's upsampling (less checkerboard)"
     )
+    last_cross: bool = Field(
+        True,
+        description="fastai's last ResBlock at full resolution; false trains ~2x faster on a CPU",
+    )
 
 
 LearningRate = Annotated[
@@ -184,6 +188,11 @@ class TrainConfig(_Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     fp16: bool | Literal["auto"] = Field("auto", description="mixed precision; auto = on for CUDA")
+    bf16: bool = Field(
+        False,
+        description="bfloat16 mixed precision instead (no loss scaling): CPUs with AVX512-BF16 or"
+        " AMX, Ampere or newer GPUs",
+    )
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="channels_last memory format; auto = on for CUDA"
     )
@@ -199,6 +208,8 @@ class TrainConfig(_Section):
     def _has_stages(self) -> TrainConfig:
         if not self.stages:
             raise ValueError("train.stages is empty: give at least one stage")
+        if self.bf16 and self.fp16 is True:
+            raise ValueError("fp16 and bf16 are both true: choose one mixed precision")
         return self
 
 

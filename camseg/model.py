@@ -126,6 +126,7 @@ def build_learner(
         moms=moms,
         self_attention=cfg.self_attention,
         blur=cfg.blur,
+        last_cross=cfg.last_cross,
     )
     state = encoder_state(cfg)
     if state is not None:
@@ -161,6 +162,15 @@ def resolve_model_path(path: Path) -> Path:
     return path
 
 
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """What model.pth (or a checkpoint) says about the network it holds."""
@@ -173,6 +183,7 @@ class ModelFile:
     std: tuple[float, float, float]
     self_attention: bool
     blur: bool
+    last_cross: bool
     state_dict: dict[str, torch.Tensor]
 
     def build(self) -> nn.Module:
@@ -186,6 +197,7 @@ class ModelFile:
             pretrained=False,
             self_attention=self.self_attention,
             blur=self.blur,
+            last_cross=self.last_cross,
         )
         model.load_state_dict(self.state_dict)
         return model
@@ -212,6 +224,7 @@ def read_model_file(path: Path) -> ModelFile:
         std=tuple(meta["std"]),  # type: ignore[arg-type]
         self_attention=bool(meta["self_attention"]),
         blur=bool(meta["blur"]),
+        last_cross=bool(meta.get("last_cross", True)),  # older files: fastai default
         state_dict=obj["model"],
     )
 
@@ -225,6 +238,7 @@ def model_meta(cfg: ModelConfig, codes: list[str], size: tuple[int, int]) -> dic
         "std": list(IMAGENET_STD),
         "self_attention": cfg.self_attention,
         "blur": cfg.blur,
+        "last_cross": cfg.last_cross,
         "camseg_version": __version__,
     }
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from camseg.model import (
     CHECKPOINT_FORMAT,
     FILE_VERSION,
     build_learner,
+    cpu_has_bf16,
     model_meta,
     resolve_device,
     write_model_file,
@@ -200,8 +202,43 @@ class StopOnNaN(Callback):
             raise CancelFitException
 
 
+class CheckpointWriter:
+    """Writes each epoch's checkpoint in a background thread while the next epoch trains.
+
+    The caller hands over a snapshot (copied tensors), so training may go on changing the
+    weights; the write itself (serialise, fsync, rename) overlaps the next epoch. One write at
+    a time: submitting waits for the previous one, and a failed write (disk full) raises in the
+    training thread at the next submit or wait. Measured on 2 CPU cores: a 370 MB ResNet18
+    U-Net checkpoint costs ~0.35 s, a tenth of a 96x128 epoch of camvid_tiny.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="camseg-checkpoint")
+        self._thread.start()  # not a daemon: an exiting interpreter still finishes the write
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # handed to the training thread
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 class RunRecorder(Callback):
-    """After each epoch: history row, last.pth and (if acc_camvid improved) best.pth.
+    """After each epoch: history row, last.pth and (if acc_camvid improved) best.pth, written
+    by a CheckpointWriter while the next epoch runs.
 
     fastai's SaveModelCallback and CSVLogger do each half of this, but neither writes
     atomically nor keeps the stage, the schedule position and the history with the weights,
@@ -219,9 +256,10 @@ class RunRecorder(Callback):
         meta: dict,
         config: dict,
         on_epoch: Callable[[EpochRow], None] | None,
+        writer: CheckpointWriter,
     ) -> None:
         self.run, self.state, self.stage, self.stage_name = run, state, stage, stage_name
-        self.meta, self.config, self.on_epoch = meta, config, on_epoch
+        self.meta, self.config, self.on_epoch, self.writer = meta, config, on_epoch, writer
         self._losses: list[torch.Tensor] = []
 
     def before_epoch(self) -> None:
@@ -271,12 +309,21 @@ class RunRecorder(Callback):
             st.best, st.best_at = acc, [self.stage, self.epoch]
         if rank_distrib() == 0:
             ckpt = checkpoint_dict(self.learn, st, self.meta, self.config)
-            atomic_torch_save(self.run.last, ckpt)
-            if improved:  # last.pth is the best one now: link, don't write it twice
-                atomic_link(self.run.last, self.run.best)
-            write_history(self.run.dir / "history.csv", st.history)
+            history = [dict(r) for r in st.history]
+            run = self.run
+
+            def write() -> None:
+                atomic_torch_save(run.last, ckpt)
+                if improved:  # last.pth is the best one now: link, don't write it twice
+                    atomic_link(run.last, run.best)
+                write_history(run.dir / "history.csv", history)
+
+            self.writer.submit(write)
         if self.on_epoch is not None:
             self.on_epoch(row)
+
+    def after_fit(self) -> None:
+        self.writer.wait()  # the stage's last epoch is on disk before the next stage starts
 
 
 class BarsOnly(ProgressCallback):
@@ -287,16 +334,22 @@ class BarsOnly(ProgressCallback):
 
 
 def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> dict:
+    """Everything resume needs, with tensors copied (on a CPU `.cpu()` would be the live
+    tensor itself), so the dict can be written while training goes on."""
     model = learn.model.module if hasattr(learn.model, "module") else learn.model
     return {
         "format": CHECKPOINT_FORMAT,
         "version": FILE_VERSION,
         "meta": meta,
         "config": config,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: _snapshot(v) for k, v in model.state_dict().items()},
         "opt": _plain(learn.opt.state_dict()),
         "state": asdict(state),
     }
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True)
 
 
 def _plain(obj: Any) -> Any:
@@ -306,7 +359,7 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple) or type(obj).__name__ == "L":
         return [_plain(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return _snapshot(obj)
     if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars
         return obj.item()
     return obj
@@ -334,8 +387,47 @@ def _stage_name(stage: StageConfig, i: int) -> str:
     return stage.name or f"stage-{i + 1}"
 
 
+class BF16Autocast(Callback):
+    """bfloat16 mixed precision on any device: forward pass and loss under autocast, weights,
+    gradients and optimizer in fp32. bf16 has fp32's range, so no loss scaling is needed.
+    Training batches only: validation stays fp32, so the table's metric is the one `camseg
+    evaluate` reproduces. (fastai's MixedPrecision(amp_mode='bf16') autocasts on CUDA only.)"""
+
+    order = 10
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type = device_type
+        self.autocast: Any = None
+
+    def before_batch(self) -> None:
+        if not self.learn.training:
+            return
+        self.autocast = torch.autocast(self.device_type, dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def after_pred(self) -> None:
+        if self.autocast is not None:
+            self.learn.pred = self.pred.float()  # the loss and the metrics see fp32 scores
+
+    def after_loss(self) -> None:
+        self._exit()
+
+    def after_batch(self) -> None:
+        self._exit()  # a batch cancelled before its loss still leaves autocast
+
+    def _exit(self) -> None:
+        if self.autocast is not None:
+            self.autocast.__exit__(None, None, None)
+            self.autocast = None
+
+
 def _enable_precision(learn: Any, cfg: Config, device: torch.device) -> None:
-    fp16 = device.type == "cuda" if cfg.train.fp16 == "auto" else cfg.train.fp16
+    bf16 = cfg.train.bf16
+    if bf16 and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("train.bf16 on a CPU without native bfloat16: it is emulated and slower")
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CamsegError("train.bf16=true: this GPU has no bfloat16; use train.fp16 instead")
+    fp16 = (device.type == "cuda" and not bf16) if cfg.train.fp16 == "auto" else cfg.train.fp16
     if fp16 and device.type != "cuda":
         raise CamsegError("train.fp16=true needs a CUDA device; set train.fp16=auto or false")
     channels_last = (
@@ -347,6 +439,8 @@ def _enable_precision(learn: Any, cfg: Config, device: torch.device) -> None:
         learn.add_cb(ChannelsLast())
     if fp16:
         learn.to_fp16()
+    elif bf16:
+        learn.add_cb(BF16Autocast(device.type))
 
 
 @dataclass(frozen=True)
@@ -409,6 +503,7 @@ class Trainer:
         if ckpt:
             learn.model.load_state_dict(ckpt["model"])
         self.nan_guard = StopOnNaN()
+        self.writer = CheckpointWriter()
         learn.add_cb(self.nan_guard)
         self.learn = learn
 
@@ -436,12 +531,15 @@ class Trainer:
             run.plots.mkdir(parents=True, exist_ok=True)
         meta = model_meta(self.cfg.model, self.files.codes, self.size)
         try:
-            with self._distributed():
-                for i, stage in enumerate(self.cfg.train.stages):
-                    if i > self.state.stage or (
-                        i == self.state.stage and self.state.epochs_done < stage.epochs
-                    ):
-                        self._run_stage(i, stage, run, meta, on_epoch, on_stage)
+            try:
+                with self._distributed():
+                    for i, stage in enumerate(self.cfg.train.stages):
+                        if i > self.state.stage or (
+                            i == self.state.stage and self.state.epochs_done < stage.epochs
+                        ):
+                            self._run_stage(i, stage, run, meta, on_epoch, on_stage)
+            finally:  # Ctrl-C or an error: the last finished epoch still reaches the disk
+                self.writer.wait()
         except KeyboardInterrupt:
             raise TrainingInterrupted(run.dir) from None
         except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
@@ -499,7 +597,7 @@ class Trainer:
         if on_stage is not None:
             on_stage(i, name, lr)
         recorder = RunRecorder(
-            run, state, i, name, meta, self.cfg.model_dump(mode="json"), on_epoch
+            run, state, i, name, meta, self.cfg.model_dump(mode="json"), on_epoch, self.writer
         )
         learn.fit_one_cycle(
             stage.epochs,

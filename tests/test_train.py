@@ -250,3 +250,107 @@ def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
     assert len(history(tmp_path / "ddp")) == 2
     assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
     assert read_model_file(tmp_path / "ddp").arch == "resnet18"
+
+
+def test_bf16_and_no_last_cross_train_and_rebuild(camvid_tiny, tmp_path, cli):
+    """The fast CPU options: convolutions run in bf16 while training (fp32 weights), the lighter
+    decoder is recorded in model.pth, and evaluate reproduces the (fp32) validation metric."""
+    from camseg.train import BF16Autocast
+
+    seen: list[torch.dtype] = []
+
+    def spy(module, inputs, output):
+        seen.append(output.dtype)
+
+    import fastai.vision.learner as fvl
+
+    real = fvl.create_unet_model
+
+    def create(*args, **kwargs):
+        model = real(*args, **kwargs)
+        next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(
+            spy
+        )
+        return model
+
+    fvl.create_unet_model = create
+    try:
+        args = fast_args(
+            camvid_tiny,
+            tmp_path,
+            "train.bf16=true",
+            "model.last_cross=false",
+            "train.channels_last=true",
+            "train.stages=[{epochs: 1, freeze: false, lr: 3e-3}]",
+        )
+        result = cli("train", *args, "--no-progress", "--name", "fast")
+    finally:
+        fvl.create_unet_model = real
+    assert result.exit_code == 0, result.output
+    n_train_batches = 85 // 8  # fastai drops the last partial training batch
+    assert seen[:n_train_batches] == [torch.bfloat16] * n_train_batches
+    assert set(seen[n_train_batches:]) == {torch.float32}  # validation in fp32
+    run = tmp_path / "fast"
+    mf = read_model_file(run)
+    assert mf.last_cross is False
+    assert all(p.dtype == torch.float32 for p in mf.state_dict.values() if p.is_floating_point())
+    row = history(run)[-1]
+    assert float(row["train_loss"]) < 10 and float(row["valid_loss"]) < 10
+    result = cli("evaluate", "--run", run)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "camvid_tiny-valid" / "metrics.json").read_text())
+    assert metrics["acc_camvid"] == pytest.approx(float(row["acc_camvid"]), abs=1e-5)
+    assert BF16Autocast.order == 10
+
+
+def test_fp16_and_bf16_together_is_a_config_error(tmp_path):
+    from camseg.errors import CamsegError
+
+    with pytest.raises(CamsegError, match="fp16 and bf16"):
+        load_config(None, ["train.fp16=true", "train.bf16=true"])
+
+
+def test_checkpoint_writer_runs_one_write_at_a_time_and_reports_errors():
+    import threading
+
+    from camseg.train import CheckpointWriter
+
+    writer, order, gate = CheckpointWriter(), [], threading.Event()
+
+    def slow() -> None:
+        gate.wait(5)
+        order.append("first")
+
+    writer.submit(slow)
+    timer = threading.Timer(0.2, gate.set)
+    timer.start()
+    writer.submit(lambda: order.append("second"))  # waits for the first write
+    writer.wait()
+    assert order == ["first", "second"]
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full)
+    with pytest.raises(OSError, match="No space"):
+        writer.wait()
+    writer.wait()  # reported once
+
+
+def test_checkpoint_is_a_snapshot_not_the_live_weights():
+    """The checkpoint is written while the next epoch trains, so it must hold copies."""
+    from fastai.learner import Learner
+    from fastai.vision.learner import create_unet_model
+    from torchvision.models import resnet18
+
+    from camseg.train import RunState, checkpoint_dict
+
+    model = create_unet_model(resnet18, 32, (64, 96), pretrained=False)
+    learn = Learner(None, model, loss_func=torch.nn.CrossEntropyLoss())
+    learn.create_opt()
+    ckpt = checkpoint_dict(learn, RunState(), {}, {})
+    name, param = next(iter(model.state_dict().items()))
+    before = ckpt["model"][name].clone()
+    with torch.no_grad():
+        param.add_(1.0)
+    assert torch.equal(ckpt["model"][name], before)
