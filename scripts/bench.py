@@ -152,7 +152,7 @@ def bench_predict(args: argparse.Namespace) -> None:
     a_ips, b_ips = args.n / statistics.median(a), args.n / statistics.median(b)
     save_results(
         args.out,
-        f"predict_{device.type}",
+        _section(f"predict_{device.type}", size, (360, 480)),  # type: ignore[arg-type]
         {
             "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
             "images": args.n,
@@ -179,9 +179,18 @@ try:
     main()
 except SystemExit as e:
     code = e.code or 0
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+import torch
+if torch.cuda.is_available() and torch.cuda.is_initialized():
+    out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(out))
 sys.exit(code)
 """
+
+
+def _section(name: str, size: tuple[int, int], default: tuple[int, int]) -> str:
+    """results.json key: the size is part of it unless it is the benchmark's default."""
+    return name if tuple(size) == default else f"{name}_{size[0]}x{size[1]}"
 
 
 def _last_json(stdout: str) -> dict:
@@ -193,6 +202,8 @@ def bench_train(args: argparse.Namespace) -> None:
 
     h, w = (int(v) for v in args.size.split("x"))
     a_epoch, b_epoch, a_wall, b_wall, a_rss, b_rss = [], [], [], [], [], []
+    a_gpu: list[float] = []
+    b_gpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeats):
             t = time.perf_counter()
@@ -227,6 +238,7 @@ def bench_train(args: argparse.Namespace) -> None:
             )
             a_wall.append(time.perf_counter() - t)
             a_rss.append(_last_json(a.stdout)["peak_rss_mb"])
+            a_gpu.append(_last_json(a.stdout).get("peak_gpu_mb", 0.0))
             a_epoch.append(
                 json.loads((Path(tmp) / f"a{k}" / "summary.json").read_text())["seconds_per_epoch"]
             )
@@ -250,12 +262,13 @@ def bench_train(args: argparse.Namespace) -> None:
             b_wall.append(time.perf_counter() - t)
             out = _last_json(b.stdout)
             b_rss.append(out["peak_rss_mb"])
+            b_gpu.append(out.get("peak_gpu_mb", 0.0))
             b_epoch.append(out["seconds_per_epoch"])
     n_train = 85
     med = statistics.median
     save_results(
         args.out,
-        f"train_{args.device}",
+        _section(f"train_{args.device}", (h, w), (96, 128)),
         {
             "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
             "size": [h, w],
@@ -271,6 +284,15 @@ def bench_train(args: argparse.Namespace) -> None:
             "plain_fastai_process_seconds": [round(x, 1) for x in b_wall],
             "camseg_peak_rss_mb": round(max(a_rss)),
             "plain_fastai_peak_rss_mb": round(max(b_rss)),
+            **(
+                {
+                    "camseg_peak_gpu_mb": round(max(a_gpu)),
+                    "plain_fastai_peak_gpu_mb": round(max(b_gpu)),
+                    "seconds_per_600_images": round(600 * med(a_epoch) / n_train, 1),
+                }
+                if args.device.startswith("cuda")
+                else {}
+            ),
         },
     )
 
@@ -279,7 +301,9 @@ def bench_data(args: argparse.Namespace) -> None:
     from camseg.config import load_config
     from camseg.data import build_dataloaders, find_files
     from camseg.data.layouts import auto_workers
+    from camseg.model import resolve_device
 
+    device = resolve_device(args.device)
     h, w = (int(v) for v in args.size.split("x"))
     src_size = (720, 960) if not args.quick else (144, 192)
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,7 +332,7 @@ def bench_data(args: argparse.Namespace) -> None:
             )
             files = find_files(cfg.data)
             t = time.perf_counter()
-            dls = build_dataloaders(cfg.data, files)  # makes the cache entries, if any
+            dls = build_dataloaders(cfg.data, files, device=device)  # makes the cache, if any
             setup = time.perf_counter() - t
             n = 0
             t = time.perf_counter()
@@ -324,13 +348,14 @@ def bench_data(args: argparse.Namespace) -> None:
         cached2, _ = rate(str(cache_dir), "2")
     save_results(
         args.out,
-        "data",
+        _section("data" if device.type == "cpu" else f"data_{device.type}", (h, w), (360, 480)),
         {
             "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
             "frames": len(frames),
             "source_size": list(src_size),
             "size": [h, w],
-            "num_workers_auto": auto_workers(False),
+            "device": str(device),
+            "num_workers_auto": auto_workers(device.type == "cuda"),
             "no_cache_images_per_s": round(plain, 1),
             "cache_images_per_s": round(cached, 1),
             "speedup": round(cached / plain, 2),
@@ -388,9 +413,8 @@ def bench_accuracy(args: argparse.Namespace) -> None:
                     check=True,
                 )
                 minutes = (time.perf_counter() - t) / 60
-                final = json.loads((Path(tmp) / f"{name}-{seed}" / "summary.json").read_text())[
-                    "final"
-                ]
+                summary = json.loads((Path(tmp) / f"{name}-{seed}" / "summary.json").read_text())
+                final = summary["final"]
                 rows.append(
                     {
                         "recipe": name,
@@ -398,6 +422,8 @@ def bench_accuracy(args: argparse.Namespace) -> None:
                         "acc_camvid": final["acc_camvid"],
                         "miou": final["miou"],
                         "minutes": round(minutes, 2),
+                        "epochs": summary["epochs"],
+                        "train_images_per_s": round(summary["images_per_second"], 2),
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)

@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
-# One prepared GPU check (run on a machine with CUDA): train camvid_tiny upscaled to 360x480 for
-# one epoch per stage with fp16 + channels_last, then the predict benchmark on CUDA. Prints
-# images/s and peak GPU memory; numbers also land in bench/results.json and runs/gpu-*/.
+# The GPU checks of the benchmark issue, in one call (needs CUDA; roughly 8 minutes on one GPU):
+# at 360x480 and at 720x960 (camvid_tiny frames upscaled), with camseg's CUDA defaults (fp16,
+# channels-last, pinned memory):
+#   - train: one epoch of camseg vs plain fastai, 3 alternating runs: images/s, peak GPU memory,
+#     and the epoch time scaled to 600 images (CamVid's training set);
+#   - predict: batched camseg predict vs a per-image learn.predict loop over 50 frames;
+#   - data: DataLoader images/s with and without data.cache.
+# Numbers land in bench/gpu.json (or $OUT/gpu.json) and are printed at the end.
 # Usage: ./scripts/gpu_check.sh [path/to/camvid_tiny]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 data=${1:-../shared/data/camvid_tiny}
-python - "$data" <<'PY'
-import json, sys, time, torch
-from pathlib import Path
-from typer.testing import CliRunner
-from camseg.cli import app
-assert torch.cuda.is_available(), "no CUDA device"
-data = sys.argv[1]
-torch.cuda.reset_peak_memory_stats()
-t = time.time()
-r = CliRunner().invoke(app, ["train", "--config", "configs/tiny.yaml", "--name", "gpu-360x480",
-    "--set", f"data.root={data}", "--set", "data.size=[360,480]", "--set", "train.device=cuda",
-    "--set", "train.stages[0].epochs=1", "--set", "train.stages[1].epochs=1", "--no-progress"])
-print(r.output)
-run = sorted(Path("runs").glob("gpu-360x480*"), key=lambda p: p.stat().st_mtime)[-1]
-s = json.loads((run / "summary.json").read_text())
-print(f"GPU {torch.cuda.get_device_name(0)}: train 360x480 fp16 {s['images_per_second']:.1f} images/s, "
-      f"{s['seconds_per_epoch']:.1f} s/epoch (85 images), peak GPU memory "
-      f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, wall {time.time() - t:.0f} s")
+out=${OUT:-bench}/gpu.json
+mkdir -p "$(dirname "$out")"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+for size in 360x480 720x960; do
+  python scripts/bench.py train --device cuda --size "$size" --data "$data" --out "$out"
+  python scripts/bench.py predict --device cuda --size "$size" --n 50 --data "$data" --out "$out"
+  python scripts/bench.py data --device cuda --size "$size" --n 100 --data "$data" --out "$out"
+done
+python - "$out" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for key, v in sorted(r.items()):
+    if key.startswith("train_"):
+        print(f"{key}: camseg {v['camseg_images_per_s']} vs plain fastai "
+              f"{v['plain_fastai_images_per_s']} images/s; {v['seconds_per_600_images']} s per 600 "
+              f"images; peak GPU {v['camseg_peak_gpu_mb']} vs {v['plain_fastai_peak_gpu_mb']} MB")
+    elif key.startswith("predict_"):
+        print(f"{key}: camseg {v['camseg_images_per_s']} vs learn.predict "
+              f"{v['learn_predict_images_per_s']} images/s ({v['speedup']}x)")
+    elif key.startswith("data"):
+        print(f"{key}: {v['no_cache_images_per_s']} -> {v['cache_images_per_s']} images/s with "
+              f"the cache ({v['speedup']}x), auto workers {v['num_workers_auto']}")
 PY
-python scripts/bench.py predict --device cuda --n 50 --size 360x480
-python scripts/bench.py predict --device cuda --n 50 --size 720x960
