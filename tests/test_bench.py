@@ -41,3 +41,21 @@ def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
     accuracy = results["accuracy"]
     assert {r["recipe"] for r in accuracy["runs"]} == {"notebook", "scratch"}
     assert all(0 <= r["acc_camvid"] <= 1 and r["minutes"] > 0 for r in accuracy["runs"])
+
+
+def test_tuning_folds_hold_no_valid_frame(tmp_path, camvid_tiny):
+    """The from-scratch recipe is tuned on these folds: they must come from the train split."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from holdout import make_folds
+    finally:
+        sys.path.pop(0)
+    valid = set((camvid_tiny / "valid.txt").read_text().split())
+    folds = make_folds(camvid_tiny, tmp_path)
+    assert {k: len(v) for k, v in folds.items()} == {"A": 12, "B": 14}
+    for name, held in folds.items():
+        fold = tmp_path / name
+        images = {p.name for p in (fold / "images").iterdir()}
+        assert len(images) == 85 and not images & valid
+        assert (fold / "valid.txt").read_text().split() == held and set(held) <= images
+        assert all((fold / "labels" / f"{Path(n).stem}_P.png").exists() for n in images)
