@@ -187,13 +187,20 @@ class ModelFile:
     state_dict: dict[str, torch.Tensor]
 
     def build(self) -> nn.Module:
-        """Rebuild the U-Net and load the weights (fastai's create_unet_model, no download)."""
+        """Rebuild the U-Net and load the weights (fastai's create_unet_model, no download).
+
+        fastai lays out the decoder by running a dummy image through it; the layers depend only
+        on the channels and on which layers halve the size, the same for any size >= 32, so a
+        64x64 stand-in builds the same network in about half the time (ResNet34 U-Net at
+        360x480 on 2 CPU cores: 0.7 s -> 0.4 s). The strict load_state_dict below would fail if
+        it ever did not.
+        """
         from fastai.vision.learner import create_unet_model
 
         model = create_unet_model(
             arch_fn(self.arch),
             len(self.codes),
-            self.size,
+            (64, 64),
             pretrained=False,
             self_attention=self.self_attention,
             blur=self.blur,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from camseg.plots import palette
@@ -103,13 +105,14 @@ def test_predict_errors(trained_run, camvid_tiny, tmp_path, cli):
 
 
 def test_fast_precision_agrees_with_fp32(trained_run, camvid_tiny, tmp_path):
-    """auto precision (bf16 on CPUs that have it) labels nearly every pixel as fp32 does."""
+    """bf16 (auto's choice on CPUs that have it: the whole network in bf16) labels nearly
+    every pixel as fp32 does."""
     from camseg.predict import predict
 
     frames = sorted((camvid_tiny / "images").glob("0016E5_0*.png"))[:6]
     a = predict([str(p) for p in frames], trained_run, tmp_path / "a", precision="fp32")
     b = predict(
-        [str(p) for p in frames], trained_run, tmp_path / "b", precision="auto", batch_size=3
+        [str(p) for p in frames], trained_run, tmp_path / "b", precision="bf16", batch_size=3
     )
     assert len(a.written) == len(b.written) == 6
     same = [
@@ -120,3 +123,23 @@ def test_fast_precision_agrees_with_fp32(trained_run, camvid_tiny, tmp_path):
         for p in frames
     ]
     assert min(same) >= 0.99, same
+
+
+@pytest.mark.parametrize("size", [(64, 96), (50, 70)])
+def test_rebuilt_network_equals_one_built_at_the_training_size(size, tmp_path, camvid_tiny):
+    """model.pth is rebuilt with a small stand-in size for fastai's layout pass: same network."""
+    from fastai.vision.learner import create_unet_model
+    from torchvision.models import resnet18
+
+    from camseg.config import ModelConfig
+    from camseg.model import model_meta, read_model_file, write_model_file
+
+    codes = (camvid_tiny / "codes.txt").read_text().split()
+    torch.manual_seed(0)
+    original = create_unet_model(resnet18, 32, size, pretrained=False).eval()
+    meta = model_meta(ModelConfig(arch="resnet18", pretrained=False), codes, size)
+    write_model_file(tmp_path / "model.pth", original, meta)
+    rebuilt = read_model_file(tmp_path / "model.pth").build().eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), original(x))
