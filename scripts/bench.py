@@ -152,7 +152,7 @@ def bench_predict(args: argparse.Namespace) -> None:
     a_ips, b_ips = args.n / statistics.median(a), args.n / statistics.median(b)
     save_results(
         args.out,
-        _section(f"predict_{device.type}", size, (360, 480)),  # type: ignore[arg-type]
+        _section(args, f"predict_{device.type}", size, (360, 480)),  # type: ignore[arg-type]
         {
             "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
             "images": args.n,
@@ -188,9 +188,14 @@ sys.exit(code)
 """
 
 
-def _section(name: str, size: tuple[int, int], default: tuple[int, int]) -> str:
-    """results.json key: the size is part of it unless it is the benchmark's default."""
-    return name if tuple(size) == default else f"{name}_{size[0]}x{size[1]}"
+def _section(
+    args: argparse.Namespace, name: str, size: tuple[int, int], default: tuple[int, int]
+) -> str:
+    """results.json key: the size is part of it unless it is the benchmark's default (or the
+    run is --quick, whose toy sizes go to their own file)."""
+    if args.quick or tuple(size) == default:
+        return name
+    return f"{name}_{size[0]}x{size[1]}"
 
 
 def _last_json(stdout: str) -> dict:
@@ -268,7 +273,7 @@ def bench_train(args: argparse.Namespace) -> None:
     med = statistics.median
     save_results(
         args.out,
-        _section(f"train_{args.device}", (h, w), (96, 128)),
+        _section(args, f"train_{args.device}", (h, w), (96, 128)),
         {
             "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
             "size": [h, w],
@@ -348,7 +353,9 @@ def bench_data(args: argparse.Namespace) -> None:
         cached2, _ = rate(str(cache_dir), "2")
     save_results(
         args.out,
-        _section("data" if device.type == "cpu" else f"data_{device.type}", (h, w), (360, 480)),
+        _section(
+            args, "data" if device.type == "cpu" else f"data_{device.type}", (h, w), (360, 480)
+        ),
         {
             "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
             "frames": len(frames),
