@@ -2,10 +2,12 @@
 confusion matrix accumulated over a whole split; fastai `Metric`s that accumulate it in training.
 
 Not a mean of batch means: a batch with few non-Void pixels weighs what its pixels weigh.
+mIoU follows mmsegmentation and torchmetrics: a class predicted but never labelled scores 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,14 +84,15 @@ def class_scores(cm: torch.Tensor, void_index: int | None = None) -> ClassScores
 
 
 def miou(cm: torch.Tensor, void_index: int) -> float:
-    """Mean IoU over the non-Void classes present in the labels. Void pixels are ignored."""
+    """Mean IoU over the non-Void classes labelled or predicted on a non-Void pixel.
+
+    As in mmsegmentation and torchmetrics: a class that is only predicted scores IoU 0, a class
+    in neither labels nor predictions is left out. Void-labelled pixels are not scored.
+    """
     # Void pixels are not scored; a Void prediction on a scored pixel still counts as a miss.
+    # IoU is NaN exactly where the union (after dropping Void-labelled pixels) is empty.
     scores = class_scores(cm, void_index)
-    ious = [
-        iou
-        for i, (iou, present) in enumerate(zip(scores.iou, scores.present, strict=True))
-        if present and i != void_index
-    ]
+    ious = [iou for i, iou in enumerate(scores.iou) if i != void_index and not math.isnan(iou)]
     return float(sum(ious) / len(ious)) if ious else float("nan")
 
 
@@ -124,7 +127,7 @@ class AccCamvid(ConfusionMetric):
 
 
 class MeanIoU(ConfusionMetric):
-    """Mean IoU over non-Void classes present in the validation labels."""
+    """Mean IoU over the whole validation set; a class predicted but never labelled scores 0."""
 
     @property
     def name(self) -> str:

@@ -41,7 +41,7 @@ def test_acc_camvid_ignores_void_pixels():
 def test_predicting_void_on_a_scored_pixel_is_wrong():
     cm = confusion_matrix(torch.tensor([VOID, 1]), torch.tensor([0, 1]), 4)
     assert acc_camvid(cm, VOID) == pytest.approx(0.5)
-    # class 0: tp 0, union 1 -> IoU 0; class 1: IoU 1 -> mean 0.5
+    # class 0: tp 0, union 1 -> IoU 0; class 1: IoU 1; class 2 is in neither -> left out
     assert miou(cm, VOID) == pytest.approx(0.5)
 
 
@@ -51,13 +51,24 @@ def test_all_void_batch_is_nan_not_a_crash():
     assert math.isnan(miou(cm, VOID))
 
 
-def test_miou_skips_absent_classes_and_counts_false_positives():
-    # class 2 never appears in the labels; predicting it costs class 0 a miss but 2 is not averaged
+def test_miou_scores_a_predicted_but_unlabelled_class_as_zero():
+    # class 2 is predicted once but never labelled; the Void-labelled pixel is predicted as 0
+    target = torch.tensor([0, 0, 0, 1, 1, VOID])
+    pred = torch.tensor([0, 0, 2, 1, 1, 0])
+    cm = confusion_matrix(pred, target, 4)
+    # class 0: tp 2, fn 1, no fp (the Void pixel is not scored) -> 2/3; class 1: 2/2 -> 1;
+    # class 2: tp 0, fp 1 -> 0. The old "classes present in the labels" mean gave (2/3 + 1) / 2.
+    assert miou(cm, VOID) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert miou(cm, VOID) != pytest.approx(5 / 6)
+
+
+def test_class_scores_with_a_class_absent_from_the_labels():
+    # class 2 never appears in the labels; predicting it costs class 0 a miss and scores 0 itself
     target = torch.tensor([0, 0, 0, 1, 1, VOID])
     pred = torch.tensor([0, 0, 2, 1, 0, 2])
     cm = confusion_matrix(pred, target, 4)
-    # class 0: tp 2, fn 1, fp 1 (the class-1 pixel) -> 2/4 ; class 1: tp 1, fn 1 -> 1/2
-    assert miou(cm, VOID) == pytest.approx((0.5 + 0.5) / 2)
+    # class 0: tp 2, fn 1, fp 1 (the class-1 pixel) -> 2/4 ; class 1: tp 1, fn 1 -> 1/2; class 2: 0
+    assert miou(cm, VOID) == pytest.approx((0.5 + 0.5 + 0) / 3)
     scores = class_scores(cm)
     assert scores.present == [True, True, False, True]
     assert scores.precision[0] == pytest.approx(2 / 3)
@@ -83,5 +94,5 @@ def test_metric_accumulates_pixels_not_batch_means():
             m.accumulate(_learn(pred, target))
     assert acc.value == pytest.approx(1 / 4)  # a mean of batch means would say 0.5
     assert acc.name == "acc_camvid" and iou.name == "miou"
-    # class 0: tp 1, fn 3 -> 1/4 (class 1 is absent from the labels)
-    assert iou.value == pytest.approx(0.25)
+    # class 0: tp 1, fn 3 -> 1/4; class 1 is only predicted (3 false positives) -> 0
+    assert iou.value == pytest.approx((0.25 + 0) / 2)
