@@ -50,8 +50,8 @@ def test_scale_size_resizes_from_source(camvid_tiny):
 
 def test_camseq01_conversion_matches_camvid_tiny(camseq01_sample, camvid_tiny, tmp_path):
     out = tmp_path / "camseq"
-    res = prepare_camseq01(camseq01_sample, out)
-    assert (res.n_images, res.n_valid) == (4, 1)
+    res = prepare_camseq01(camseq01_sample, out, gap=0)  # no gap: every frame is converted
+    assert (res.n_images, res.n_valid) == (4, 1) and res.gap_names == ()
     # codes come from label_colors.txt in its line order = the CamVid codes
     assert read_codes(out / "codes.txt") == read_codes(camvid_tiny / "codes.txt")
     # contiguous tail of the sequence, not a random pick
@@ -99,6 +99,85 @@ def test_camseq01_valid_file_and_unknown_colour(camseq01_sample, tmp_path):
     assert res.unknown_pixels == 100 and res.n_valid == 2
     void = np.asarray(Image.open(tmp_path / "b" / "labels" / "0016E5_07979_P.png"))[:10, :10]
     assert (void == 30).all()
+
+
+SAMPLE = ["0016E5_07973.png", "0016E5_07979.png", "0016E5_07995.png", "0016E5_07997.png"]
+
+
+def _assert_gap(out: Path, frames: list[str], gap: int) -> None:
+    """No train frame of the prepared `out` lies within `gap` frames of its valid block."""
+    valid = (out / "valid.txt").read_text().split()
+    train = sorted({p.name for p in (out / "images").iterdir()} - set(valid))
+    first_valid = frames.index(valid[0])
+    assert valid == frames[first_valid:]  # the contiguous tail
+    assert train == frames[: first_valid - gap]  # everything before the gap, nothing in it
+
+
+def test_prepare_leaves_a_gap_before_the_valid_frames(cli, camseq01_sample, tmp_path):
+    out = tmp_path / "camseq"
+    result = cli("data", "prepare", camseq01_sample, "--out", out)
+    assert result.exit_code == 0, result.output
+    # default: 1 gap frame per 20, rounded up -> 07995, the near-duplicate of the valid 07997
+    _assert_gap(out, SAMPLE, 1)
+    assert not (out / "labels" / "0016E5_07995_P.png").exists()
+    assert "wrote 3 frames (2 train / 1 valid)" in result.stdout
+    assert "valid: 0016E5_07997.png; left out as the gap: 0016E5_07995.png" in result.stdout
+    assert cli("data", "check", "--root", out).exit_code == 0
+
+    wide = tmp_path / "wide"
+    result = cli("data", "prepare", camseq01_sample, "--out", wide, "--gap", "2")
+    assert result.exit_code == 0, result.output
+    _assert_gap(wide, SAMPLE, 2)
+    assert "left out as the gap: 0016E5_07979.png, 0016E5_07995.png" in result.stdout
+
+
+def test_prepare_gap_0_is_the_old_contiguous_split(cli, camseq01_sample, tmp_path):
+    out = tmp_path / "camseq"
+    result = cli("data", "prepare", camseq01_sample, "--out", out, "--gap", "0")
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 frames (3 train / 1 valid)" in result.stdout
+    assert "valid: 0016E5_07997.png\n" in result.stdout and "left out" not in result.stdout
+    assert sorted(p.name for p in (out / "images").iterdir()) == SAMPLE
+    _assert_gap(out, SAMPLE, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--gap", "-1"], "--gap must be 0 or more frames, got -1"),
+        (["--gap", "3"], "--gap 3 leaves no train frame: 4 frames, 1 valid; use --gap 2 or less"),
+        (["--gap", "1", "--valid", "v.txt"], "--gap applies to the automatic split only"),
+    ],
+)
+def test_prepare_bad_gap_is_one_error_line(cli, camseq01_sample, tmp_path, extra, needle):
+    (tmp_path / "v.txt").write_text("0016E5_07997.png\n")
+    extra = [str(tmp_path / e) if e == "v.txt" else e for e in extra]
+    result = cli("data", "prepare", camseq01_sample, "--out", tmp_path / "o", *extra)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("camseg: error: ") and needle in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_prepare_gap_on_a_101_frame_video(cli, camseq01_sample, tmp_path):
+    # CamSeq01's length, as 8x8 frames: 21 valid, 6 gap, 74 train; the output stays one line each
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(camseq01_sample / "label_colors.txt", src)
+    frames = [f"0016E5_{n:05d}.png" for n in range(7959, 8160, 2)]
+    for name in frames:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / name)
+        Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(src / name.replace(".", "_L."))
+    out = tmp_path / "out"
+    result = cli("data", "prepare", src, "--out", out)
+    assert result.exit_code == 0, result.output
+    _assert_gap(out, frames, 6)
+    assert "wrote 95 frames (74 train / 21 valid)" in result.stdout
+    assert (
+        "valid: 0016E5_08119.png, 0016E5_08121.png, ..., 0016E5_08159.png (21 frames); "
+        "left out as the gap: 0016E5_08107.png, 0016E5_08109.png, ..., 0016E5_08117.png "
+        "(6 frames)"
+    ) in result.stdout
 
 
 def test_camvid_valid_rule_reproduces_tiny_split(camvid_tiny):

@@ -28,14 +28,49 @@ from camseg.errors import CamsegError
 log = logging.getLogger(__name__)
 
 CAMSEQ01_URL = "http://mi.eng.cam.ac.uk/research/projects/VideoRec/CamSeq01/CamSeq01.zip"
+# Default gap between the train frames and the held-out tail: one frame per 20 (5%), rounded up:
+# 6 of CamSeq01's 101 frames, about 0.4 s of its 15-per-second video; 1 of the 4-frame sample.
+GAP_EVERY = 20
 
 
 @dataclass(frozen=True)
 class PrepareResult:
     out: Path
-    n_images: int
+    n_images: int  # frames written: train + valid, never the gap
     n_valid: int
     unknown_pixels: int
+    valid_names: tuple[str, ...] = ()
+    gap_names: tuple[str, ...] = ()  # frames left out of the prepared dataset
+
+
+def split_tail(
+    names: list[str], valid_fraction: float, gap: int | None
+) -> tuple[list[str], list[str]]:
+    """(valid names, gap names): the last `valid_fraction` of a video's frames validate, and the
+    `gap` frames just before them are dropped, so no train frame nearly duplicates a valid one.
+
+    gap=None picks one frame per GAP_EVERY, rounded up, shrunk to leave at least one train
+    frame; an explicit gap that leaves none is an error.
+    """
+    if not 0 < valid_fraction < 1:
+        raise CamsegError(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    k = max(1, math.ceil(len(names) * valid_fraction))
+    room = len(names) - k - 1  # frames a gap may take and still leave one for training
+    if room < 0:
+        raise CamsegError(
+            f"--valid-fraction {valid_fraction} of {len(names)} frames leaves no train frame; "
+            "use a smaller fraction"
+        )
+    if gap is None:
+        gap = min(-(-len(names) // GAP_EVERY), room)
+    elif gap < 0:
+        raise CamsegError(f"--gap must be 0 or more frames, got {gap}")
+    elif gap > room:
+        raise CamsegError(
+            f"--gap {gap} leaves no train frame: {len(names)} frames, {k} valid; "
+            f"use --gap {room} or less, or a smaller --valid-fraction"
+        )
+    return names[-k:], names[len(names) - k - gap : len(names) - k]
 
 
 def prepare_camseq01(
@@ -44,14 +79,19 @@ def prepare_camseq01(
     *,
     valid: Path | None = None,
     valid_fraction: float = 0.2,
+    gap: int | None = None,
     unknown_as: str | None = None,
 ) -> PrepareResult:
-    """Convert colour labels to index masks; write images/, labels/, codes.txt, valid.txt."""
+    """Convert colour labels to index masks; write images/, labels/, codes.txt, valid.txt.
+
+    Without `valid`, the tail of the video validates and the `gap` frames before it are not
+    written at all (the camvid layout trains on every image not in valid.txt); see split_tail.
+    """
     files = camseq01_files(src, "valid.txt")
     if not files.images:
         raise CamsegError(f"{src}: no CamSeq01 frames found (<stem>.png beside <stem>_L.png)")
-    if not 0 < valid_fraction < 1:
-        raise CamsegError(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    if valid is not None and gap is not None:
+        raise CamsegError("--gap applies to the automatic split only; drop it or drop --valid")
     if out.exists() and any(out.iterdir()):  # fail before the slow conversion, not after
         raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
     codes = files.codes
@@ -64,6 +104,7 @@ def prepare_camseq01(
         unknown_idx = codes.index(unknown_as)
     convert = ColorToIndex(files.colors, unknown_as=unknown_idx)  # type: ignore[arg-type]
     names = [p.name for p in files.images]
+    gap_names: list[str] = []
     if valid is not None:
         valid_names = read_names(valid)
         missing = [n for n in valid_names if n not in set(names)]
@@ -71,14 +112,15 @@ def prepare_camseq01(
             raise CamsegError(f"{valid}: names not among the frames of {src}: {missing[:3]}")
     else:
         # The frames are a video: hold out a contiguous tail, never a random sample.
-        k = max(1, math.ceil(len(names) * valid_fraction))
-        valid_names = names[-k:]
+        valid_names, gap_names = split_tail(names, valid_fraction, gap)
     if len(set(valid_names)) >= len(names):
         raise CamsegError("the validation list covers every frame; leave some for training")
 
     unknown_total = 0
+    dropped = set(gap_names)
+    images = [img for img in files.images if img.name not in dropped]
     with new_dataset_folder(out) as tmp:
-        for img in files.images:
+        for img in images:
             lbl = files.label_for(img)
             if not lbl.is_file():
                 raise CamsegError(f"{img}: no label (expected {lbl})")
@@ -97,7 +139,14 @@ def prepare_camseq01(
         write_codes_and_split(tmp, codes, valid_names)
     if unknown_total:
         log.warning("%d pixels of unknown colours were labelled %s", unknown_total, unknown_as)
-    return PrepareResult(out, len(names), len(valid_names), unknown_total)
+    return PrepareResult(
+        out=out,
+        n_images=len(images),
+        n_valid=len(valid_names),
+        unknown_pixels=unknown_total,
+        valid_names=tuple(valid_names),
+        gap_names=tuple(gap_names),
+    )
 
 
 # fastai's CamVid validation split is the CamSeq01 sequence: every second frame of 0016E5 from
