@@ -22,7 +22,8 @@ from PIL import Image, ImageOps
 from camseg.atomic import atomic_write
 from camseg.data.files import IMAGE_SUFFIXES, natural_key
 from camseg.errors import CamsegError
-from camseg.model import ModelFile, cpu_has_bf16, read_model_file, resolve_device
+from camseg.model import ModelFile, read_model_file, resolve_device
+from camseg.precision import PREDICT_DEFAULT, PredictPrecision, predict_precision
 
 log = logging.getLogger(__name__)
 
@@ -144,30 +145,6 @@ def _batches(images: list[Path], batch_size: int, workers: int) -> Iterator[Deco
             yield [(i, *fut.result()) for i, fut in current]
 
 
-Precision = str  # auto, fp32, bf16, fp16
-
-
-def inference_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
-    """The inference dtype (bf16: weights cast; fp16: autocast), or None for plain fp32.
-
-    auto: fp16 on CUDA; bf16 on a CPU with native bf16 (measured 2.4x faster than fp32 on a
-    2-core AVX512-BF16 machine, with the same class on >= 99% of pixels); else fp32.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise CamsegError("--precision fp16 needs a CUDA device; use auto, bf16 or fp32")
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    raise CamsegError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
-
-
 def auto_batch_size(device: torch.device) -> int:
     """On a GPU batches keep it busy; on a CPU one image at a time is fastest (measured: a
     ResNet34 U-Net at 360x480 runs 1.15 images/s at batch 1, 0.75 at batch 8 on 2 cores — the
@@ -183,7 +160,7 @@ def predict(
     batch_size: int | None = None,
     tta: bool = False,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: PredictPrecision = PREDICT_DEFAULT,
     formats: tuple[str, ...] = FORMATS,
     on_image: Callable[[dict | None], None] | None = None,
 ) -> PredictResult:
@@ -193,8 +170,8 @@ def predict(
         raise CamsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
     if batch_size is not None and batch_size < 1:
         raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
-    dev = resolve_device(device)
-    dtype = inference_dtype(precision, dev)
+    dev = resolve_device(device, "--device")
+    run_precision = predict_precision(precision, dev)
     batch_size = batch_size or auto_batch_size(dev)
     images = expand_inputs(inputs)
     mf = read_model_file(model_path)
@@ -213,18 +190,12 @@ def predict(
         raise CamsegError(f"--out {out}: folder is not writable")
 
     # channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (1.5x on CPU).
-    model: torch.nn.Module = mf.build().to(dev).eval().to(memory_format=torch.channels_last)
-    # bf16 has fp32's range, so the whole network can hold bf16 weights: 1.3x faster on the CPU
-    # here than bf16 autocast, which re-casts every weight for every batch. fp16 has a narrow
-    # range, so it runs under autocast (BatchNorm and the softmax stay fp32).
-    in_dtype = torch.float32
-    if dtype == torch.bfloat16:
-        model, in_dtype = model.to(torch.bfloat16), torch.bfloat16
+    model = mf.build().to(dev).eval().to(memory_format=torch.channels_last)
+    model = run_precision.apply(model, dev)
     if tta:
         model = FlipTTA(model)
     palette = _palette(mf.codes)
     result = PredictResult()
-    autocast = torch.autocast(dev.type, dtype=torch.float16, enabled=dtype == torch.float16)
     # On a CPU the network's own threads use every core; more decoding threads only preempt them.
     workers = 4 if dev.type == "cuda" else 1
     for batch in _batches(images, batch_size, workers):
@@ -237,9 +208,9 @@ def predict(
                     on_image(None)
         if not good:
             continue
-        xb = torch.stack([to_model_input(arr, mf) for _, arr in good]).to(dev, in_dtype)
-        with torch.inference_mode(), autocast:
-            logits = model(xb.contiguous(memory_format=torch.channels_last)).float()
+        xb = torch.stack([to_model_input(arr, mf) for _, arr in good]).to(dev)
+        with torch.inference_mode():
+            logits = model(xb.contiguous(memory_format=torch.channels_last))
         for (i, arr), lg in zip(good, logits, strict=True):
             record = _write(
                 images[i], names[i], arr, _mask(lg, arr), palette, mf.codes, out, formats

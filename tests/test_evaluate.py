@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import history
 
 from camseg.data.prepare import prepare_camseq01
+from camseg.model import read_model_file
 
 
 def test_evaluate_equals_the_training_metric(trained_run, cli):
@@ -26,6 +30,9 @@ def test_evaluate_equals_the_training_metric(trained_run, cli):
     )
     assert [r["acc_camvid"] for r in metrics["references"]] == [0.9307, 0.9333, 0.9367]
     assert metrics["evaluated"]["n_images"] == 15 and metrics["evaluated"]["split"] == "valid"
+    # by default in the precision training validated in, which model.pth records
+    assert metrics["evaluated"]["precision"] == read_model_file(trained_run).precision
+    assert metrics["evaluated"]["precision_note"] is None
     assert f"acc_camvid {metrics['acc_camvid']:.4f}" in result.stdout
     assert "0.9307" in result.stdout and "not comparable" in result.stdout
 
@@ -56,7 +63,7 @@ def test_evaluate_train_split_and_tta(trained_run, cli):
 
 def test_evaluate_native_size_on_prepared_camseq01(trained_run, camseq01_sample, tmp_path, cli):
     data = tmp_path / "camseq"
-    prepare_camseq01(camseq01_sample, data, valid_fraction=0.5)
+    prepare_camseq01(camseq01_sample, data, valid_fraction=0.5, gap=0)
     model = trained_run / "model.pth"
     result = cli("evaluate", "--model", model, "--data", data, "--size", "native", "--split", "all")
     assert result.exit_code == 0, result.output
@@ -75,3 +82,69 @@ def test_evaluate_errors(trained_run, tiny_copy, cli):
     assert alone.exit_code == 2 and "--split" in alone.stderr
     nothing = cli("evaluate", "--run", tiny_copy)
     assert nothing.exit_code == 2 and "no model.pth" in nothing.stderr
+
+
+def _written(stdout: str) -> dict:
+    """metrics.json of the evaluation whose folder the CLI reported."""
+    out_dir = Path(stdout.rsplit("wrote ", 1)[-1].strip())
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def test_evaluate_batch_size_size_precision_and_device(trained_run, cli, network_spy):
+    options = ["--batch-size", "4", "--size", "32x64", "--precision", "bf16", "--device", "cpu"]
+    result = cli("evaluate", "--run", trained_run, *options)
+    assert result.exit_code == 0, result.output
+    # 15 valid frames in batches of 4, at 32x64, through bf16 weights on the CPU
+    assert [shape for _, _, shape in network_spy] == [(4, 3, 32, 64)] * 3 + [(3, 3, 32, 64)]
+    assert {(dtype, dev) for dtype, dev, _ in network_spy} == {(torch.bfloat16, "cpu")}
+    ev = _written(result.stdout)["evaluated"]
+    assert ev["size"] == [32, 64] and ev["device"] == "cpu"
+    assert ev["precision"] == "bf16" and ev["precision_note"] is None
+
+    fp16 = cli("evaluate", "--run", trained_run, "--device", "cpu", "--precision", "fp16")
+    assert fp16.exit_code == 2
+    assert fp16.stderr.strip().splitlines() == [
+        "camseg: error: --precision fp16: fp16 (autocast) needs a CUDA device, not cpu; "
+        "choose train, fp32, bf16"
+    ]
+    zero = cli("evaluate", "--run", trained_run, "--batch-size", "0")
+    assert zero.exit_code == 2 and "--batch-size must be at least 1" in zero.stderr
+
+    cuda = cli("evaluate", "--run", trained_run, "--device", "cuda")
+    if torch.cuda.is_available():
+        assert cuda.exit_code == 0 and _written(cuda.stdout)["evaluated"]["device"] == "cuda:0"
+    else:
+        assert cuda.exit_code == 2 and "CUDA is not available" in cuda.stderr
+
+
+def test_evaluate_precision_follows_the_model_file(trained_run, camvid_tiny, tmp_path, cli):
+    """A model whose training validated in fp16 (fastai to_fp16) is scored in fp16 on CUDA; a
+    CPU has no fp16 autocast, so there it is scored in fp32, and metrics.json says so."""
+    saved = torch.load(trained_run / "model.pth", weights_only=True)
+    saved["meta"]["precision"] = "fp16"
+    torch.save(saved, tmp_path / "model.pth")
+    result = cli("evaluate", "--model", tmp_path / "model.pth", "--data", camvid_tiny)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "camvid_tiny-valid" / "metrics.json").read_text())
+    ev = metrics["evaluated"]
+    if torch.cuda.is_available():
+        assert ev["precision"] == "fp16" and ev["precision_note"] is None
+    else:
+        assert ev["precision"] == "fp32" and "fp16" in ev["precision_note"]
+        assert f"camseg: note: {ev['precision_note']}" in result.stderr
+        # the same weights scored in fp32: the training table's number (trained on this CPU)
+        last = history(trained_run)[-1]
+        assert metrics["acc_camvid"] == pytest.approx(float(last["acc_camvid"]), abs=1e-5)
+
+
+def test_evaluate_layout_reads_a_camseq01_folder(trained_run, camseq01_sample, tmp_path, cli):
+    data = tmp_path / "camseq01"
+    shutil.copytree(camseq01_sample, data)
+    (data / "valid.txt").write_text("0016E5_07979.png\n")
+    model = trained_run / "model.pth"
+    result = cli("evaluate", "--model", model, "--data", data, "--layout", "camseq01")
+    assert result.exit_code == 0, result.output
+    ev = _written(result.stdout)["evaluated"]
+    assert ev["data"] == str(data) and ev["n_images"] == 1
+    as_camvid = cli("evaluate", "--model", model, "--data", data)  # the default layout: camvid
+    assert as_camvid.exit_code == 2

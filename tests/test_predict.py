@@ -143,3 +143,70 @@ def test_rebuilt_network_equals_one_built_at_the_training_size(size, tmp_path, c
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), original(x))
+
+
+def test_predict_precision_option_sets_the_network_dtype(
+    trained_run, camvid_tiny, tmp_path, cli, network_spy
+):
+    from camseg.model import cpu_has_bf16
+
+    frame = camvid_tiny / "images" / "0001TP_006750.png"
+
+    def run(name: str):
+        network_spy.clear()
+        on_cpu = ["--run", trained_run, "--device", "cpu"]
+        return cli("predict", frame, *on_cpu, "--precision", name, "--out", tmp_path / name)
+
+    auto = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16), ("auto", auto)]:
+        r = run(name)
+        assert r.exit_code == 0, r.output
+        assert {dt for dt, _, _ in network_spy} == {dtype}, name
+        assert (tmp_path / name / "0001TP_006750_mask.png").is_file()
+    r = run("fp16")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [
+        "camseg: error: --precision fp16: fp16 (autocast) needs a CUDA device, not cpu; "
+        "choose auto, fp32, bf16"
+    ]
+    assert not (tmp_path / "fp16").exists()
+
+
+def test_predict_batch_size_tta_and_device(trained_run, camvid_tiny, tmp_path, cli, network_spy):
+    frames = [str(p) for p in sorted((camvid_tiny / "images").glob("0006R0_f0*.png"))[:3]]
+
+    def run(out: str, *extra: str):
+        network_spy.clear()
+        return cli("predict", *frames, "--run", trained_run, "--out", tmp_path / out, *extra)
+
+    r = run("a", "--device", "cpu", "--batch-size", "2", "--format", "index")
+    assert r.exit_code == 0, r.output
+    assert [(dev, shape[0]) for _, dev, shape in network_spy] == [("cpu", 2), ("cpu", 1)]
+
+    r = run("b", "--device", "cpu", "--batch-size", "2", "--format", "index", "--tta")
+    assert r.exit_code == 0, r.output
+    # each batch runs twice: as it is and mirrored
+    assert [shape[0] for _, _, shape in network_spy] == [2, 2, 1, 1]
+    assert len(list((tmp_path / "b").glob("*_mask.png"))) == 3
+
+    r = run("c", "--batch-size", "0")
+    assert r.exit_code == 2 and "--batch-size must be at least 1" in r.stderr
+
+    r = run("d", "--device", "cuda", "--format", "index")
+    if torch.cuda.is_available():
+        assert r.exit_code == 0 and {dev for _, dev, _ in network_spy} == {"cuda"}
+    else:
+        assert r.exit_code == 2 and "CUDA is not available" in r.stderr
+
+
+def test_predict_with_a_model_file(trained_run, camvid_tiny, tmp_path, cli):
+    """--model works without the run folder; the default --out is beside the file."""
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    (folder / "net.pth").write_bytes((trained_run / "model.pth").read_bytes())
+    frame = camvid_tiny / "images" / "0001TP_006750.png"
+    r = cli("predict", frame, "--model", folder / "net.pth", "--format", "color")
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in (folder / "predictions").iterdir()] == ["0001TP_006750_color.png"]
+    both = cli("predict", frame, "--model", folder / "net.pth", "--run", trained_run)
+    assert both.exit_code == 2 and "--run" in both.stderr and "--model" in both.stderr
