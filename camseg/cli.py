@@ -38,7 +38,10 @@ err = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="YAML config file or preset name (camseg config list)."),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a key: --set data.batch_size=4 (value is YAML)."),
@@ -84,13 +87,24 @@ def _size(text: str) -> tuple[int, int]:
 # ---- config -------------------------------------------------------------------------------
 
 
+@config_app.command("list")
+def config_list() -> None:
+    """List the presets shipped with camseg (use them as --config NAME.yaml from any folder)."""
+    from camseg.config import PRESETS, preset_description, preset_names
+
+    table = Table("preset", "what", title=f"presets in {PRESETS}")
+    for name in preset_names():
+        table.add_row(f"{name}.yaml", preset_description(name))
+    out.print(table)
+
+
 @config_app.command("show")
 @_user_errors
 def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults + file + --set) as YAML."""
     from camseg.config import dump_config, load_config
 
-    out.print(dump_config(load_config(config, set_ or [])), markup=False, end="")
+    out.print(dump_config(load_config(config, set_ or [])), markup=False, end="", soft_wrap=True)
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -99,7 +113,12 @@ def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
 @data_app.command("check")
 @_user_errors
 def data_check(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="YAML config file or preset name (camseg config list)."
+        ),
+    ] = None,
     set_: SetOpt = None,
     root: Annotated[Path | None, typer.Option(help="Dataset folder (instead of a config).")] = None,
     layout: Annotated[str, typer.Option(help="Layout of --root: camvid or camseq01.")] = "camvid",
@@ -144,6 +163,14 @@ def data_prepare(
     valid_fraction: Annotated[
         float, typer.Option(help="Without --valid: this fraction of the last frames validates.")
     ] = 0.2,
+    gap: Annotated[
+        int | None,
+        typer.Option(
+            help="Without --valid: frames left out between train and valid, near-duplicates "
+            "of the first valid frames. Default: 1 per 20 frames, rounded up, fewer if needed to "
+            "keep a train frame."
+        ),
+    ] = None,
     unknown_as: Annotated[
         str | None, typer.Option(help="Class for colours not in the table (e.g. Void).")
     ] = None,
@@ -151,14 +178,22 @@ def data_prepare(
     """Convert a CamSeq01 download (colour labels) into the camvid layout, once."""
     from camseg.data.prepare import prepare_camseq01
 
+    def frames(names: tuple[str, ...]) -> str:
+        # all names, or the ends and the count: one line even for a 101-frame video
+        if len(names) <= 4:
+            return ", ".join(names)
+        return f"{names[0]}, {names[1]}, ..., {names[-1]} ({len(names)} frames)"
+
     res = prepare_camseq01(
-        src, out_dir, valid=valid, valid_fraction=valid_fraction, unknown_as=unknown_as
+        src, out_dir, valid=valid, valid_fraction=valid_fraction, gap=gap, unknown_as=unknown_as
     )
     out.print(
         f"wrote {res.n_images} frames ({res.n_images - res.n_valid} train / {res.n_valid} valid) "
         f"to {res.out}",
         soft_wrap=True,
     )
+    gap_note = f"; left out as the gap: {frames(res.gap_names)}" if res.gap_names else ""
+    out.print(f"valid: {frames(res.valid_names)}{gap_note}", soft_wrap=True)
 
 
 @data_app.command("synth")
@@ -218,7 +253,7 @@ def _print_epoch(row: Any) -> None:
 
 
 def _print_stage(index: int, name: str, lr: Any) -> None:
-    shown = f"slice({lr[0]:.2e}, {lr[1]:.2e})" if isinstance(lr, list | tuple) else f"{lr:.2e}"
+    shown = f"{lr:.2e}" if isinstance(lr, float) else str(lr)
     out.print(f"[bold]stage {index} ({name})[/]: lr {shown}")
     out.print(
         _TABLE.format("stage", "epoch", "train_loss", "valid_loss", "acc_camvid", "miou", "time"),
@@ -229,7 +264,12 @@ def _print_stage(index: int, name: str, lr: Any) -> None:
 @app.command("train")
 @_user_errors
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="YAML config file or preset name (camseg config list)."
+        ),
+    ] = None,
     set_: SetOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under output.dir).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
@@ -282,9 +322,20 @@ def train(
 @app.command("lr-find")
 @_user_errors
 def lr_find(
-    config: ConfigOpt,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config file or preset (default: half.yaml)."),
+    ] = None,
     set_: SetOpt = None,
     stage: Annotated[int, typer.Option(help="Stage index whose freeze state to use.")] = 0,
+    start_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Run folder or checkpoint to start from (needed for --stage 1 and later: the "
+            "weights the earlier stages trained).",
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Output folder name under output.dir.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
@@ -295,9 +346,14 @@ def lr_find(
     from camseg.train import lr_find as find
     from camseg.train import run_name
 
+    if config is None:
+        config = Path("half.yaml")
+        err.print("no --config: using the paper's first phase, half.yaml", markup=False)
     cfg = load_config(config, set_ or [])
     progress = not no_progress and out.is_terminal
-    out_dir, suggestions = find(cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress)
+    out_dir, suggestions = find(
+        cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, start_from
+    )
     out.print(json.dumps(suggestions, indent=2), markup=False)
     out.print(f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}")
 
@@ -310,10 +366,15 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
 def _model_source(run: Path | None, model: Path | None) -> Path:
-    if (run is None) == (model is None):
-        raise CamsegError("give either --run RUN_DIR or --model model.pth")
+    """--run or --model; with neither, the newest finished run under ./runs (said on stderr)."""
+    if run is not None and model is not None:
+        raise CamsegError("give either --run RUN_DIR or --model model.pth, not both")
     source = run if run is not None else model
-    assert source is not None
+    if source is None:
+        from camseg.runs import latest_run
+
+        source = latest_run(Path("runs")).dir
+        err.print(f"using the newest finished run: {source}", markup=False, soft_wrap=True)
     if not source.exists():
         raise CamsegError(f"{source}: no such file or folder")
     return source
@@ -335,6 +396,13 @@ def evaluate(
     tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="train (as training validated, recorded in the model file; fp32 where that "
+            "cannot run here), fp32, fp16 (CUDA) or bf16."
+        ),
+    ] = "train",
 ) -> None:
     """Score a trained model on a dataset split: acc_camvid, pixel accuracy, mIoU, per class."""
     from camseg.evaluate import REFERENCES
@@ -353,15 +421,18 @@ def evaluate(
         tta=tta,
         device=device,
         batch_size=batch_size,
+        precision=precision,  # type: ignore[arg-type]
     )
     ev = result.evaluated
+    if ev["precision_note"]:
+        err.print(f"camseg: note: {ev['precision_note']}", markup=False, soft_wrap=True)
     table = Table(
         "class",
         "IoU",
         "precision",
         "recall",
         "pixel share",
-        title=f"{ev['data']} / {ev['split']} ({ev['n_images']} images)",
+        title=f"{ev['data']} / {ev['split']} ({ev['n_images']} images, {ev['precision']})",
     )
     for row in result.per_class:
         if row["present"] and row["scored"]:
@@ -409,7 +480,10 @@ def predict(
     device: DeviceOpt = "auto",
     precision: Annotated[
         str,
-        typer.Option(help="auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16."),
+        typer.Option(
+            help="auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, bf16 or "
+            "fp16 (CUDA)."
+        ),
     ] = "auto",
     format_: Annotated[
         str, typer.Option("--format", help="Comma list of index, color, overlay.")
@@ -444,6 +518,7 @@ def predict(
             batch_size=batch_size,
             tta=tta,
             device=device,
+            precision=precision,  # type: ignore[arg-type]
             formats=formats,
             on_image=on_image,
         )

@@ -9,11 +9,20 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from camseg.errors import CamsegError
 
@@ -124,9 +133,38 @@ class ModelConfig(_Section):
     )
 
 
+@dataclass(frozen=True)
+class LrSlice:
+    """fastai's `slice(stop)` or `slice(start, stop)` as a stage's lr.
+
+    fastai spreads it over the parameter groups (encoder blocks, then the decoder):
+    `slice(stop)` gives the last group `stop` and every earlier group `stop / 10`;
+    `slice(start, stop)` spaces the groups geometrically from `start` to `stop`. A frozen
+    encoder still trains its BatchNorm layers at its group's rate, so this is not the same as a
+    plain number, which gives every group the same rate.
+    """
+
+    stop: float
+    start: float | None = None
+
+    def as_fastai(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def __str__(self) -> str:
+        if self.start is None:
+            return f"slice({self.stop:g})"
+        return f"slice({self.start:g}, {self.stop:g})"
+
+
+_SLICE = re.compile(r"^\s*slice\(\s*([^,()]+?)\s*(?:,\s*([^,()]+?)\s*)?\)\s*$")
+
 LearningRate = Annotated[
-    float | tuple[float, float] | Literal["find"],
-    Field(description="max lr: a number, a [low, high] pair (discriminative) or find (lr_find)"),
+    float | Annotated[LrSlice, PlainSerializer(str, return_type=str)] | Literal["find"],
+    Field(
+        description="max lr: a number (every parameter group), slice(x) (fastai: the last group "
+        "x, earlier groups x/10), slice(low, high) or [low, high] (groups spaced from low to "
+        "high), or find (run lr_find when the stage starts)"
+    ),
 ]
 
 
@@ -141,20 +179,30 @@ class StageConfig(_Section):
     @field_validator("lr", mode="before")
     @classmethod
     def _lr_valid(cls, v: Any) -> Any:
-        if v == "find":
+        if v == "find" or isinstance(v, LrSlice):
             return v
+        if isinstance(v, str) and (m := _SLICE.match(v)):
+            low, high = (_as_number(g) for g in m.groups())
+            if m.group(2) is None:
+                low, high = None, low
+            if not isinstance(high, float) or not (low is None or isinstance(low, float)):
+                raise ValueError("slice() takes numbers, e.g. slice(1e-3) or slice(1e-6, 1e-4)")
+            return _checked_slice(low, high)
         # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number it looks like.
         v = [_as_number(x) for x in v] if isinstance(v, list | tuple) else _as_number(v)
         if isinstance(v, list):
             if len(v) != 2 or not all(isinstance(x, float) for x in v):
                 raise ValueError("a pair must be two numbers [low, high]")
-            low, high = v
-            if not 0 < low <= high:
-                raise ValueError("a pair must be 0 < low <= high, e.g. [1e-6, 1e-4]")
-            return (low, high)
+            return _checked_slice(*v)
         if isinstance(v, float) and v > 0:
             return v
-        raise ValueError("expected a positive number, a [low, high] pair or 'find'")
+        raise ValueError("expected a positive number, slice(x), slice(low, high), or 'find'")
+
+
+def _checked_slice(low: float | None, high: float) -> LrSlice:
+    if high <= 0 or (low is not None and not 0 < low <= high):
+        raise ValueError("a slice must be 0 < low <= high, e.g. slice(1e-6, 1e-4)")
+    return LrSlice(stop=high, start=low)
 
 
 def _as_number(v: Any) -> Any:
@@ -235,14 +283,50 @@ PATH_KEYS = (
 )
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def preset_description(name: str) -> str:
+    """A preset's first comment line: what it is for."""
+    first = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def find_config(path: Path) -> Path:
+    """What --config names: a file at that path, else a preset shipped with camseg (`half`,
+    `half.yaml`, ...), so the presets work from any folder and after a plain pip install."""
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent == Path(".") and (PRESETS / f"{name}.yaml").is_file():
+        return PRESETS / f"{name}.yaml"
+    raise CamsegError(
+        f"config file not found: {path}; give a YAML file or a preset: {', '.join(preset_names())}"
+    )
+
+
+def is_preset(path: Path) -> bool:
+    return path.resolve().parent == PRESETS.resolve()
+
+
 def load_config(path: Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config (or start from defaults), apply `key=value` overrides, validate."""
+    """Read a YAML config (or start from defaults), apply `key=value` overrides, validate.
+
+    Relative paths in a config file are relative to that file's folder, except in a preset,
+    where they are relative to the current folder (where data/ and runs/ are, not inside the
+    installed package). Paths given in overrides are relative to the current folder.
+    """
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
+        path = find_config(path)
         raw = read_yaml(path)
         source = str(path)
-        _resolve_paths(raw, path.parent)
+        _resolve_paths(raw, Path.cwd() if is_preset(path) else path.parent)
     for item in overrides:
         _apply_override(raw, item)
     return validate_config(raw, source)

@@ -1,6 +1,7 @@
 """`evaluate`: score a trained model on a dataset split from one confusion matrix over the whole
-split (the same code as the training metric), and write metrics.json, per_class.csv and a
-confusion heatmap into RUN_DIR/eval/<data>-<split>/, never over an earlier evaluation.
+split (the same code and, by default, the same precision as the training metric), and write
+metrics.json, per_class.csv and a confusion heatmap into RUN_DIR/eval/<data>-<split>/, never over
+an earlier evaluation.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from camseg.data.layouts import DatasetFiles, label_reader
 from camseg.errors import CamsegError
 from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
 from camseg.model import ModelFile, read_model_file, resolve_device
+from camseg.precision import EVALUATE_DEFAULT, EvaluatePrecision, evaluate_precision
 from camseg.predict import FlipTTA
+from camseg.runs import create_run_dir
 
 # Published numbers, for comparison only: they come from the full CamVid set (600 training
 # frames) and an ImageNet-pretrained encoder, which a small or from-scratch run does not have.
@@ -117,15 +120,15 @@ def confusion_over(
     device: torch.device,
     native_labels: list[np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """Accumulate the confusion matrix over a fastai DataLoader.
+    """Accumulate the confusion matrix over a fastai DataLoader; `model` runs in the precision
+    it was given (camseg.precision), so this adds none of its own.
 
     With native_labels, predictions made at the model's size are upsampled (bilinear, on the
     class scores) to each label's own resolution before the argmax.
     """
     cm = torch.zeros(n, n, dtype=torch.long, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
     seen = 0
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         for batch in dl:
             logits = model(batch[0]).float()
             if native_labels is None:
@@ -149,8 +152,10 @@ def evaluate(
     tta: bool = False,
     device: str = "auto",
     batch_size: int = 8,
+    precision: EvaluatePrecision = EVALUATE_DEFAULT,
 ) -> Evaluation:
-    """Score the model at `source` (run folder, model.pth or checkpoint) on a split."""
+    """Score the model at `source` (run folder, model.pth or checkpoint) on a split, by
+    default in the precision training validated in (the model file records it)."""
     mf = read_model_file(source)
     run_dir = _run_dir_of(source)
     data_cfg = _data_config(run_dir, data, layout)
@@ -163,12 +168,13 @@ def evaluate(
     check_dataset(files).raise_if_bad()
     items = split_items(files, split)
     eval_size, native = _eval_size(size, mf)
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
+    run_precision = evaluate_precision(precision, mf.precision, dev)
     data_cfg = data_cfg.model_copy(update={"size": eval_size, "batch_size": batch_size})
     dls = build_dataloaders(data_cfg, files, device=dev)
     dl = dls.test_dl(items, with_labels=not native, bs=batch_size)
     labels = [label_reader(files)(p) for p in items] if native else None
-    model = mf.build().to(dev).eval()
+    model = run_precision.apply(mf.build().to(dev).eval(), dev)
     n, void = len(files.codes), files.void_index
 
     base = _scores(confusion_over(model, dl, n, dev, labels), void)
@@ -189,6 +195,8 @@ def evaluate(
         else "labels resized to the model input size (nearest), as in training",
         "tta": "horizontal flip" if tta else None,
         "device": str(dev),
+        "precision": run_precision.name,
+        "precision_note": run_precision.note,  # why it is not the one asked for, if it is not
     }
     per_class = _write_outputs(out_dir, scores, without, files.codes, void, evaluated)
     if run_dir is not None:
@@ -211,8 +219,6 @@ def _eval_size(size: str, mf: ModelFile) -> tuple[tuple[int, int], bool]:
 
 
 def _new_dir(parent: Path, name: str) -> Path:
-    from camseg.train import create_run_dir
-
     return create_run_dir(parent, name)
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,8 +19,11 @@ from torchvision import models
 
 from camseg import __version__
 from camseg.atomic import atomic_torch_save
-from camseg.config import ModelConfig
+from camseg.config import DEVICE_PATTERN, ModelConfig
 from camseg.errors import CamsegError
+
+if TYPE_CHECKING:  # precision.py imports this module
+    from camseg.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +48,28 @@ def arch_fn(name: str) -> Callable[..., nn.Module]:
         raise CamsegError(f"unknown model.arch {name!r}; valid: {', '.join(ARCHS)}") from None
 
 
-def resolve_device(spec: str) -> torch.device:
-    """auto -> CUDA when present (this rank's GPU under torchrun), else CPU."""
+def resolve_device(spec: str, key: str = "train.device") -> torch.device:
+    """auto -> CUDA when present (this rank's GPU under torchrun), else CPU. `key` names the
+    setting in messages (train.device, or --device for evaluate and predict)."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not DEVICE_PATTERN.match(spec):
+        raise CamsegError(f"{key} {spec!r}: expected auto, cpu, cuda or cuda:N")
     if spec == "auto":
         return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise CamsegError(
-                f"train.device={spec} but CUDA is not available here (torch {torch.__version__}); "
-                f"use train.device=cpu or auto"
+                f"{key}={spec} but CUDA is not available here (torch {torch.__version__}); "
+                f"use {key}=cpu or auto"
             )
         index = int(spec.split(":")[1]) if ":" in spec else local
         if index >= torch.cuda.device_count():
             raise CamsegError(
-                f"train.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"{key}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
         return torch.device("cuda", index)
     if spec == "mps" and not torch.backends.mps.is_available():
-        raise CamsegError("train.device=mps but MPS is not available; use cpu or auto")
+        raise CamsegError(f"{key}=mps but MPS is not available; use cpu or auto")
     return torch.device(spec)
 
 
@@ -128,7 +134,9 @@ def build_learner(
         blur=cfg.blur,
         last_cross=cfg.last_cross,
     )
-    state = encoder_state(cfg)
+    # init_from replaces every weight, so ImageNet weights would only be fetched to be dropped
+    # (and an offline machine would fail for nothing).
+    state = encoder_state(cfg) if cfg.init_from is None else None
     if state is not None:
         tv = ARCHS[cfg.arch][0](weights=None)
         tv.load_state_dict(state, strict=False)
@@ -185,6 +193,7 @@ class ModelFile:
     blur: bool
     last_cross: bool
     state_dict: dict[str, torch.Tensor]
+    precision: Precision = "fp32"  # what training validated in (camseg.precision)
 
     def build(self) -> nn.Module:
         """Rebuild the U-Net and load the weights (fastai's create_unet_model, no download).
@@ -221,7 +230,14 @@ def read_model_file(path: Path) -> ModelFile:
             f"{path}: file format version {obj.get('version')} but this camseg "
             f"({__version__}) reads version {FILE_VERSION}; re-export it with a matching camseg"
         )
+    from camseg.precision import PRECISIONS
+
     meta = obj["meta"]
+    precision = meta.get("precision", "fp32")  # older files: not recorded, read as fp32
+    if precision not in PRECISIONS:
+        raise CamsegError(
+            f"{path}: precision {precision!r} in the file is not one of {', '.join(PRECISIONS)}"
+        )
     return ModelFile(
         path=path,
         arch=meta["arch"],
@@ -233,10 +249,19 @@ def read_model_file(path: Path) -> ModelFile:
         blur=bool(meta["blur"]),
         last_cross=bool(meta.get("last_cross", True)),  # older files: fastai default
         state_dict=obj["model"],
+        precision=precision,
     )
 
 
-def model_meta(cfg: ModelConfig, codes: list[str], size: tuple[int, int]) -> dict[str, Any]:
+def model_meta(
+    cfg: ModelConfig,
+    codes: list[str],
+    size: tuple[int, int],
+    *,
+    precision: Precision = "fp32",
+) -> dict[str, Any]:
+    """What model.pth records beside the weights; `precision` is what training validated in
+    (camseg.precision.validation_precision), which `evaluate` reproduces by default."""
     return {
         "arch": cfg.arch,
         "codes": list(codes),
@@ -246,6 +271,7 @@ def model_meta(cfg: ModelConfig, codes: list[str], size: tuple[int, int]) -> dic
         "self_attention": cfg.self_attention,
         "blur": cfg.blur,
         "last_cross": cfg.last_cross,
+        "precision": precision,
         "camseg_version": __version__,
     }
 

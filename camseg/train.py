@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import ProgressCallback
@@ -30,7 +32,15 @@ from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
 from camseg import __version__
 from camseg.atomic import atomic_link, atomic_torch_save, atomic_write_text
-from camseg.config import Config, StageConfig, absolute_paths, dump_config, load_config
+from camseg.config import (
+    Config,
+    LrSlice,
+    StageConfig,
+    TrainConfig,
+    absolute_paths,
+    dump_config,
+    load_config,
+)
 from camseg.data import build_dataloaders, check_dataset, find_files
 from camseg.data.layouts import resolve_size
 from camseg.distributed import init_distributed, rank0_first, share_path
@@ -45,6 +55,8 @@ from camseg.model import (
     resolve_device,
     write_model_file,
 )
+from camseg.precision import training_precision, validation_precision
+from camseg.runs import Run, create_run_dir, resolve_init_from
 
 log = logging.getLogger(__name__)
 
@@ -100,33 +112,6 @@ class TrainingInterrupted(Exception):
         self.run_dir = run_dir
 
 
-@dataclass(frozen=True)
-class Run:
-    """A run folder and the paths inside it."""
-
-    dir: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.dir / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pth"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pth"
-
-    @property
-    def plots(self) -> Path:
-        return self.dir / "plots"
-
-    @property
-    def model(self) -> Path:
-        return self.dir / "model.pth"
-
-
 # ---- run folder ---------------------------------------------------------------------------
 
 
@@ -135,22 +120,6 @@ def run_name(cfg: Config, config_path: Path | None, name: str | None) -> str:
     if not name or "/" in name or name in (".", ".."):
         raise CamsegError(f"run name {name!r} is not a plain folder name")
     return name
-
-
-def create_run_dir(parent: Path, name: str) -> Path:
-    """runs/<name>, or <name>-2, -3 ... : an existing run is never overwritten.
-
-    os.mkdir is atomic, so two processes starting at once get two different folders.
-    """
-    parent.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 10_000):
-        path = parent / (name if k == 1 else f"{name}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise CamsegError(f"{parent}: too many runs named {name}; pick another --name")
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -257,10 +226,24 @@ class RunRecorder(Callback):
         config: dict,
         on_epoch: Callable[[EpochRow], None] | None,
         writer: CheckpointWriter,
+        resumed: dict | None = None,
     ) -> None:
         self.run, self.state, self.stage, self.stage_name = run, state, stage, stage_name
         self.meta, self.config, self.on_epoch, self.writer = meta, config, on_epoch, writer
+        self.resumed = resumed  # the checkpoint of a stage resumed part-way
         self._losses: list[torch.Tensor] = []
+
+    def before_fit(self) -> None:
+        """A stage resumed part-way continues where the checkpoint left it: the optimizer's
+        moments and the running train_loss (fastai's smoothed loss spans the whole stage)."""
+        if self.resumed is None:
+            return
+        _load_opt_state(self.learn, self.resumed["opt"])
+        smooth = self.resumed.get("smooth_loss")
+        if smooth is not None:
+            self.recorder.smooth_loss.count = smooth["count"]
+            self.recorder.smooth_loss.val = smooth["val"].to(self.recorder.smooth_loss.val)
+        self.resumed = None
 
     def before_epoch(self) -> None:
         self._ran = False
@@ -344,12 +327,50 @@ def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> di
         "config": config,
         "model": {k: _snapshot(v) for k, v in model.state_dict().items()},
         "opt": _plain(learn.opt.state_dict()),
+        "smooth_loss": {
+            "count": learn.recorder.smooth_loss.count,
+            "val": _snapshot(learn.recorder.smooth_loss.val),
+        },
+        "rng": rng_state(learn.dls),
         "state": asdict(state),
     }
 
 
+def rng_state(dls: Any) -> dict[str, Any]:
+    """Every random state that the next epoch draws from: Python's, NumPy's and torch's (the
+    augmentations, the DataLoader workers' seeds) and each fastai DataLoader's own generator
+    (the shuffle order). Resume restores them instead of reseeding."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "loaders": [dl.rng.getstate() for dl in dls.loaders],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], dls: Any) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for dl, dl_state in zip(dls.loaders, state["loaders"], strict=True):
+        dl.rng.setstate(_as_tuples(dl_state))
+
+
+def _as_tuples(obj: Any) -> Any:
+    """random.setstate wants the nested tuples random.getstate gave (a reload may give lists)."""
+    return tuple(_as_tuples(x) for x in obj) if isinstance(obj, list | tuple) else obj
+
+
 def _snapshot(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", copy=True)
+    # a plain Tensor: fastai's TensorBase subclass would not load with weights_only
+    return t.detach().to("cpu", copy=True).as_subclass(torch.Tensor)
 
 
 def _plain(obj: Any) -> Any:
@@ -422,14 +443,11 @@ class BF16Autocast(Callback):
 
 
 def _enable_precision(learn: Any, cfg: Config, device: torch.device) -> None:
-    bf16 = cfg.train.bf16
-    if bf16 and device.type == "cpu" and not cpu_has_bf16():
+    precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         log.warning("train.bf16 on a CPU without native bfloat16: it is emulated and slower")
-    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CamsegError("train.bf16=true: this GPU has no bfloat16; use train.fp16 instead")
-    fp16 = (device.type == "cuda" and not bf16) if cfg.train.fp16 == "auto" else cfg.train.fp16
-    if fp16 and device.type != "cuda":
-        raise CamsegError("train.fp16=true needs a CUDA device; set train.fp16=auto or false")
     channels_last = (
         device.type == "cuda" if cfg.train.channels_last == "auto" else cfg.train.channels_last
     )
@@ -437,10 +455,35 @@ def _enable_precision(learn: Any, cfg: Config, device: torch.device) -> None:
         from fastai.callback.channelslast import ChannelsLast
 
         learn.add_cb(ChannelsLast())
-    if fp16:
+    if precision == "fp16":
         learn.to_fp16()
-    elif bf16:
+    elif precision == "bf16":
         learn.add_cb(BF16Autocast(device.type))
+
+
+def fit_stage(
+    learn: Any,
+    stage: StageConfig,
+    lr: float | LrSlice,
+    train_cfg: TrainConfig,
+    cbs: list[Callback] | None = None,
+    start_epoch: int = 0,
+) -> None:
+    """One stage of the recipe: freeze or unfreeze, then fastai's fit_one_cycle, with
+    `slice(...)` learning rates handed to fastai as the slice it spreads over the groups."""
+    if stage.freeze:
+        learn.freeze()
+    else:
+        learn.unfreeze()
+    learn.fit_one_cycle(
+        stage.epochs,
+        lr_max=lr.as_fastai() if isinstance(lr, LrSlice) else lr,
+        pct_start=stage.pct_start,
+        moms=train_cfg.moms,
+        wd=train_cfg.wd,
+        cbs=cbs,
+        start_epoch=start_epoch,
+    )
 
 
 @dataclass(frozen=True)
@@ -473,11 +516,13 @@ class Trainer:
             init_distributed(self.device)
         with rank0_first():  # rank 0 generates a synthetic set while the others wait
             self.files = find_files(cfg.data)
-        check_dataset(self.files).raise_if_bad()
+        report = check_dataset(self.files)
+        report.raise_if_bad()
+        self.n_train = report.n_train
         self.size = resolve_size(cfg.data.size, self.files.images[0])
         stages = cfg.train.stages
         first = stages[state.stage] if state.stage < len(stages) else stages[-1]
-        self.bs = first.batch_size or cfg.data.batch_size
+        self.bs = self._batch_size(first)
         dls = build_dataloaders(cfg.data, self.files, batch_size=self.bs, device=self.device)
         n, void = len(self.files.codes), self.files.void_index
         # A resumed run takes its weights from the checkpoint: no download, no init_from.
@@ -507,6 +552,20 @@ class Trainer:
         learn.add_cb(self.nan_guard)
         self.learn = learn
 
+    def _batch_size(self, stage: StageConfig) -> int:
+        """The stage's batch size, at most the training set: fastai drops the last incomplete
+        training batch, so a batch larger than the set would train on nothing at all."""
+        bs = stage.batch_size or self.cfg.data.batch_size
+        if bs > self.n_train:
+            log.warning(
+                "batch size %d is larger than the %d training images; using %d",
+                bs,
+                self.n_train,
+                self.n_train,
+            )
+            return self.n_train
+        return bs
+
     def _distributed(self) -> Any:
         """fastai distrib_ctx (DistributedDataParallel) under torchrun/accelerate, else nothing."""
         if num_distrib() <= 1:
@@ -529,7 +588,12 @@ class Trainer:
             on_epoch = on_stage = None
         else:
             run.plots.mkdir(parents=True, exist_ok=True)
-        meta = model_meta(self.cfg.model, self.files.codes, self.size)
+        meta = model_meta(
+            self.cfg.model,
+            self.files.codes,
+            self.size,
+            precision=validation_precision(self.cfg.train.fp16, self.cfg.train.bf16, self.device),
+        )
         try:
             try:
                 with self._distributed():
@@ -574,40 +638,41 @@ class Trainer:
         on_stage: Callable[[int, str, Any], None] | None,
     ) -> None:
         learn, state, name = self.learn, self.state, _stage_name(stage, i)
-        stage_bs = stage.batch_size or self.cfg.data.batch_size
+        if self.ckpt is not None and "rng" in self.ckpt:
+            # the first stage after a resume draws the random numbers the uninterrupted run
+            # would have drawn at this point (the checkpoint was written right after its epoch)
+            restore_rng(self.ckpt["rng"], learn.dls)
+        stage_bs = self._batch_size(stage)
         if stage_bs != self.bs:
             learn.dls = build_dataloaders(
                 self.cfg.data, self.files, batch_size=stage_bs, device=self.device
             )
             self.bs = stage_bs
-        if stage.freeze:
-            learn.freeze()
-        else:
-            learn.unfreeze()
-        if self.ckpt is not None:  # same optimizer moments as the uninterrupted run
-            _load_opt_state(learn, self.ckpt["opt"])
-            self.ckpt = None
         start_epoch = state.epochs_done if i == state.stage else 0
+        # fastai's freeze()/unfreeze() clear the optimizer state, so an uninterrupted run starts
+        # every stage with fresh moments; only a stage resumed part-way takes them back.
+        resumed = self.ckpt if start_epoch > 0 else None
+        self.ckpt = None
         state.stage, state.epochs_done = i, start_epoch
         if stage.lr != "find":  # as configured (a --set on resume takes effect here)
-            lr = stage.lr
+            lr: float | LrSlice = stage.lr
         else:  # found once: a resumed stage keeps the lr it started with
             lr = state.lrs.get(str(i)) or self.find_lr(run.plots / f"lr_find_{name}.png")["valley"]
-        state.lrs[str(i)] = list(lr) if isinstance(lr, tuple) else lr
+        state.lrs[str(i)] = str(lr) if isinstance(lr, LrSlice) else lr
         if on_stage is not None:
             on_stage(i, name, lr)
         recorder = RunRecorder(
-            run, state, i, name, meta, self.cfg.model_dump(mode="json"), on_epoch, self.writer
+            run,
+            state,
+            i,
+            name,
+            meta,
+            self.cfg.model_dump(mode="json"),
+            on_epoch,
+            self.writer,
+            resumed=resumed,
         )
-        learn.fit_one_cycle(
-            stage.epochs,
-            lr_max=slice(*lr) if isinstance(lr, list | tuple) else lr,
-            pct_start=stage.pct_start,
-            moms=self.cfg.train.moms,
-            wd=self.cfg.train.wd,
-            cbs=[recorder],
-            start_epoch=start_epoch,
-        )
+        fit_stage(learn, stage, lr, self.cfg.train, cbs=[recorder], start_epoch=start_epoch)
         if self.nan_guard.where is not None:
             epoch, step = self.nan_guard.where
             last = run.last if run.last.exists() else "none yet"
@@ -619,7 +684,8 @@ class Trainer:
         state.stage, state.epochs_done = i + 1, 0
 
     def find_lr(self, plot: Path) -> dict[str, float]:
-        """fastai lr_find: its four suggestions (valley, slide, minimum, steep), plotted."""
+        """fastai lr_find: its four suggestions (valley, slide, minimum, steep), plotted, and
+        the curve itself (lr, smoothed loss per iteration) as CSV beside the plot."""
         from camseg.plots import plot_lr_find
 
         found = self.learn.lr_find(
@@ -630,6 +696,12 @@ class Trainer:
         suggestions = {k: float(v) for k, v in found._asdict().items()}
         if rank_distrib() == 0:
             plot_lr_find(self.learn.recorder, suggestions, plot)
+            rec = self.learn.recorder
+            rows = "".join(
+                f"{float(lr):.6g},{float(loss):.6g}\n"
+                for lr, loss in zip(rec.lrs, rec.losses, strict=True)
+            )
+            atomic_write_text(plot.with_suffix(".csv"), "lr,loss\n" + rows)
         return suggestions
 
 
@@ -645,7 +717,7 @@ def train_new(
     on_stage: Callable[[int, str, Any], None] | None = None,
 ) -> Summary:
     """A new run: check and build everything, then make the run folder and train."""
-    cfg = absolute_paths(cfg)
+    cfg = _init_file_resolved(absolute_paths(cfg))  # config.yaml names the exact file taken
     trainer = Trainer(cfg, progress=progress)
     run_dir = start_run(cfg, config_path, name, command) if rank_distrib() == 0 else None
     run_dir = share_path(run_dir)
@@ -719,14 +791,24 @@ def _summary(run: Run, state: RunState, cfg: Config) -> Summary:
     return summary
 
 
+def _init_file_resolved(cfg: Config) -> Config:
+    if cfg.model.init_from is None:
+        return cfg
+    init = resolve_init_from(cfg.model.init_from)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_from": init})})
+
+
 def lr_find(
     cfg: Config,
     stage_index: int,
     out_parent: Path,
     name: str,
     progress: bool = True,
+    start_from: Path | None = None,
 ) -> tuple[Path, dict[str, float]]:
-    """fastai's lr_find for one stage (frozen/unfrozen as it says, init_from honoured).
+    """fastai's lr_find for one stage, from the weights that stage starts from: the config's
+    (ImageNet or init_from) for stage 0; for a later stage, `start_from` (a run or checkpoint
+    that finished the stages before it), because a fresh decoder is not what that stage sees.
 
     Writes lr_find.png and lr_find.json to a new folder out_parent/<name>-lr_find[-k].
     """
@@ -734,6 +816,19 @@ def lr_find(
         raise CamsegError(
             f"--stage {stage_index}: the config has stages 0..{len(cfg.train.stages) - 1}"
         )
+    if start_from is not None:
+        cfg = cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"init_from": start_from})}
+        )
+    elif stage_index > 0:
+        earlier = "stage 0" if stage_index == 1 else f"stages 0..{stage_index - 1}"
+        raise CamsegError(
+            f"--stage {stage_index} starts from the weights that {earlier} "
+            f"trains, not from a fresh decoder: give --from RUN_OR_CHECKPOINT (a run that finished "
+            f"it), or set train.stages[{stage_index}].lr=find so that camseg train runs lr_find "
+            f"when the stage starts"
+        )
+    cfg = _init_file_resolved(cfg)
     stage = cfg.train.stages[stage_index]
     bs = stage.batch_size or cfg.data.batch_size
     trainer = Trainer(

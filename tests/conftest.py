@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,22 @@ def history(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def small_copy(camvid_tiny: Path, dst: Path, n_valid: int = 4, n_train: int = 16) -> Path:
+    """A few of camvid_tiny's validation and training frames: seconds per epoch, not minutes."""
+    valid = (camvid_tiny / "valid.txt").read_text().split()
+    images = sorted((camvid_tiny / "images").iterdir())
+    keep = [p for p in images if p.name in valid][:n_valid]
+    keep += [p for p in images if p.name not in valid][:n_train]
+    (dst / "images").mkdir(parents=True)
+    (dst / "labels").mkdir()
+    for p in keep:
+        shutil.copy(p, dst / "images" / p.name)
+        shutil.copy(camvid_tiny / "labels" / f"{p.stem}_P.png", dst / "labels")
+    shutil.copy(camvid_tiny / "codes.txt", dst)
+    (dst / "valid.txt").write_text("\n".join(p.name for p in keep[:n_valid]) + "\n")
+    return dst
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, camvid_tiny) -> Path:
     """One short real training run shared by the tests that only read its outputs."""
@@ -82,3 +99,24 @@ def trained_run(tmp_path_factory, camvid_tiny) -> Path:
     result = CliRunner().invoke(app, ["train", *fast_args(camvid_tiny, out), "--name", "tiny"])
     assert result.exit_code == 0, result.output
     return out / "tiny"
+
+
+@pytest.fixture
+def network_spy(monkeypatch):
+    """What the rebuilt network really runs: per pass through its first convolution, the
+    output's dtype, the device and the input's shape."""
+    from camseg.model import ModelFile
+
+    seen: list[tuple[torch.dtype, str, tuple[int, ...]]] = []
+    build = ModelFile.build
+
+    def spying_build(self):
+        model = build(self)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(
+            lambda _m, inp, out: seen.append((out.dtype, out.device.type, tuple(inp[0].shape)))
+        )
+        return model
+
+    monkeypatch.setattr(ModelFile, "build", spying_build)
+    return seen

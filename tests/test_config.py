@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from camseg.config import Config, load_config
+from camseg.config import Config, LrSlice, dump_config, load_config, validate_config
 from camseg.errors import CamsegError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ def test_defaults_and_file_and_overrides(tmp_path):
     cfg = load_config(path, ["train.stages[0].lr=[1e-6, 1e-4]", "data.size=[96, 128]"])
     assert cfg.data.batch_size == 4
     assert cfg.train.wd == pytest.approx(0.01)
-    assert cfg.train.stages[0].lr == (1e-6, 1e-4)
+    assert cfg.train.stages[0].lr == LrSlice(start=1e-6, stop=1e-4)
     assert cfg.data.size == (96, 128)
     # paths written in a config file are relative to that file's folder
     assert cfg.data.root == tmp_path / "some" / "data"
@@ -50,7 +51,7 @@ def test_override_dotted_index_form_and_yaml_values(tmp_path):
         ("data:\n  batch_size: many\n", [], "data.batch_size = 'many'"),
         ("train:\n  stages:\n  - epochs: 0\n", [], "train.stages[0].epochs = 0"),
         ("train:\n  stages:\n  - lr: [1.0e-3, 1.0e-5]\n", [], "low <= high"),
-        ("train:\n  stages:\n  - lr: fast\n", [], "a [low, high] pair or 'find'"),
+        ("train:\n  stages:\n  - lr: fast\n", [], "slice(x), slice(low, high), or 'find'"),
         ("train:\n  stages: []\n", [], "at least one stage"),
         ("train:\n  device: gpu\n", [], "train.device = 'gpu'"),
         ("data:\n  layout: voc\n", [], "'camvid', 'camseq01' or 'synthetic'"),
@@ -103,16 +104,42 @@ def test_presets_load_and_differ_from_defaults(preset):
 
 
 def test_half_and_full_presets_match_the_paper():
+    """The values the paper states (README, "The paper's recipe"); the rest from the notebook."""
     half = load_config(REPO / "configs" / "half.yaml")
-    assert half.data.size == 0.5 and half.data.batch_size == 8 and half.train.wd == 1e-2
+    assert half.model.arch == "resnet34" and half.model.pretrained  # paper: ImageNet ResNet34
+    assert half.data.size == 0.5  # "sub-sized by 2"
+    assert half.data.batch_size == 8 and half.train.wd == 1e-2  # notebook
     s1, s2 = half.train.stages
-    assert (s1.epochs, s1.freeze, s1.lr, s1.pct_start) == (10, True, 3e-3, 0.9)
-    assert (s2.epochs, s2.freeze, s2.pct_start) == (12, False, 0.8)
-    assert s2.lr == pytest.approx((3e-3 / 400, 3e-3 / 4))
+    assert (s1.epochs, s1.freeze, s1.lr) == (10, True, LrSlice(stop=1e-3))  # slice(1e-3)
+    assert (s2.epochs, s2.freeze, s2.lr) == (10, False, 1e-4)  # "maximum learning rate 1e-4"
+    assert (s1.pct_start, s2.pct_start) == (0.9, 0.8)  # notebook
     full = load_config(REPO / "configs" / "full.yaml")
     assert full.data.size == 1.0 and full.data.batch_size == 3
-    assert full.model.init_from is not None and full.model.init_from.name == "half"
+    assert full.model.init_from == Path.cwd() / "runs" / "half"  # a preset: the current folder
     f1, f2 = full.train.stages
-    assert (f1.epochs, f1.freeze, f1.lr, f1.pct_start) == (10, True, 1e-3, 0.8)
-    assert (f2.epochs, f2.freeze) == (10, False)
-    assert f2.lr == pytest.approx((1e-6, 1e-4))
+    assert (f1.epochs, f1.freeze, f1.lr, f1.pct_start) == (10, True, LrSlice(stop=1e-3), 0.8)
+    assert (f2.epochs, f2.freeze, f2.lr) == (10, False, LrSlice(start=1e-6, stop=1e-4))
+    assert f2.pct_start == 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("slice(1e-3)", LrSlice(stop=1e-3)),
+        ("slice( 1e-6 , 1e-4 )", LrSlice(start=1e-6, stop=1e-4)),
+        ("[1e-6, 1e-4]", LrSlice(start=1e-6, stop=1e-4)),
+        ("3e-3", 3e-3),
+        ("find", "find"),
+    ],
+)
+def test_stage_lr_forms_round_trip_through_the_saved_config(text, expected):
+    cfg = load_config(None, [f"train.stages[0].lr={text}"])
+    assert cfg.train.stages[0].lr == expected
+    # a run folder's config.yaml is read back on resume: the same lr must come out
+    assert validate_config(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize("text", ["slice(0)", "slice(1e-3, 1e-5)", "slice(x)", "slice()"])
+def test_bad_slice_is_one_line_naming_the_key(text):
+    with pytest.raises(CamsegError, match=r"train\.stages\[0\]\.lr = .* is not valid"):
+        load_config(None, [f"train.stages[0].lr={text}"])

@@ -51,6 +51,11 @@ CONFIG_CASES = {
         "train:\n  stages:\n  - lr: [1.0e-3, 1.0e-6]\n",
         "0 < low <= high",
     ),
+    "slice in the wrong order": (
+        "train:\n  stages:\n  - lr: slice(1.0e-3, 1.0e-6)\n",
+        "0 < low <= high",
+    ),
+    "slice of a word": ("train:\n  stages:\n  - lr: slice(fast)\n", "slice() takes numbers"),
     "unknown arch": ("model:\n  arch: resnet9\n", "'resnet18', 'resnet34' or 'resnet50'"),
     "unknown layout": ("data:\n  layout: voc\n", "'camvid', 'camseq01' or 'synthetic'"),
     "YAML syntax error": ("data:\n  size: [96, 128\n  batch_size: 4\n", ".yaml:3: YAML syntax"),
@@ -70,6 +75,57 @@ def test_bad_config(case, tmp_path, cli, monkeypatch):
     path.write_text(text)
     one_line_error(cli("train", "--config", path), str(path), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no runs/, no PWNED
+
+
+def _command_cases(camvid_tiny: Path, camseq01_sample: Path, tmp: Path) -> dict[str, tuple]:
+    tiny = ["--set", f"data.root={camvid_tiny}", "--set", "model.pretrained=false"]
+    frame = str(next((camvid_tiny / "images").iterdir()))
+    return {
+        "unknown preset": (["train", "--config", "hlaf.yaml"], ["hlaf.yaml", "half, tiny"]),
+        "lr-find of a later stage without --from": (
+            ["lr-find", "--config", "tiny.yaml", *tiny, "--stage", "1"],
+            ["--stage 1", "--from"],
+        ),
+        "init_from that does not exist": (
+            ["train", "--config", "full.yaml", *tiny],
+            [f"model.init_from {tmp / 'runs' / 'half'}: no such run or file"],
+        ),
+        "evaluate with no finished run": (["evaluate"], ["no finished run under runs/"]),
+        "predict with no finished run": (["predict", frame], ["no finished run under runs/"]),
+        "prepare with a negative gap": (
+            ["data", "prepare", str(camseq01_sample), "--out", "p", "--gap", "-1"],
+            ["--gap must be 0 or more"],
+        ),
+        "prepare with a gap that leaves no train frame": (
+            ["data", "prepare", str(camseq01_sample), "--out", "p", "--gap", "3"],
+            ["--gap 3 leaves no train frame"],
+        ),
+        "predict on an unknown device": (
+            ["predict", frame, "--model", "m.pth", "--device", "gpu"],
+            ["--device 'gpu'"],
+        ),
+    }
+
+
+COMMAND_CASES = [
+    "unknown preset",
+    "lr-find of a later stage without --from",
+    "init_from that does not exist",
+    "evaluate with no finished run",
+    "predict with no finished run",
+    "prepare with a negative gap",
+    "prepare with a gap that leaves no train frame",
+    "predict on an unknown device",
+]
+
+
+@pytest.mark.parametrize("case", COMMAND_CASES)
+def test_bad_command_input(case, camvid_tiny, camseq01_sample, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.pth").write_bytes(b"")
+    args, needles = _command_cases(camvid_tiny, camseq01_sample, tmp_path)[case]
+    one_line_error(cli(*args), *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]  # nothing made
 
 
 def test_size_not_divisible_by_32_trains(camvid_tiny, tmp_path, cli):
