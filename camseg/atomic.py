@@ -1,6 +1,7 @@
 """Atomic file writes: write a temporary file beside the target, fsync, then `os.replace`.
 
 A crash or kill at any moment leaves either the old file or the new one, never a torn one.
+Also the check, before any work, that a folder can be made where one is asked for.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from camseg.errors import CamsegError
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -38,6 +41,17 @@ def atomic_link(src: Path, dst: Path) -> None:
         atomic_write(dst, lambda f: f.write(src.read_bytes()))
         return
     os.replace(tmp, dst)
+
+
+def require_folder_path(path: Path, what: str, fix: str) -> None:
+    """Refuse, with `what` (the key or option) and `fix`, a folder path that a file blocks:
+    the path itself or a folder above it is a file, so making it would fail half-way."""
+    for p in (path, *path.parents):
+        if p.exists():  # the nearest existing path decides; a missing one is made later
+            if p.is_dir():
+                return
+            at = "is a file" if p == path else f"cannot be made: {p} is a file"
+            raise CamsegError(f"{what} {path} {at}, not a folder; {fix}")
 
 
 def _umask() -> int:

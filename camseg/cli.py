@@ -133,6 +133,15 @@ def data_check(
     if root is not None:
         overrides += [f"data.root={root}", f"data.layout={layout}"]
     cfg = load_config(config, overrides)
+    if cfg.data.layout == "synthetic" and not (cfg.data.root / "images").is_dir():
+        # find_files would generate the scenes there; a check reads, it never writes
+        s = cfg.data.synthetic
+        raise CamsegError(
+            f"data.root {cfg.data.root}: no synthetic scenes there yet (no images/), and a check "
+            f"writes nothing; make them with camseg data synth --out {cfg.data.root} --n {s.n} "
+            f"--size {s.size[0]}x{s.size[1]} --seed {s.seed} --valid-fraction "
+            f"{s.valid_fraction:g} (training on the synthetic layout also makes them)"
+        )
     files = find_files(cfg.data)
     report = check_dataset(files)
     out.print(
@@ -311,9 +320,14 @@ def train(
         err.print(f"camseg: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
     if summary.epochs and summary.is_main:
+        best = summary.best_acc_camvid
+        shown = (
+            "best acc_camvid n/a (no validation pixel was scored)"
+            if best != best  # NaN
+            else f"best acc_camvid {best:.4f} ({summary.best_stage}, epoch {summary.best_epoch})"
+        )
         out.print(
-            f"best acc_camvid {summary.best_acc_camvid:.4f} ({summary.best_stage}, epoch "
-            f"{summary.best_epoch}); {summary.epochs} epochs in {_fmt_time(summary.seconds)}, "
+            f"{shown}; {summary.epochs} epochs in {_fmt_time(summary.seconds)}, "
             f"{summary.images_per_second:.1f} images/s; model: {summary.run_dir / 'model.pth'}",
             soft_wrap=True,
         )
@@ -502,7 +516,15 @@ def predict(
     if out_dir is None:
         out_dir = (source if source.is_dir() else source.parent) / "predictions"
     formats = tuple(f.strip() for f in format_.split(",") if f.strip())
-    n = len(expand_inputs(inputs))
+    expanded = expand_inputs(inputs)
+    n = len(expanded.images)
+    if expanded.own_outputs:
+        err.print(
+            f"camseg: note: left out {len(expanded.own_outputs)} file(s) that camseg predict "
+            f"wrote earlier (e.g. {expanded.own_outputs[0]}); name a file to segment it",
+            markup=False,
+            soft_wrap=True,
+        )
     with Progress(console=err, disable=n <= 5 or json_lines or not err.is_terminal) as bar:
         task = bar.add_task("predicting", total=n)
 
@@ -521,6 +543,15 @@ def predict(
             precision=precision,  # type: ignore[arg-type]
             formats=formats,
             on_image=on_image,
+        )
+    if result.renamed:
+        shown = ", ".join(f"{path} -> {name}" for path, name in result.renamed[:3])
+        more = f" and {len(result.renamed) - 3} more" if len(result.renamed) > 3 else ""
+        err.print(
+            f"camseg: note: {len(result.renamed)} input(s) share a name with an earlier one; "
+            f"their outputs are named {shown}{more}",
+            markup=False,
+            soft_wrap=True,
         )
     for path, reason in result.skipped:
         err.print(f"camseg: skipped {path}: {reason}", markup=False, soft_wrap=True)

@@ -7,6 +7,7 @@ Defaults live here and only here; preset YAML files hold what differs. Reading Y
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -194,14 +195,14 @@ class StageConfig(_Section):
             if len(v) != 2 or not all(isinstance(x, float) for x in v):
                 raise ValueError("a pair must be two numbers [low, high]")
             return _checked_slice(*v)
-        if isinstance(v, float) and v > 0:
+        if isinstance(v, float) and 0 < v < math.inf:
             return v
-        raise ValueError("expected a positive number, slice(x), slice(low, high), or 'find'")
+        raise ValueError("expected a finite positive number, slice(x), slice(low, high), or 'find'")
 
 
 def _checked_slice(low: float | None, high: float) -> LrSlice:
-    if high <= 0 or (low is not None and not 0 < low <= high):
-        raise ValueError("a slice must be 0 < low <= high, e.g. slice(1e-6, 1e-4)")
+    if not 0 < high < math.inf or (low is not None and not 0 < low <= high):
+        raise ValueError("a slice must be 0 < low <= high < inf, e.g. slice(1e-6, 1e-4)")
     return LrSlice(stop=high, start=low)
 
 
@@ -225,10 +226,12 @@ class TrainConfig(_Section):
     wd: float | None = Field(
         None,
         ge=0,
-        description="weight decay; null keeps fastai's optimizer default (0.01 for Adam)",
+        allow_inf_nan=False,
+        description="weight decay (finite, >= 0); null keeps fastai's optimizer default (0.01 "
+        "for Adam)",
     )
     moms: tuple[float, float, float] = Field(
-        (0.95, 0.85, 0.95), description="one-cycle momentum (start, middle, end)"
+        (0.95, 0.85, 0.95), description="one-cycle momentum (start, middle, end), each in [0, 1)"
     )
     seed: int = Field(42, description="seed set before the DataLoaders are built")
     lr_find_iters: int = Field(
@@ -244,6 +247,14 @@ class TrainConfig(_Section):
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="channels_last memory format; auto = on for CUDA"
     )
+
+    @field_validator("moms")
+    @classmethod
+    def _moms_valid(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        # Adam's beta1: at 1 its running average never leaves zero and the step is 0/0 (NaN)
+        if not all(0 <= m < 1 for m in v):
+            raise ValueError("each momentum must be in [0, 1), e.g. [0.95, 0.85, 0.95]")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -329,6 +340,7 @@ def load_config(path: Path | None, overrides: typing.Sequence[str] = ()) -> Conf
         _resolve_paths(raw, Path.cwd() if is_preset(path) else path.parent)
     for item in overrides:
         _apply_override(raw, item)
+    _expand_user(raw)
     return validate_config(raw, source)
 
 
@@ -361,8 +373,23 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for section, key in PATH_KEYS:
         sec = raw.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
-            p = Path(sec[key]).expanduser()
+            p = _expanded(sec[key], f"{section}.{key}")
             sec[key] = str(p if p.is_absolute() else (base.absolute() / p))
+
+
+def _expand_user(raw: dict[str, Any]) -> None:
+    """~ in a path given with --set means the home folder, as it does in a config file."""
+    for section, key in PATH_KEYS:
+        sec = raw.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            sec[key] = str(_expanded(sec[key], f"{section}.{key}"))
+
+
+def _expanded(text: str, key: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~name of no such user, or no home folder at all
+        raise CamsegError(f"{key} = {text!r}: cannot expand ~ here; write the full path") from None
 
 
 def absolute_paths(cfg: Config) -> Config:
@@ -416,6 +443,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
                 raise CamsegError(f"--set {key}: index [{part}] does not exist")
             node = node[part]
             continue
+        if not isinstance(node, dict):
+            raise CamsegError(f"--set {key}: {_dotted(parts[:i])} is not a section")
         if part not in node or node[part] is None:
             node[part] = _default_at(parts[: i + 1]) if isinstance(nxt, int) else {}
         node = node[part]

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from camseg.atomic import atomic_write_text
 from camseg.config import DataConfig, load_config
 from camseg.data import build_dataloaders, check_dataset, find_files
-from camseg.data.files import read_names
-from camseg.data.layouts import DatasetFiles, label_reader
+from camseg.data.layouts import DatasetFiles, label_reader, valid_split
 from camseg.errors import CamsegError
 from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
 from camseg.model import ModelFile, read_model_file, resolve_device
@@ -97,11 +96,11 @@ def _data_config(run_dir: Path | None, data: Path | None, layout: str | None) ->
 
 
 def split_items(files: DatasetFiles, split: Split) -> list[Path]:
-    valid = set(read_names(files.valid_file))
+    in_valid = valid_split(files)  # training's own split
     if split == "valid":
-        items = [p for p in files.images if p.name in valid]
+        items = [p for p in files.images if in_valid(p)]
     elif split == "train":
-        items = [p for p in files.images if p.name not in valid]
+        items = [p for p in files.images if not in_valid(p)]
     else:
         items = list(files.images)
     if not items:

@@ -31,10 +31,11 @@ from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
 from camseg import __version__
-from camseg.atomic import atomic_link, atomic_torch_save, atomic_write_text
+from camseg.atomic import atomic_link, atomic_torch_save, atomic_write_text, require_folder_path
 from camseg.config import (
     Config,
     LrSlice,
+    ModelConfig,
     StageConfig,
     TrainConfig,
     absolute_paths,
@@ -98,7 +99,7 @@ class RunState:
     )
     valid_points: list[list[float]] = field(default_factory=list)  # [iteration, valid_loss]
     lrs: dict[str, Any] = field(default_factory=dict)  # stage index -> lr actually used
-    best: float = -1.0
+    best: float = math.nan  # no epoch scored yet
     best_at: list[int] = field(default_factory=list)  # [stage, epoch]
     train_seconds: float = 0.0
     images_seen: int = 0
@@ -287,7 +288,7 @@ class RunRecorder(Callback):
         st.epochs_done = self.epoch + 1
         st.train_seconds += seconds
         st.images_seen += len(self.dls.train.dataset)
-        improved = not math.isnan(acc) and acc > st.best
+        improved = not math.isnan(acc) and (math.isnan(st.best) or acc > st.best)
         if improved:
             st.best, st.best_at = acc, [self.stage, self.epoch]
         if rank_distrib() == 0:
@@ -509,6 +510,7 @@ class Trainer:
     def __init__(self, cfg: Config, ckpt: dict | None = None, progress: bool = True) -> None:
         self.cfg, self.ckpt = cfg, ckpt
         self.device = resolve_device(cfg.train.device)
+        _check_data_folders(cfg)
         state = RunState(**ckpt["state"]) if ckpt else RunState()
         self.state = state
         set_seed(cfg.train.seed, reproducible=True)
@@ -516,10 +518,13 @@ class Trainer:
             init_distributed(self.device)
         with rank0_first():  # rank 0 generates a synthetic set while the others wait
             self.files = find_files(cfg.data)
+        if ckpt:
+            _check_same_classes(self.files.root, self.files.codes, ckpt)
         report = check_dataset(self.files)
         report.raise_if_bad()
         self.n_train = report.n_train
         self.size = resolve_size(cfg.data.size, self.files.images[0])
+        self._check_batch_norm(state.stage)
         stages = cfg.train.stages
         first = stages[state.stage] if state.stage < len(stages) else stages[-1]
         self.bs = self._batch_size(first)
@@ -565,6 +570,32 @@ class Trainer:
             )
             return self.n_train
         return bs
+
+    def _check_batch_norm(self, first_stage: int) -> None:
+        """Refuse a size and batch size that leave BatchNorm one value per channel.
+
+        The ResNet encoder halves the frame five times (ceil each time), so its last block and
+        the U-Net's middle block see ceil(H/32) x ceil(W/32) cells; BatchNorm needs more than
+        one value per channel to train. At the smallest size, 32x32, that is one cell, so a
+        batch of one image fails at the first step, after the run folder exists.
+        """
+        h, w = self.size
+        cells = math.ceil(h / 32) * math.ceil(w / 32)
+        for i, stage in enumerate(self.cfg.train.stages):
+            if i < first_stage:
+                continue
+            wanted = stage.batch_size or self.cfg.data.batch_size
+            if min(wanted, self.n_train) * cells > 1:
+                continue
+            key = f"train.stages[{i}].batch_size" if stage.batch_size else "data.batch_size"
+            why = f"{key}=1" if wanted == 1 else "a batch of 1 (the only training image)"
+            size = self.cfg.data.size
+            shown = f"{h}x{w}" if isinstance(size, tuple) else f"{size:g} ({h}x{w} here)"
+            raise CamsegError(
+                f"data.size {shown} with {why}: the U-Net's ResNet encoder reduces {h}x{w} to 1x1,"
+                f" and BatchNorm cannot train on one value per channel; use a batch size of 2 "
+                f"or more, or a data.size with a side over 32 pixels (e.g. [32, 64] or [64, 64])"
+            )
 
     def _distributed(self) -> Any:
         """fastai distrib_ctx (DistributedDataParallel) under torchrun/accelerate, else nothing."""
@@ -705,6 +736,59 @@ class Trainer:
         return suggestions
 
 
+def _check_data_folders(cfg: Config) -> None:
+    """The folders training writes data into are not blocked by a file (checked before the
+    slow work, so nothing is left half-made)."""
+    if cfg.data.cache is not False:
+        from camseg.data.cache import default_root
+
+        root = default_root() if cfg.data.cache is True else cfg.data.cache
+        require_folder_path(
+            root, "data.cache", "set data.cache to a folder, or true for ~/.cache/camseg"
+        )
+    if cfg.data.layout == "synthetic":
+        require_folder_path(
+            cfg.data.root, "data.root", "the synthetic layout generates its scenes into a folder"
+        )
+
+
+def _check_output_dir(path: Path) -> None:
+    require_folder_path(
+        path, "output.dir", "set output.dir to a folder, e.g. --set output.dir=runs"
+    )
+
+
+def _check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:
+    """A resumed run's classes are its checkpoint's: its last layer has one output per class."""
+    trained = ckpt.get("meta", {}).get("codes")
+    if trained is None or list(trained) == list(codes):
+        return
+    if len(trained) != len(codes):
+        diff = f"{len(codes)} classes, the checkpoint's {len(trained)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(codes, trained, strict=True)) if a != b)
+        diff = f"class {i} is {codes[i]!r}, the checkpoint's {trained[i]!r}"
+    raise CamsegError(
+        f"--resume: the dataset {root} has other classes than this run was trained on ({diff});"
+        f" the classes cannot change on resume: set data.root and data.layout back to the run's "
+        f"dataset, or start a new run"
+    )
+
+
+def _check_same_model(run_dir: Path, saved: ModelConfig, wanted: ModelConfig) -> None:
+    """A resumed run's network is its config.yaml's: the checkpoint holds that network."""
+    changed = [k for k in ModelConfig.model_fields if getattr(saved, k) != getattr(wanted, k)]
+    if not changed:
+        return
+    was = ", ".join(f"model.{k} {getattr(saved, k)} -> {getattr(wanted, k)}" for k in changed)
+    sets = " ".join(f"--set model.{k}={getattr(wanted, k)}" for k in changed)
+    raise CamsegError(
+        f"--resume {run_dir}: model settings cannot change on resume ({was}); its checkpoint "
+        f"holds the weights of the network in its config.yaml. Drop that --set, or start a new "
+        f"run: camseg train --config {run_dir / 'config.yaml'} {sets}"
+    )
+
+
 def train_new(
     cfg: Config,
     *,
@@ -718,6 +802,7 @@ def train_new(
 ) -> Summary:
     """A new run: check and build everything, then make the run folder and train."""
     cfg = _init_file_resolved(absolute_paths(cfg))  # config.yaml names the exact file taken
+    _check_output_dir(cfg.output.dir)
     trainer = Trainer(cfg, progress=progress)
     run_dir = start_run(cfg, config_path, name, command) if rank_distrib() == 0 else None
     run_dir = share_path(run_dir)
@@ -734,11 +819,23 @@ def train_resume(
     on_epoch: Callable[[EpochRow], None] | None = None,
     on_stage: Callable[[int, str, Any], None] | None = None,
 ) -> Summary:
-    """Continue a run from its last checkpoint (or from the start if none was written)."""
-    run = Run(run_dir)
+    """Continue a run from its last checkpoint (or from the start if none was written).
+
+    A finished run is left as it is, and the model settings cannot change: the checkpoint
+    holds that network's weights."""
+    run = Run(run_dir.absolute())  # summary.json names it as a new run's: absolute
     if not (run.dir / "config.yaml").is_file():
         raise CamsegError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+    if run.finished:
+        raise CamsegError(
+            f"--resume {run_dir}: this run is finished (it has model.pth and summary.json); "
+            f"nothing to resume, nothing changed. To train it further, start a new run from "
+            f"its weights: camseg train --config {run_dir / 'config.yaml'} "
+            f"--set model.init_from={run_dir / 'model.pth'}"
+        )
+    saved = load_config(run.dir / "config.yaml")
     cfg = load_config(run.dir / "config.yaml", overrides or [])
+    _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)
     for stray in run.checkpoints.glob(".*.tmp"):  # a write the crash cut short
         stray.unlink()
     ckpt = _load_checkpoint(run.last) if run.last.is_file() else None
@@ -786,6 +883,8 @@ def _summary(run: Run, state: RunState, cfg: Config) -> Summary:
     )
     if rank_distrib() == 0:
         data = asdict(summary) | {"run_dir": str(run.dir), "lrs": state.lrs}
+        if math.isnan(state.best):  # strict JSON has no NaN: null, as in metrics.json
+            data["best_acc_camvid"] = None
         data.pop("is_main")
         atomic_write_text(run.dir / "summary.json", json.dumps(data, indent=2) + "\n")
     return summary
@@ -816,6 +915,7 @@ def lr_find(
         raise CamsegError(
             f"--stage {stage_index}: the config has stages 0..{len(cfg.train.stages) - 1}"
         )
+    _check_output_dir(out_parent)
     if start_from is not None:
         cfg = cfg.model_copy(
             update={"model": cfg.model.model_copy(update={"init_from": start_from})}

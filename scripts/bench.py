@@ -4,6 +4,7 @@
     python scripts/bench.py predict [--device cpu] [--n 50] [--size 360x480] [--repeats 3]
     python scripts/bench.py train [--device cpu] [--size 96x128] [--repeats 3]
     python scripts/bench.py data [--n 100] [--size 360x480]
+    python scripts/bench.py bigphoto [--device cpu] [--size 360x480]
     python scripts/bench.py --quick            # every benchmark, tiny sizes (CI runs this)
 
 predict: camseg's batched predict against a plain per-image `learn.predict` loop over the same
@@ -11,6 +12,10 @@ images (camvid_tiny frames upscaled), alternating A/B, both writing index masks 
 train: one epoch of `camseg train` against one epoch of scripts/plain_fastai.py (the lesson-3
 recipe) on camvid_tiny, same size, batch size, seed and device, alternating A/B in subprocesses.
 data: DataLoader images/s at the training size from 960x720 sources, with and without data.cache.
+bigphoto: peak RSS and seconds of one `camseg predict` process writing all three outputs for one
+JPEG photo (a camvid_tiny frame upscaled) of 3000x2000 and of 10000x10000 (100 megapixels), and
+for a frame at the model's size (what the process needs before any big image); the model is a
+ResNet34 U-Net at --size with random weights.
 accuracy: configs/tiny.yaml (the lesson-3 recipe) against configs/tiny-scratch.yaml on the real
 camvid_tiny without ImageNet weights, 2 seeds each; acc_camvid and mIoU of the final epoch
 (no picking the best epoch on the validation frames), and minutes per run.
@@ -373,6 +378,72 @@ def bench_data(args: argparse.Namespace) -> None:
     )
 
 
+def bench_bigphoto(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from camseg.data.files import read_codes
+
+    size = tuple(int(v) for v in args.size.split("x"))
+    photos = [(1000, 1500)] if args.quick else [(2000, 3000), (10000, 10000)]
+    frame = sorted((args.data / "images").glob("*.png"))[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        codes = read_codes(args.data / "codes.txt")
+        model_path = untrained_model_file(tmp / "model.pth", args.arch, size, codes)  # type: ignore[arg-type]
+        for h, w in [size, *photos]:
+            photo = tmp / f"photo_{h}x{w}.jpg"
+            Image.open(frame).convert("RGB").resize((w, h), Image.BILINEAR).save(photo, quality=90)
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CAMSEG_WITH_RSS,
+                    "predict",
+                    str(photo),
+                    "--model",
+                    str(model_path),
+                    "--out",
+                    str(tmp / "out"),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            seconds = time.perf_counter() - t
+            measured = _last_json(proc.stdout)
+            rows.append(
+                {
+                    "size": [h, w],
+                    "megapixels": round(h * w / 1e6, 2),
+                    "jpeg_mb": round(photo.stat().st_size / 2**20, 1),
+                    "peak_rss_mb": round(measured["peak_rss_mb"]),
+                    "process_seconds": round(seconds, 1),
+                    **(
+                        {"peak_gpu_mb": round(measured["peak_gpu_mb"])}
+                        if "peak_gpu_mb" in measured
+                        else {}
+                    ),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    save_results(
+        args.out,
+        _section(args, f"bigphoto_{args.device.split(':')[0]}", size, (360, 480)),  # type: ignore[arg-type]
+        {
+            "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
+            "model_size": list(size),
+            "arch": args.arch,
+            "device": args.device,
+            "formats": "index,color,overlay",
+            "photos": rows,
+        },
+    )
+
+
 def bench_accuracy(args: argparse.Namespace) -> None:
     import subprocess
 
@@ -463,7 +534,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["all", "predict", "train", "data", "accuracy"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "predict", "train", "data", "bigphoto", "accuracy"],
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
     parser.add_argument("--device", default="cpu")
@@ -491,6 +565,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("all", "train"):
         args.size = size or "96x128"
         bench_train(args)
+    if args.what in ("all", "bigphoto"):
+        args.size = size or "360x480"
+        bench_bigphoto(args)
     if args.what in ("all", "accuracy"):
         bench_accuracy(args)
 

@@ -281,6 +281,8 @@ def test_pickle_with_code_is_refused_not_run(trained_run, camvid_tiny, tmp_path,
         "cannot load",
     )
     run = shutil.copytree(trained_run, tmp_path / "run")
+    for done in ("model.pth", "summary.json"):  # an interrupted run: resume reads last.pth
+        (run / done).unlink()
     shutil.copy(evil, run / "checkpoints" / "last.pth")
     one_line_error(cli("train", "--resume", run), "cannot read checkpoint")
     assert not marker.exists()

@@ -1,7 +1,8 @@
 """`data.cache`: every frame and mask stored once, already resized to the training size, as
 .npy files keyed by the size and by the source file's modification time and byte size (a
 changed file is made again). Later epochs and runs read those instead of decoding and resizing
-full-size PNGs, which on a GPU otherwise starves the model."""
+full-size PNGs, which on a GPU otherwise starves the model. Frames are decoded by the shared
+loader (`load_rgb`), as they are without the cache."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import numpy as np
 from PIL import Image
 
 from camseg.atomic import atomic_write
+from camseg.data.files import load_rgb
 from camseg.data.layouts import DatasetFiles, label_reader
+
+# Part of every entry's folder: entries made by an older decoder (before 16-bit frames were
+# scaled and EXIF orientation applied) are never read back.
+DECODER_VERSION = 2
 
 
 def default_root() -> Path:
@@ -47,7 +53,7 @@ def build_cache(
     """Make the missing cache entries; return (get_x, get_y) that read them."""
     h, w = size
     tag = hashlib.sha1(str(files.root.resolve()).encode()).hexdigest()[:12]
-    folder = root / f"{files.root.name}-{tag}" / f"{h}x{w}"
+    folder = root / f"{files.root.name}-{tag}" / f"{h}x{w}-v{DECODER_VERSION}"
     read_label = label_reader(files)
 
     def one(image: Path) -> tuple[Path, Path]:
@@ -55,8 +61,7 @@ def build_cache(
         x_path = folder / "images" / _key(image)
         y_path = folder / "labels" / _key(label)
         if not x_path.is_file():
-            with Image.open(image) as im:
-                rgb = im.convert("RGB").resize((w, h), Image.BILINEAR)  # as fastai's Resize
+            rgb = Image.fromarray(load_rgb(image)).resize((w, h), Image.BILINEAR)  # as Resize
             _save(x_path, np.asarray(rgb))
         if not y_path.is_file():
             mask = Image.fromarray(read_label(image)).resize((w, h), Image.NEAREST)

@@ -1,11 +1,15 @@
 """`data check`: every problem a dataset has, found before any model sees it.
 
 Pairs, sizes, label values, codes, the validation list and unreadable files. Training runs the
-same check, so a bad mask never reaches the GPU as a device-side assert.
+same check, so a bad mask never reaches the GPU as a device-side assert. Names and pixels are
+read with the same readers training, `evaluate` and `predict` use; what those readers change on
+the way in (a byte-order mark, padded names, EXIF orientation, 16-bit frames) is reported as a
+note, what they refuse as a problem.
 """
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camseg.data.files import ColorToIndex, read_names
-from camseg.data.layouts import DatasetFiles
+from camseg.data.files import ColorToIndex, LoadedImage, read_image, read_list
+from camseg.data.layouts import DatasetFiles, InValidList
 from camseg.errors import CamsegError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +35,7 @@ class CheckReport:
     n_valid: int = 0
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the readers changed; not problems
 
     @property
     def ok(self) -> bool:
@@ -48,13 +55,25 @@ class CheckReport:
             )
 
 
-def _read_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+def _read_image(path: Path) -> tuple[LoadedImage | None, str | None]:
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size, None
+        return read_image(path), None
     except Exception as e:  # PIL raises many types for broken files
         return None, f"{path}: unreadable image ({type(e).__name__}: {e})"
+
+
+def _size_problems(img: Path, lbl: Path, loaded: LoadedImage, lsize: tuple[int, int]) -> list[str]:
+    h, w = loaded.rgb.shape[:2]
+    if (w, h) == lsize:
+        return []
+    lw, lh = lsize
+    if loaded.stored_size == lsize:
+        return [
+            f"{lbl}: size {lw}x{lh} matches the stored pixels of {img}, but its EXIF orientation "
+            f"turns it to {w}x{h}, and camseg reads it upright everywhere (train, evaluate, "
+            f"predict); rotate the label to the upright image, or save the image upright"
+        ]
+    return [f"{lbl}: size {lw}x{lh} differs from image {w}x{h}"]
 
 
 def _read_label(
@@ -103,26 +122,65 @@ def check_dataset(files: DatasetFiles, workers: int = 4) -> CheckReport:
     for img, lbl in zip(images, labels, strict=True):
         if not lbl.is_file():
             problems.append(f"{img}: no label (expected {lbl})")
+    problems.extend(_shared_labels(images, labels))
     problems.extend(_orphan_labels(files, set(labels)))
+    in_valid, split_problems = _check_split(files, report)
 
-    def one(pair: tuple[Path, Path]) -> tuple[list[str], np.ndarray | None]:
+    def one(pair: tuple[Path, Path]) -> tuple[list[str], np.ndarray | None, tuple[str, ...]]:
         img, lbl = pair
-        isize, ierr = _read_image(img)
+        loaded, ierr = _read_image(img)
         lsize, counts, lerrs = _read_label(lbl, n, convert)
         errs = ([ierr] if ierr else []) + lerrs
-        if isize and lsize and isize != lsize:
-            errs.append(
-                f"{lbl}: size {lsize[0]}x{lsize[1]} differs from image {isize[0]}x{isize[1]}"
-            )
-        return errs, counts
+        if loaded and lsize:
+            errs += _size_problems(img, lbl, loaded, lsize)
+        return errs, counts, loaded.changes if loaded else ()
 
+    changed: dict[str, list[Path]] = {}
+    valid_read = valid_scored = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for errs, counts in pool.map(one, pairs):
+        for (img, _), (errs, counts, changes) in zip(pairs, pool.map(one, pairs), strict=True):
             problems.extend(errs)
-            if counts is not None:
-                report.class_pixels += counts
-    _check_split(files, report)
+            for change in changes:
+                changed.setdefault(change, []).append(img)
+            if counts is None:
+                continue
+            report.class_pixels += counts
+            if in_valid is not None and in_valid(img):
+                valid_read += 1
+                valid_scored += int(counts.sum() - counts[files.void_index])
+    problems.extend(split_problems)
+    if report.n_valid and valid_read == report.n_valid and valid_scored == 0:
+        problems.append(
+            f"{files.valid_file}: every pixel of the {report.n_valid} validation labels is Void, "
+            f"which acc_camvid does not score, so there is nothing to validate on; list frames "
+            f"whose labels have other classes"
+        )
+    report.notes += [
+        f"{paths[0].parent}: {change}: {_shown(paths)}" for change, paths in changed.items()
+    ]
+    if report.ok:  # a failing check says one thing: its problems
+        for note in report.notes:
+            log.warning("%s", note)
     return report
+
+
+def _shown(paths: list[Path]) -> str:
+    more = f" (+{len(paths) - 3} more)" if len(paths) > 3 else ""
+    return ", ".join(p.name for p in paths[:3]) + more
+
+
+def _shared_labels(images: list[Path], labels: list[Path]) -> list[str]:
+    """Two images with one stem (x.png, x.jpg) would both be paired with labels/x_P.png."""
+    by_label: dict[Path, list[Path]] = {}
+    for img, lbl in zip(images, labels, strict=True):
+        by_label.setdefault(lbl, []).append(img)
+    return [
+        f"{lbl}: one label for {len(imgs)} images, "
+        f"{', '.join(p.name for p in imgs[:-1])} and {imgs[-1].name} in {imgs[0].parent}; "
+        f"keep one image per label: rename or remove the others"
+        for lbl, imgs in by_label.items()
+        if len(imgs) > 1
+    ]
 
 
 def _orphan_labels(files: DatasetFiles, expected: set[Path]) -> list[str]:
@@ -136,26 +194,34 @@ def _orphan_labels(files: DatasetFiles, expected: set[Path]) -> list[str]:
     return out
 
 
-def _check_split(files: DatasetFiles, report: CheckReport) -> None:
+def _check_split(files: DatasetFiles, report: CheckReport) -> tuple[InValidList | None, list[str]]:
+    """The split training will use (its own splitter) and the problems of the list files;
+    sets n_train / n_valid and notes what the name reader changed in codes.txt and valid.txt."""
+    if files.colors is None:  # camseq01's label_colors.txt is parsed on whitespace anyway
+        report.notes += [f"{files.codes_file}: {c}" for c in read_list(files.codes_file).changes]
     if not files.valid_file.is_file():
-        report.problems.append(
+        return None, [
             f"{files.valid_file}: validation list missing; list the validation frames one per "
             f"line (never a random split: the frames are a video)"
-        )
-        return
-    names = read_names(files.valid_file)
-    if not names:
-        report.problems.append(f"{files.valid_file}: validation list is empty")
-        return
+        ]
+    try:
+        listed = read_list(files.valid_file)
+    except CamsegError as e:
+        return None, [str(e)]
+    report.notes += [f"{files.valid_file}: {c}" for c in listed.changes]
+    if not listed.names:
+        return None, [f"{files.valid_file}: validation list is empty"]
+    problems = []
     present = {p.name for p in files.images}
-    missing = [n for n in names if n not in present]
+    missing = [n for n in listed.names if n not in present]
     if missing:
         shown = ", ".join(missing[:3]) + (
             f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         )
-        report.problems.append(f"{files.valid_file}: names not among the images: {shown}")
-    valid = set(names)
-    report.n_valid = sum(1 for p in files.images if p.name in valid)
+        problems.append(f"{files.valid_file}: names not among the images: {shown}")
+    in_valid = InValidList(listed.names)
+    report.n_valid = sum(1 for p in files.images if in_valid(p))
     report.n_train = report.n_images - report.n_valid
     if report.n_valid and report.n_train == 0:
-        report.problems.append(f"{files.valid_file}: covers every image, leaving no training set")
+        problems.append(f"{files.valid_file}: covers every image, leaving no training set")
+    return in_valid, problems

@@ -1,5 +1,7 @@
-"""Reading the small text files every layout has (codes, valid lists, label colours) and the
-colour <-> index conversion of CamSeq01 labels. No fastai here: cheap to import."""
+"""The one reader of the small text files every layout has (codes, valid lists, label colours),
+the one image loader (EXIF orientation, bit depth, mode), and the colour <-> index conversion of
+CamSeq01 labels. `data check`, training, `evaluate` and `predict` all read through these, so
+they cannot disagree about a name or a pixel. No fastai here: cheap to import."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from camseg.errors import CamsegError
 
@@ -25,12 +28,55 @@ def resource_path(name: str) -> Path:
     return Path(str(resources.files("camseg") / "resources" / name))
 
 
+def _decode(path: Path, data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CamsegError(f"{path}: UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CamsegError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"save it as UTF-8"
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, with or without a byte-order mark, any line ends."""
+    return _decode(path, path.read_bytes()).splitlines()
+
+
+@dataclass(frozen=True)
+class NameList:
+    """A list file (codes.txt, valid.txt) as every reader sees it, and what reading changed."""
+
+    names: list[str]
+    changes: list[str]
+
+
+def read_list(path: Path) -> NameList:
+    """One name per line: byte-order mark, CRLF, surrounding spaces or tabs and blank lines
+    dropped. Every reader of a list file goes through here (fastai's FileSplitter does not
+    strip, so a padded name would silently move a frame to the training set)."""
+    data = path.read_bytes()
+    lines = _decode(path, data).splitlines()
+    changes = []
+    if data.startswith(b"\xef\xbb\xbf"):
+        changes.append("starts with a UTF-8 byte-order mark (ignored)")
+    padded = [n for n, line in enumerate(lines, 1) if line.strip() and line != line.strip()]
+    if padded:
+        changes.append(
+            f"{len(padded)} line(s) with spaces or tabs around the name (removed), "
+            f"first line {padded[0]}: {lines[padded[0] - 1]!r}"
+        )
+    names = [line.strip() for line in lines if line.strip()]
+    return NameList(names, changes)
+
+
 def read_codes(path: Path) -> list[str]:
     """Class names, one per line; line number = class index."""
     if not path.is_file():
         raise CamsegError(f"codes file not found: {path}; it lists one class name per line")
-    codes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    codes = [c for c in codes if c]
+    codes = read_list(path).names
     if not codes:
         raise CamsegError(f"{path}: codes file is empty; it lists one class name per line")
     dupes = sorted({c for c in codes if codes.count(c) > 1})
@@ -47,7 +93,56 @@ def read_names(path: Path) -> list[str]:
     """A list of file names, one per line (valid.txt)."""
     if not path.is_file():
         raise CamsegError(f"file list not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_list(path).names
+
+
+_ORIENTATION = 0x0112  # EXIF tag: how to turn the stored pixels to display them
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as camseg reads it everywhere, and what reading it changed."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, upright
+    stored_size: tuple[int, int]  # (W, H) of the pixels in the file, before EXIF orientation
+    changes: tuple[str, ...]
+
+
+def read_image(path: Path) -> LoadedImage:
+    """Any image PIL reads -> HxWx3 uint8: EXIF orientation applied (as viewers show it), alpha
+    dropped, grey and 16-bit scaled to 8-bit RGB (PIL's own convert clips 16-bit to 255)."""
+    changes = []
+    with Image.open(path) as im:
+        stored = im.size
+        orientation = im.getexif().get(_ORIENTATION, 1)
+        if orientation in range(2, 9):
+            im = ImageOps.exif_transpose(im)
+            changes.append(
+                f"EXIF orientation {orientation} applied (read upright, as viewers show it)"
+            )
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if arr.max() > 255 else 255.0
+            im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            changes.append("16-bit grey scaled to 8-bit")
+        elif im.mode == "F":
+            arr = np.asarray(im, dtype=np.float64)
+            span = max(float(arr.max() - arr.min()), 1e-12)
+            im = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8), "L")
+            changes.append("32-bit float grey stretched to 0-255")
+        return LoadedImage(np.asarray(im.convert("RGB")), stored, tuple(changes))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """The pixels of `read_image`: the get_x of training and evaluation, and predict's reader."""
+    return read_image(path).rgb
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image as `load_rgb` returns it, without decoding the pixels."""
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
 
 
 @dataclass(frozen=True)
@@ -68,7 +163,7 @@ def read_label_colors(path: Path) -> LabelColors:
     if not path.is_file():
         raise CamsegError(f"label colour table not found: {path}")
     colors, names = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         parts = line.split()

@@ -1,14 +1,15 @@
 """Dataset layouts on disk (camvid, camseq01, synthetic) -> a file listing -> fastai DataLoaders.
 
 A layout only says where images, labels, codes and the validation list are; everything after
-that (DataBlock, FileSplitter, resizing, augmentation, normalisation) is shared.
+that (DataBlock, the split, resizing, augmentation, normalisation) is shared. Names and pixels
+are read through camseg.data.files, as `data check`, `evaluate` and `predict` read them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,12 @@ from camseg.data.files import (
     IMAGE_SUFFIXES,
     ColorToIndex,
     LabelColors,
+    image_size,
+    load_rgb,
     natural_key,
     read_codes,
     read_label_colors,
+    read_names,
 )
 from camseg.errors import CamsegError
 
@@ -39,11 +43,28 @@ class DatasetFiles:
     images: list[Path]
     label_for: Callable[[Path], Path]
     valid_file: Path
+    codes_file: Path  # codes.txt, or label_colors.txt for camseq01
     colors: LabelColors | None = field(default=None)
 
     @property
     def void_index(self) -> int:
         return self.codes.index("Void")
+
+
+class InValidList:
+    """Is this image a validation frame? The split of training (a fastai FuncSplitter),
+    `data check` and `evaluate`, from the shared name reader. Picklable."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+
+    def __call__(self, image: Path) -> bool:
+        return Path(image).name in self.names
+
+
+def valid_split(files: DatasetFiles) -> InValidList:
+    """The validation frames of `files.valid_file`, read by the shared name reader."""
+    return InValidList(read_names(files.valid_file))
 
 
 class CamvidLabel:
@@ -124,6 +145,7 @@ def camvid_files(root: Path, valid_file: str) -> DatasetFiles:
         images=_image_files(root / "images"),
         label_for=CamvidLabel(root / "labels"),
         valid_file=root / valid_file,
+        codes_file=root / "codes.txt",
     )
 
 
@@ -149,6 +171,7 @@ def camseq01_files(root: Path, valid_file: str) -> DatasetFiles:
         images=_image_files(raw, skip_suffix="_L"),
         label_for=Camseq01Label(labelled),
         valid_file=root / valid_file,
+        codes_file=root / "label_colors.txt",
         colors=colors,
     )
 
@@ -186,8 +209,7 @@ def resolve_size(size: tuple[int, int] | float, first_image: Path) -> tuple[int,
     """[H, W] as given, or a scale of the source image's size, rounded to whole pixels."""
     if isinstance(size, tuple):
         return size
-    with Image.open(first_image) as im:
-        w, h = im.size
+    w, h = image_size(first_image)
     return max(32, round(h * size)), max(32, round(w * size))
 
 
@@ -211,16 +233,17 @@ def build_dataloaders(
     batch_size: int | None = None,
     device: object | None = None,
 ):
-    """fastai DataLoaders: DataBlock(ImageBlock, MaskBlock(codes)) split by valid.txt."""
+    """fastai DataLoaders: DataBlock(ImageBlock, MaskBlock(codes)) split by valid.txt, images
+    read by `load_rgb` (predict's reader: EXIF orientation, 16-bit grey scaled)."""
     import torch
     from fastai.data.block import DataBlock
-    from fastai.data.transforms import FileSplitter, Normalize
+    from fastai.data.transforms import FuncSplitter, Normalize
     from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
     from fastai.vision.core import imagenet_stats
     from fastai.vision.data import ImageBlock, MaskBlock
 
     size = resolve_size(cfg.size, files.images[0])
-    get_x = None
+    get_x: Callable[[Path], np.ndarray] = load_rgb
     get_y = files.label_for if files.colors is None else ColorMask(files.label_for, files.colors)
     if cfg.cache is not False:
         from camseg.data.cache import build_cache, default_root
@@ -244,7 +267,7 @@ def build_dataloaders(
         blocks=(ImageBlock, MaskBlock(files.codes)),
         get_x=get_x,
         get_y=get_y,
-        splitter=FileSplitter(files.valid_file),
+        splitter=FuncSplitter(valid_split(files)),
         # Squish, not crop: the whole frame is scored, and CamVid frames keep their aspect.
         item_tfms=Resize(size, method=ResizeMethod.Squish),
         batch_tfms=batch_tfms,

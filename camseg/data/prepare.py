@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from camseg.atomic import require_folder_path
 from camseg.data.files import (
     ColorToIndex,
     new_dataset_folder,
@@ -92,6 +93,7 @@ def prepare_camseq01(
         raise CamsegError(f"{src}: no CamSeq01 frames found (<stem>.png beside <stem>_L.png)")
     if valid is not None and gap is not None:
         raise CamsegError("--gap applies to the automatic split only; drop it or drop --valid")
+    require_folder_path(out, "--out", "give a new folder for the camvid layout")
     if out.exists() and any(out.iterdir()):  # fail before the slow conversion, not after
         raise CamsegError(f"output folder {out} exists and is not empty; choose a new --out")
     codes = files.codes

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from camseg.atomic import require_folder_path
 from camseg.data.files import (
     new_dataset_folder,
     read_codes,
@@ -218,6 +219,15 @@ def generate(
     h, w = size
     if min(h, w) < 32:
         raise CamsegError(f"--size must be at least 32x32, got {h}x{w}")
+    if not 0 < valid_fraction < 1:
+        raise CamsegError(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    n_valid = max(1, round(n * valid_fraction))
+    if n_valid >= n:
+        raise CamsegError(
+            f"--valid-fraction {valid_fraction} of {n} scenes leaves no train scene; "
+            "use a smaller fraction"
+        )
+    require_folder_path(out, "--out", "give a new folder for the scenes")
     codes = read_codes(resource_path("codes.txt"))
     with new_dataset_folder(out) as tmp:
         names = []
@@ -227,5 +237,5 @@ def generate(
             photo.save(tmp / "images" / f"{name}.png")
             label.save(tmp / "labels" / f"{name}_P.png")
             names.append(f"{name}.png")
-        write_codes_and_split(tmp, codes, names[-max(1, round(n * valid_fraction)) :])
+        write_codes_and_split(tmp, codes, names[-n_valid:])
     return out

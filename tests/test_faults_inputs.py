@@ -1,0 +1,234 @@
+"""Fault suite, bad inputs that used to end in a traceback or be taken silently: each gives one
+`camseg: error:` line naming the key or file and what to do, exit code 2, and leaves nothing
+behind (no run folder, no empty --out, no rewritten run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import fast_args, small_copy
+from test_faults import one_line_error
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(scope="module")
+def small(camvid_tiny: Path, tmp_path_factory) -> Path:
+    """Six frames of camvid_tiny (4 train, 2 valid): the data of every case here."""
+    return small_copy(camvid_tiny, tmp_path_factory.mktemp("data") / "small", 2, 4)
+
+
+def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[list, list]]:
+    def train(*sets: str) -> list[str]:
+        return ["train", *fast_args(small, Path("runs"), *sets)]
+
+    return {
+        "size 32x32 with batch size 1": (
+            train("data.size=[32,32]", "data.batch_size=1"),
+            ["data.size 32x32 with data.batch_size=1", "batch size of 2 or more", "[32, 64]"],
+        ),
+        "override two levels into a number": (
+            ["train", "--config", "tiny.yaml", "--set", "data.batch_size.x.y=1"],
+            ["--set data.batch_size.x.y", "data.batch_size is not a section"],
+        ),
+        "train output.dir is a file": (
+            train("output.dir=FILE"),
+            ["output.dir", "FILE is a file", "set output.dir to a folder"],
+        ),
+        "lr-find output.dir under a file": (
+            ["lr-find", *fast_args(small, Path("FILE/sub"))],
+            ["output.dir FILE/sub cannot be made: FILE is a file", "set output.dir to a folder"],
+        ),
+        "data.cache is a file": (
+            train("data.cache=FILE"),
+            ["data.cache", "FILE is a file", "set data.cache to a folder"],
+        ),
+        "synthetic data.root is a file": (
+            train("data.layout=synthetic", "data.root=FILE"),
+            ["data.root", "FILE is a file", "generates its scenes into a folder"],
+        ),
+        "prepare --out is a file": (
+            ["data", "prepare", str(camseq01_sample), "--out", "FILE"],
+            ["--out FILE is a file", "new folder"],
+        ),
+        "synth --out is a file": (
+            ["data", "synth", "--out", "FILE", "--n", "4"],
+            ["--out FILE is a file", "new folder"],
+        ),
+        "synth --out under a file": (
+            ["data", "synth", "--out", "FILE/sub", "--n", "4"],
+            ["--out FILE/sub cannot be made: FILE is a file", "new folder"],
+        ),
+        **{
+            f"synth --valid-fraction {v}": (
+                [
+                    "data",
+                    "synth",
+                    "--out",
+                    "s",
+                    "--n",
+                    "4",
+                    "--size",
+                    "32x32",
+                    "--valid-fraction",
+                    v,
+                ],
+                [f"--valid-fraction must be between 0 and 1, got {float(v)}"],
+            )
+            for v in ("1", "5", "0", "-2")
+        },
+        "lr of infinity": (
+            train("train.stages[0].lr=.inf"),
+            ["train.stages[0].lr = inf", "finite positive number"],
+        ),
+        "slice up to infinity": (
+            train("train.stages[1].lr=slice(1e-6, inf)"),
+            ["train.stages[1].lr", "0 < low <= high < inf"],
+        ),
+        "momentum out of range": (
+            train("train.moms=[2,-1,5]"),
+            ["train.moms = [2, -1, 5]", "each momentum must be in [0, 1)"],
+        ),
+        "weight decay of infinity": (
+            train("train.wd=.inf"),
+            ["train.wd = inf", "finite"],
+        ),
+        "check of a synthetic root that does not exist": (
+            ["data", "check", "--root", "typo", "--layout", "synthetic"],
+            ["data.root typo: no synthetic scenes", "camseg data synth --out typo"],
+        ),
+        "~ in a --set path is the home folder": (
+            train("data.root=~/camvid"),
+            [f"dataset folder not found: {tmp / 'home' / 'camvid'}"],
+        ),
+        "~ of a user that does not exist": (
+            train("data.root=~no-such-user-camseg/camvid"),
+            ["data.root = '~no-such-user-camseg/camvid': cannot expand ~", "full path"],
+        ),
+    }
+
+
+CASES = [
+    "size 32x32 with batch size 1",
+    "override two levels into a number",
+    "train output.dir is a file",
+    "lr-find output.dir under a file",
+    "data.cache is a file",
+    "synthetic data.root is a file",
+    "prepare --out is a file",
+    "synth --out is a file",
+    "synth --out under a file",
+    "synth --valid-fraction 1",
+    "synth --valid-fraction 5",
+    "synth --valid-fraction 0",
+    "synth --valid-fraction -2",
+    "lr of infinity",
+    "slice up to infinity",
+    "momentum out of range",
+    "weight decay of infinity",
+    "check of a synthetic root that does not exist",
+    "~ in a --set path is the home folder",
+    "~ of a user that does not exist",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case, camseq01_sample, small, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "FILE").write_bytes(b"")
+    args, needles = _cases(camseq01_sample, small, tmp_path)[case]
+    one_line_error(cli(*args), *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]  # nothing made
+
+
+# ---- resume ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(small, tmp_path_factory) -> Path:
+    """A one-epoch run on 32x64 frames: the checkpoint and the model that resume meets."""
+    from typer.testing import CliRunner
+
+    from camseg.cli import app
+
+    out = tmp_path_factory.mktemp("runs")
+    args = fast_args(
+        small,
+        out,
+        "data.size=[32,64]",
+        "data.batch_size=2",
+        "model.last_cross=false",
+        "train.stages=[{epochs: 1}]",
+    )
+    result = CliRunner().invoke(app, ["train", *args, "--name", "r", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out / "r"
+
+
+def _linked_copy(run: Path, dst: Path) -> Path:
+    """The run's files hard-linked into dst: cheap, and a replaced file leaves the original."""
+    shutil.copytree(run, dst, copy_function=os.link)
+    return dst
+
+
+def _contents(run: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(run)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(run.rglob("*"))
+    }
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path, cli):
+    run = _linked_copy(finished_run, tmp_path / "r")
+    before = _contents(run)
+    one_line_error(
+        cli("train", "--resume", run),
+        f"--resume {run}: this run is finished",
+        "nothing changed",
+        f"model.init_from={run / 'model.pth'}",
+    )
+    assert _contents(run) == before
+
+
+def _interrupted(finished_run: Path, dst: Path) -> Path:
+    """The run as a crash after its last checkpoint leaves it: no model.pth, no summary."""
+    run = _linked_copy(finished_run, dst)
+    (run / "model.pth").unlink()
+    (run / "summary.json").unlink()
+    return run
+
+
+@pytest.mark.parametrize(
+    "override", ["model.arch=resnet34", "model.last_cross=true", "model.self_attention=true"]
+)
+def test_resume_cannot_change_the_model(override, finished_run, tmp_path, cli):
+    run = _interrupted(finished_run, tmp_path / "r")
+    before = _contents(run)
+    key = override.partition("=")[0]
+    one_line_error(
+        cli("train", "--resume", run, "--set", override),
+        "model settings cannot change on resume",
+        key,
+        f"camseg train --config {run / 'config.yaml'} --set {key}=",
+    )
+    assert _contents(run) == before
+
+
+def test_resume_cannot_change_the_classes(finished_run, camvid_tiny, tmp_path, cli):
+    run = _interrupted(finished_run, tmp_path / "r")
+    other = small_copy(camvid_tiny, tmp_path / "more_classes", 2, 4)
+    with (other / "codes.txt").open("a") as f:
+        f.write("Extra\n")
+    before = _contents(run)
+    one_line_error(
+        cli("train", "--resume", run, "--set", f"data.root={other}"),
+        str(other),
+        "33 classes, the checkpoint's 32",
+        "set data.root and data.layout back",
+    )
+    assert _contents(run) == before

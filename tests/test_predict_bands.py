@@ -1,0 +1,132 @@
+"""Big photos in `camseg predict`: class scores upsampled in row bands give the masks of one
+whole-image upsampling, memory follows the model's size rather than the photo's, and a plain RGB
+file read straight into PIL is the image load_rgb gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import camseg.predict
+from camseg.data.files import load_rgb
+from camseg.model import read_model_file
+from camseg.predict import _mask_in_bands, _read, predict, to_model_input
+
+FRAME = "0016E5_07973.png"
+
+
+def _whole_image_scores(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """What predict did for every image before bands: one F.interpolate at full resolution."""
+    return F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+def _assert_same_mask(mask: np.ndarray, scores: torch.Tensor) -> None:
+    """mask equals the argmax of the whole-image scores. Float rounding differs between one
+    F.interpolate call and the bands (ATen's kernels sum in other orders), so a pixel whose two
+    best classes score within 1e-5 may go either way; there has been none on these frames."""
+    differ = mask != scores.argmax(dim=0).numpy()
+    if differ.any():
+        top2 = scores[:, torch.from_numpy(differ)].topk(2, dim=0).values
+        assert (top2[0] - top2[1] < 1e-5).all(), "bands changed a pixel that is not a near-tie"
+        assert differ.sum() <= 1e-5 * differ.size, int(differ.sum())
+
+
+@pytest.fixture(scope="module")
+def logits(trained_run, camseq01_sample) -> torch.Tensor:
+    """Real class scores of one CamSeq01 frame, channels-last as predict's network returns them."""
+    mf = read_model_file(trained_run)
+    model = mf.build().eval().to(memory_format=torch.channels_last)
+    x = to_model_input(Image.open(camseq01_sample / "CamSeq01_Raw" / FRAME).convert("RGB"), mf)
+    with torch.inference_mode():
+        return model(x[None].contiguous(memory_format=torch.channels_last))[0]
+
+
+@pytest.mark.parametrize("size", [(97, 131), (1001, 777), (720, 960)])
+def test_bands_give_the_mask_of_the_whole_image(logits, size):
+    h, w = size
+    scores = _whole_image_scores(logits, h, w)
+    masks = [_mask_in_bands(logits, h, w, rows) for rows in (1, 7, h)]
+    # every pixel's arithmetic is the same whatever the band: exactly equal
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+    _assert_same_mask(masks[0], scores)
+
+
+def test_normal_frames_as_before(trained_run, camseq01_sample, tmp_path, monkeypatch):
+    """960x720 frames fit in one piece: the very computation predict always did."""
+    seen = _spy_on_masks(monkeypatch)
+    predict([str(camseq01_sample / "CamSeq01_Raw")], trained_run, tmp_path, formats=("index",))
+    assert len(seen) == 4
+    for lg, h, w, mask in seen:
+        assert np.array_equal(mask, _whole_image_scores(lg, h, w).argmax(dim=0).numpy())
+
+
+def test_big_photo_in_bands_with_bounded_memory(
+    trained_run, camseq01_sample, tmp_path, monkeypatch
+):
+    """A 3000x2000 JPEG: its scores at full resolution are 768 MB, and predict's peak RSS
+    grew by 1.7 GB before bands; now by the photo, its mask and a few 32 MB bands (180 MB
+    measured). Masks as from one whole-image upsampling."""
+    status = Path("/proc/self/status")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM), Linux >= 4.0
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak RSS")
+
+    def rss_mb(key: str) -> float:
+        line = next(x for x in status.read_text().splitlines() if x.startswith(key))
+        return int(line.split()[1]) / 1024
+
+    frame = Image.open(camseq01_sample / "CamSeq01_Raw" / FRAME).convert("RGB")
+    photo = tmp_path / "photo.jpg"
+    frame.resize((3000, 2000), Image.BILINEAR).save(photo, quality=90)
+    warm = tmp_path / "warm.jpg"
+    frame.save(warm)
+    predict([str(warm)], trained_run, tmp_path / "warm")  # imports, allocator, model building
+
+    seen = _spy_on_masks(monkeypatch)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = rss_mb("VmRSS")
+    predict([str(photo)], trained_run, tmp_path / "out")
+    growth = rss_mb("VmHWM") - before
+    assert growth < 600, f"peak RSS grew by {growth:.0f} MB"  # less than the scores alone
+
+    [(lg, h, w, mask)] = seen
+    assert (h, w) == (2000, 3000)
+    written = np.asarray(Image.open(tmp_path / "out" / "photo_mask.png"))
+    assert np.array_equal(written, mask)
+    _assert_same_mask(written, _whole_image_scores(lg, h, w))
+
+
+def _spy_on_masks(monkeypatch) -> list:
+    """(logits, h, w, mask) of every `_mask` call predict makes."""
+    seen = []
+    real = camseg.predict._mask
+
+    def spy(logits, h, w):
+        mask = real(logits, h, w)
+        seen.append((logits.clone(), h, w, mask))
+        return mask
+
+    monkeypatch.setattr(camseg.predict, "_mask", spy)
+    return seen
+
+
+def test_rgb_files_read_as_load_rgb_reads_them(camvid_tiny, tmp_path):
+    """_read decodes plain RGB files itself (no copies): same pixels as load_rgb, EXIF turns
+    included."""
+    src = Image.open(camvid_tiny / "images" / "0001TP_006750.png").convert("RGB")
+    src.save(tmp_path / "plain.png")
+    src.save(tmp_path / "photo.jpg", quality=90)
+    for orientation in (3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        src.save(tmp_path / f"turned{orientation}.jpg", exif=exif.tobytes())
+    src.convert("L").save(tmp_path / "grey.png")  # not RGB: through load_rgb itself
+    for path in sorted(tmp_path.iterdir()):
+        assert np.array_equal(np.asarray(_read(path)), load_rgb(path)), path.name
+    assert _read(tmp_path / "turned6.jpg").size == (96, 128)
