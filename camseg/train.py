@@ -346,7 +346,7 @@ def rng_state(dls: Any) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
-        "loaders": [dl.rng.getstate() for dl in dls.loaders],
+        "loaders": [_base_loader(dl).rng.getstate() for dl in dls.loaders],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -361,7 +361,12 @@ def restore_rng(state: dict[str, Any], dls: Any) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     for dl, dl_state in zip(dls.loaders, state["loaders"], strict=True):
-        dl.rng.setstate(_as_tuples(dl_state))
+        _base_loader(dl).rng.setstate(_as_tuples(dl_state))
+
+
+def _base_loader(dl: Any) -> Any:
+    """The fastai DataLoader itself: under distrib_ctx each is wrapped in a DistributedDL."""
+    return getattr(dl, "dl", dl)
 
 
 def _as_tuples(obj: Any) -> Any:
