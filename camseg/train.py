@@ -346,7 +346,7 @@ def rng_state(dls: Any) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
-        "loaders": [_base_loader(dl).rng.getstate() for dl in dls.loaders],
+        "loaders": [_base_loader(dl).rng.getstate() for dl in getattr(dls, "loaders", [])],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
