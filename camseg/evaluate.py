@@ -1,32 +1,40 @@
 """`evaluate`: score a trained model on a dataset split from one confusion matrix over the whole
 split (the same code and, by default, the same precision as the training metric), and write
 metrics.json, per_class.csv and a confusion heatmap into RUN_DIR/eval/<data>-<split>/, never over
-an earlier evaluation.
+an earlier evaluation. Images and labels are read without fastai (as training's validation
+pipeline reads them, to the bit), so an exported model.onnx is scored without fastai installed.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from camseg.atomic import atomic_write_text
-from camseg.config import DataConfig, load_config
-from camseg.data import build_dataloaders, check_dataset, find_files
+from camseg.config import load_config
+from camseg.data import check_dataset, find_files
+from camseg.data.files import load_rgb
 from camseg.data.layouts import DatasetFiles, label_reader, valid_split
 from camseg.errors import CamsegError
+from camseg.infer import Network, class_mask, load_network, read_model, to_model_input
 from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
-from camseg.model import ModelFile, read_model_file, resolve_device
-from camseg.precision import EVALUATE_DEFAULT, EvaluatePrecision, evaluate_precision
-from camseg.predict import FlipTTA
-from camseg.runs import create_run_dir
+from camseg.model import ModelFile
+from camseg.onnx import is_onnx
+from camseg.precision import EVALUATE_DEFAULT
+from camseg.runs import Run, create_run_dir, run_of
+from camseg.schema import DataConfig, EvaluatePrecision, Layout, Split
+
+EvalSize = tuple[int, int] | Literal["model", "native"]
 
 # Published numbers, for comparison only: they come from the full CamVid set (600 training
 # frames) and an ImageNet-pretrained encoder, which a small or from-scratch run does not have.
@@ -48,8 +56,6 @@ REFERENCES = [
     },
 ]
 
-Split = Literal["valid", "train", "all"]
-
 
 @dataclass(frozen=True)
 class Scores:
@@ -68,29 +74,19 @@ class Evaluation:
     evaluated: dict[str, Any]
 
 
-def _run_dir_of(source: Path) -> Path | None:
-    """The run folder a model belongs to (the folder itself, or model.pth / a checkpoint in it)."""
-    for candidate in (source, source.parent, source.parent.parent):
-        if (candidate / "config.yaml").is_file() and (candidate / "history.csv").exists():
-            return candidate
-    return None
-
-
-def _data_config(run_dir: Path | None, data: Path | None, layout: str | None) -> DataConfig:
-    overrides = []
-    if data is not None:
-        overrides += [f"data.root={data}", f"data.layout={layout or 'camvid'}"]
-    elif layout is not None:
-        overrides.append(f"data.layout={layout}")
-    if run_dir is not None:
-        cfg = load_config(run_dir / "config.yaml", overrides)
-    elif data is not None:
-        cfg = load_config(None, overrides)
-    else:
+def _data_config(run: Run | None, data: Path | None, layout: Layout | None) -> DataConfig:
+    """The run's data section (or the defaults), with --data / --layout put in as they are."""
+    if run is None and data is None:
         raise CamsegError("--model without a run folder needs --data DIR (a camvid-layout folder)")
+    cfg = load_config(run.config if run is not None else None)
+    update: dict[str, Any] = {}
+    if data is not None:
+        update |= {"root": data, "layout": layout or "camvid"}
+    elif layout is not None:
+        update["layout"] = layout
     # Evaluation never augments; synthetic data is read, not re-generated.
-    update: dict[str, Any] = {"augment": cfg.data.augment.model_copy(update={"enabled": False})}
-    if cfg.data.layout == "synthetic":
+    update["augment"] = cfg.data.augment.model_copy(update={"enabled": False})
+    if update.get("layout", cfg.data.layout) == "synthetic":
         update["layout"] = "camvid"
     return cfg.data.model_copy(update=update)
 
@@ -112,32 +108,41 @@ def _scores(cm: torch.Tensor, void: int) -> Scores:
     return Scores(acc_camvid(cm, void), pixel_acc(cm), miou(cm, void), cm.cpu().numpy())
 
 
-def confusion_over(
-    model: torch.nn.Module,
-    dl: Any,
-    n: int,
-    device: torch.device,
-    native_labels: list[np.ndarray] | None = None,
-) -> torch.Tensor:
-    """Accumulate the confusion matrix over a fastai DataLoader; `model` runs in the precision
-    it was given (camseg.precision), so this adds none of its own.
+Batch = tuple[torch.Tensor, list[np.ndarray]]  # model input (N, 3, H, W), N label arrays
 
-    With native_labels, predictions made at the model's size are upsampled (bilinear, on the
-    class scores) to each label's own resolution before the argmax.
-    """
-    cm = torch.zeros(n, n, dtype=torch.long, device=device)
-    seen = 0
-    with torch.no_grad():
-        for batch in dl:
-            logits = model(batch[0]).float()
-            if native_labels is None:
-                cm += confusion_matrix(logits, batch[1], n)
-                continue
-            for lg in logits:
-                label = torch.from_numpy(native_labels[seen]).to(device)
-                seen += 1
-                up = F.interpolate(lg[None], size=label.shape, mode="bilinear", align_corners=False)
-                cm += confusion_matrix(up, label[None], n)
+
+def labelled_batches(
+    items: list[Path],
+    read_label: Callable[[Path], np.ndarray],
+    info: ModelFile,
+    size: tuple[int, int],
+    native: bool,
+    batch_size: int,
+) -> Iterator[Batch]:
+    """Model input and labels, batch_size images at a time, as training's validation pipeline
+    makes them (fastai's Resize(Squish) + Normalize give the same tensors to the bit): each
+    image squished to `size` (bilinear) and normalised (`to_model_input`), each label resized
+    to `size` (nearest), or with native kept at its own resolution."""
+    at_size = dataclasses.replace(info, size=size)
+    h, w = size
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        xb = torch.stack([to_model_input(Image.fromarray(load_rgb(p)), at_size) for p in chunk])
+        labels = [read_label(p) for p in chunk]
+        if not native:
+            labels = [np.array(Image.fromarray(y).resize((w, h), Image.NEAREST)) for y in labels]
+        yield xb, labels
+
+
+def confusion_over(net: Network, batches: Iterable[Batch], n: int) -> torch.Tensor:
+    """Accumulate the confusion matrix; `net` runs in the precision it was loaded in, so this
+    adds none of its own. A label of another size than the scores (--size native) is scored
+    as predict makes masks: class scores upsampled (bilinear) to it, then the argmax."""
+    cm = torch.zeros(n, n, dtype=torch.long, device=net.device)
+    for xb, labels in batches:
+        for lg, y in zip(net.scores(xb), labels, strict=True):
+            label = torch.from_numpy(y).to(net.device)
+            cm += confusion_matrix(class_mask(lg, *label.shape), label, n)
     return cm
 
 
@@ -145,19 +150,19 @@ def evaluate(
     source: Path,
     *,
     data: Path | None = None,
-    layout: str | None = None,
+    layout: Layout | None = None,
     split: Split = "valid",
-    size: str = "model",
+    size: EvalSize = "model",
     tta: bool = False,
     device: str = "auto",
     batch_size: int = 8,
     precision: EvaluatePrecision = EVALUATE_DEFAULT,
 ) -> Evaluation:
-    """Score the model at `source` (run folder, model.pth or checkpoint) on a split, by
-    default in the precision training validated in (the model file records it)."""
-    mf = read_model_file(source)
-    run_dir = _run_dir_of(source)
-    data_cfg = _data_config(run_dir, data, layout)
+    """Score the model at `source` (run folder, model.pth, checkpoint or exported model.onnx) on
+    a split, by default in the precision training validated in (the model file records it)."""
+    mf = read_model(source)
+    run = run_of(source)
+    data_cfg = _data_config(run, data, layout)
     files = find_files(data_cfg)
     if files.codes != mf.codes:
         raise CamsegError(
@@ -167,21 +172,23 @@ def evaluate(
     check_dataset(files).raise_if_bad()
     items = split_items(files, split)
     eval_size, native = _eval_size(size, mf)
-    dev = resolve_device(device, "--device")
-    run_precision = evaluate_precision(precision, mf.precision, dev)
-    data_cfg = data_cfg.model_copy(update={"size": eval_size, "batch_size": batch_size})
-    dls = build_dataloaders(data_cfg, files, device=dev)
-    dl = dls.test_dl(items, with_labels=not native, bs=batch_size)
-    labels = [label_reader(files)(p) for p in items] if native else None
-    model = run_precision.apply(mf.build().to(dev).eval(), dev)
+    # NCHW as in training's validation on a CPU: the table's numbers to the last pixel
+    net = load_network(
+        mf, device=device, precision=precision, policy="evaluate", channels_last=False
+    )
+    dev = net.device
+    read_label = label_reader(files)
     n, void = len(files.codes), files.void_index
 
-    base = _scores(confusion_over(model, dl, n, dev, labels), void)
+    def batches() -> Iterator[Batch]:
+        return labelled_batches(items, read_label, mf, eval_size, native, batch_size)
+
+    base = _scores(confusion_over(net, batches(), n), void)
     scores, without = base, None
     if tta:
-        scores, without = _scores(confusion_over(FlipTTA(model), dl, n, dev, labels), void), base
+        scores, without = _scores(confusion_over(net.with_flip_tta(), batches(), n), void), base
 
-    out_parent = (run_dir or mf.path.parent) / "eval"
+    out_parent = run.evals if run else mf.path.parent / "eval"
     out_dir = _new_dir(out_parent, f"{files.root.name}-{split}")
     evaluated = {
         "model": str(mf.path),
@@ -194,26 +201,24 @@ def evaluate(
         else "labels resized to the model input size (nearest), as in training",
         "tta": "horizontal flip" if tta else None,
         "device": str(dev),
-        "precision": run_precision.name,
-        "precision_note": run_precision.note,  # why it is not the one asked for, if it is not
+        "runtime": "onnxruntime" if is_onnx(mf.path) else "pytorch",
+        "precision": net.precision.name,
+        "precision_note": net.precision.note,  # why it is not the one asked for, if it is not
     }
     per_class = _write_outputs(out_dir, scores, without, files.codes, void, evaluated)
-    if run_dir is not None:
+    if run is not None:
         from camseg.report import write_report
 
-        write_report(run_dir)
+        write_report(run.dir)
     return Evaluation(scores, without, per_class, out_dir, evaluated)
 
 
-def _eval_size(size: str, mf: ModelFile) -> tuple[tuple[int, int], bool]:
-    if size in ("model", "native"):
+def _eval_size(size: EvalSize, mf: ModelFile) -> tuple[tuple[int, int], bool]:
+    if size == "model" or size == "native":
         return mf.size, size == "native"
-    parts = size.lower().replace(",", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise CamsegError(f"--size {size!r}: expected HxW (e.g. 360x480), model or native")
-    h, w = (int(p) for p in parts)
+    h, w = size
     if min(h, w) < 32:
-        raise CamsegError(f"--size {size}: both sides must be at least 32")
+        raise CamsegError(f"--size {h}x{w}: both sides must be at least 32")
     return (h, w), False
 
 

@@ -1,5 +1,6 @@
 """Void-masked pixel accuracy (the paper's acc_camvid), mIoU and per-class scores, all from one
-confusion matrix accumulated over a whole split; fastai `Metric`s that accumulate it in training.
+confusion matrix accumulated over a whole split. Plain torch, no fastai: the fastai `Metric`s
+that accumulate the matrix in training are in camseg.callbacks.
 
 Not a mean of batch means: a batch with few non-Void pixels weighs what its pixels weigh.
 mIoU follows mmsegmentation and torchmetrics: a class predicted but never labelled scores 0.
@@ -11,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from fastai.learner import Metric
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -94,45 +94,3 @@ def miou(cm: torch.Tensor, void_index: int) -> float:
     scores = class_scores(cm, void_index)
     ious = [iou for i, iou in enumerate(scores.iou) if i != void_index and not math.isnan(iou)]
     return float(sum(ious) / len(ious)) if ious else float("nan")
-
-
-class ConfusionMetric(Metric):
-    """Accumulates the validation confusion matrix; subclasses turn it into one number."""
-
-    def __init__(self, n_classes: int, void_index: int) -> None:
-        self.n_classes, self.void_index = n_classes, void_index
-        self.cm: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.cm = None
-
-    def accumulate(self, learn) -> None:
-        # Under DistributedDataParallel to_detach gathers every rank's pixels (and drops the
-        # samples the distributed loader repeated to even out the ranks); otherwise a no-op.
-        pred, target = learn.to_detach((learn.pred.argmax(dim=1), learn.yb[0]), cpu=False)
-        cm = confusion_matrix(pred, target, self.n_classes)
-        self.cm = cm if self.cm is None else self.cm + cm
-
-
-class AccCamvid(ConfusionMetric):
-    """Pixel accuracy ignoring Void, over the whole validation set (the paper's number)."""
-
-    @property
-    def name(self) -> str:
-        return "acc_camvid"
-
-    @property
-    def value(self) -> float | None:
-        return None if self.cm is None else acc_camvid(self.cm, self.void_index)
-
-
-class MeanIoU(ConfusionMetric):
-    """Mean IoU over the whole validation set; a class predicted but never labelled scores 0."""
-
-    @property
-    def name(self) -> str:
-        return "miou"
-
-    @property
-    def value(self) -> float | None:
-        return None if self.cm is None else miou(self.cm, self.void_index)

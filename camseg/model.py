@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
@@ -19,11 +19,9 @@ from torchvision import models
 
 from camseg import __version__
 from camseg.atomic import atomic_torch_save
-from camseg.config import DEVICE_PATTERN, ModelConfig
 from camseg.errors import CamsegError
-
-if TYPE_CHECKING:  # precision.py imports this module
-    from camseg.precision import Precision
+from camseg.runs import model_file
+from camseg.schema import DEVICE_PATTERN, ModelConfig, Precision
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,14 @@ def resolve_device(spec: str, key: str = "train.device") -> torch.device:
     if spec == "mps" and not torch.backends.mps.is_available():
         raise CamsegError(f"{key}=mps but MPS is not available; use cpu or auto")
     return torch.device(spec)
+
+
+def cuda_kernels(deterministic: bool = False) -> None:
+    """cuDNN's kernel choice: by default it times the candidate kernels for each new input shape
+    and keeps the fastest (cudnn.benchmark); deterministic=True asks for reproducible kernels
+    instead. Set for CPU runs too (then without effect), so a process's state is what was asked."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def _cache_file(weights: models.WeightsEnum) -> Path:
@@ -160,16 +166,6 @@ def _load_file(path: Path, what: str) -> Any:
         ) from None
 
 
-def resolve_model_path(path: Path) -> Path:
-    """A run folder -> its model.pth, or its best checkpoint when training did not finish."""
-    if path.is_dir():
-        for candidate in (path / "model.pth", path / "checkpoints" / "best.pth"):
-            if candidate.is_file():
-                return candidate
-        raise CamsegError(f"{path}: no model.pth or checkpoints/best.pth in this run folder")
-    return path
-
-
 def cpu_has_bf16() -> bool:
     """Native bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
     try:
@@ -221,7 +217,7 @@ class ModelFile:
 
 def read_model_file(path: Path) -> ModelFile:
     """Load model.pth or a training checkpoint (a run folder is resolved to its model)."""
-    path = resolve_model_path(path)
+    path = model_file(path)
     obj = _load_file(path, "model file")
     if not isinstance(obj, dict) or obj.get("format") not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         raise CamsegError(f"{path}: not a camseg model file or checkpoint")
@@ -230,13 +226,12 @@ def read_model_file(path: Path) -> ModelFile:
             f"{path}: file format version {obj.get('version')} but this camseg "
             f"({__version__}) reads version {FILE_VERSION}; re-export it with a matching camseg"
         )
-    from camseg.precision import PRECISIONS
-
     meta = obj["meta"]
     precision = meta.get("precision", "fp32")  # older files: not recorded, read as fp32
-    if precision not in PRECISIONS:
+    if precision not in get_args(Precision):
         raise CamsegError(
-            f"{path}: precision {precision!r} in the file is not one of {', '.join(PRECISIONS)}"
+            f"{path}: precision {precision!r} in the file is not one of "
+            f"{', '.join(get_args(Precision))}"
         )
     return ModelFile(
         path=path,

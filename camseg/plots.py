@@ -14,20 +14,14 @@ import numpy as np
 import torch
 
 from camseg.atomic import atomic_write
-from camseg.data.files import read_label_colors, resource_path
+from camseg.data.files import camvid_palette as palette
+from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-
-
-def palette(codes: list[str]) -> np.ndarray:
-    """CamVid colours for these class names (grey for a name not in the CamVid table)."""
-    table = read_label_colors(resource_path("label_colors.txt"))
-    by_name = dict(zip(table.names, table.colors, strict=True))
-    return np.array([by_name.get(c, (128, 128, 128)) for c in codes], dtype=np.uint8)
 
 
 def plot_lr_find(recorder: Any, suggestions: dict[str, float], path: Path) -> None:
@@ -109,8 +103,8 @@ def plot_results(learn: Any, codes: list[str], path: Path, n: int = 4) -> None:
     model.eval()
     with torch.no_grad():
         preds = model(xb).argmax(dim=1).cpu().numpy().astype(np.uint8)
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # the Normalize of build_dataloaders
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images = ((xb.float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1)
     names = [Path(p).name for p in learn.dls.valid_ds.items[: len(preds)]]
     plot_grid(images.numpy(), yb.cpu().numpy().astype(np.uint8), preds, codes, path, names)
@@ -128,3 +122,10 @@ def plot_confusion(cm: np.ndarray, codes: list[str], path: Path) -> None:
     ax.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
     fig.colorbar(im, ax=ax, fraction=0.04)
     _save(fig, path)
+
+
+def plot_run(learn: Any, iters: dict, valid_points: list, folder: Path, codes: list[str]) -> None:
+    """The plots of a finished run: lr/momentum schedule, losses, validation predictions."""
+    plot_schedule(iters, folder / "schedule.png")
+    plot_losses(iters, valid_points, folder / "loss.png")
+    plot_results(learn, codes, folder / "results.png")

@@ -1,6 +1,6 @@
 """The one precision policy of train, evaluate and predict: the names, each verb's default, and
-what a name runs as on a device. It decides; train.py records what training validated in,
-evaluate.py and predict.py run the network through `RunPrecision.apply`.
+what a name runs as on a device. It decides; training records what it validated in (model.pth),
+inference (camseg.infer) runs the network through `RunPrecision.apply`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from torch import nn
 
 from camseg.errors import CamsegError
 from camseg.model import cpu_has_bf16
+from camseg.schema import EvaluatePrecision, Precision, PredictPrecision
 
-Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-# predict: auto = the fastest the device has; evaluate: train = what training validated in
-PredictPrecision = Literal["auto", "fp32", "fp16", "bf16"]
-EvaluatePrecision = Literal["train", "fp32", "fp16", "bf16"]
+InferencePolicy = Literal["predict", "evaluate"]
 PREDICT_DEFAULT: PredictPrecision = "auto"
 EVALUATE_DEFAULT: EvaluatePrecision = "train"
 
@@ -62,27 +60,40 @@ def _explicit(choice: str, device: torch.device, choices: tuple[str, ...]) -> Ru
     return RunPrecision(choice)  # type: ignore[arg-type]
 
 
-def predict_precision(choice: str, device: torch.device) -> RunPrecision:
-    """auto: fp16 on CUDA; bf16 on a CPU with native bf16 (measured 2.4x faster than fp32 on a
-    2-core AVX512-BF16 machine, with the same class on >= 99% of pixels); else fp32."""
-    if choice == "auto":
+def inference_precision(
+    choice: str, recorded: Precision, device: torch.device, policy: InferencePolicy = "predict"
+) -> RunPrecision:
+    """What an inference precision choice runs as. `policy` names the verb whose choices apply:
+    predict offers auto (the fastest the device runs well), evaluate offers train (what the
+    model file says training validated in); both offer fp32, fp16 and bf16.
+
+    auto: fp16 on CUDA; bf16 on a CPU with native bf16 (measured 2.4x faster than fp32 on a
+    2-core AVX512-BF16 machine, with the same class on >= 99% of pixels); else fp32.
+    train: the recorded precision, so the scores reproduce the training table; fp32 (with a
+    note saying why) where that cannot run on this device."""
+    choices = get_args(PredictPrecision if policy == "predict" else EvaluatePrecision)
+    if choice == "auto" and policy == "predict":
         if device.type == "cuda":
             return RunPrecision("fp16")
         return RunPrecision("bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32")
-    return _explicit(choice, device, get_args(PredictPrecision))
+    if choice == "train" and policy == "evaluate":
+        reason = _impossible(recorded, device)
+        if reason is None:
+            return RunPrecision(recorded)
+        return RunPrecision(
+            "fp32", f"training validated in {recorded}, but {reason}: scored in fp32 instead"
+        )
+    return _explicit(choice, device, choices)
+
+
+def predict_precision(choice: str, device: torch.device) -> RunPrecision:
+    """`inference_precision` with predict's choices."""
+    return inference_precision(choice, "fp32", device, "predict")
 
 
 def evaluate_precision(choice: str, recorded: Precision, device: torch.device) -> RunPrecision:
-    """train: what the model file says training validated in, so the scores reproduce the
-    training table; fp32 (with a note saying why) where that cannot run on this device."""
-    if choice != "train":
-        return _explicit(choice, device, get_args(EvaluatePrecision))
-    reason = _impossible(recorded, device)
-    if reason is None:
-        return RunPrecision(recorded)
-    return RunPrecision(
-        "fp32", f"training validated in {recorded}, but {reason}: scored in fp32 instead"
-    )
+    """`inference_precision` with evaluate's choices."""
+    return inference_precision(choice, recorded, device, "evaluate")
 
 
 @dataclass(frozen=True)

@@ -4,72 +4,39 @@ MAX_PIXELS; a file that cannot be read is reported and skipped, the others are s
 Memory per image is its decoded pixels (4 bytes each) and its index mask (1 byte each): scores,
 colours and overlays at full resolution are made in row bands.
 
-Needs only model.pth: no training config, no pickle.
+Needs only model.pth (or an exported model.onnx): no training config, no pickle.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
+from camseg.api import MAX_PIXELS, Segmenter
 from camseg.atomic import atomic_write
-from camseg.data.files import IMAGE_SUFFIXES, load_rgb, natural_key
+from camseg.data.files import IMAGE_SUFFIXES, natural_key, open_rgb
 from camseg.errors import CamsegError
-from camseg.model import ModelFile, read_model_file, resolve_device
-from camseg.precision import PREDICT_DEFAULT, PredictPrecision, predict_precision
+from camseg.infer import read_model
+from camseg.model import resolve_device
+from camseg.precision import PREDICT_DEFAULT, predict_precision
+from camseg.schema import Format, PredictPrecision
 
-FORMATS = ("index", "color", "overlay")
+FORMATS: tuple[str, ...] = get_args(Format)
 _SUFFIX = {"index": "mask", "color": "color", "overlay": "overlay"}
 
-# Pillow warns above 89 and refuses above 179 megapixels (its decompression-bomb guard); predict
-# takes photos up to this size instead, checked from the header before decoding, and skips a
-# bigger file with that reason. At the limit a photo needs 1 GB (see the module docstring).
-MAX_PIXELS = 200_000_000
-# Full-resolution class scores take 4 bytes x classes a pixel (128 B with CamVid's 32 classes):
-# up to ONE_PIECE_BYTES (4 MP) they are upsampled in one F.interpolate call, a bigger image in
-# row bands of BAND_BYTES, so that memory follows the model's size, not the photo's.
-ONE_PIECE_BYTES = 512 * 2**20
-BAND_BYTES = 32 * 2**20
 # Decode the next batch while the network runs this one, unless this one is already this big.
 AHEAD_PIXELS = 50_000_000
 # PNG text on every file predict writes, so that a later folder expansion can tell them apart.
 SOFTWARE = "camseg"
-
-
-class FlipTTA(torch.nn.Module):
-    """Test-time augmentation for segmentation: average the softmax of the image and of its
-    mirror image, flipped back. (fastai's Learner.tta averages randomly warped inputs without
-    warping the predictions back, which misaligns masks; a flip is its own inverse.)"""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.model(x).float().softmax(dim=1)
-        p_flip = self.model(x.flip(-1)).float().softmax(dim=1).flip(-1)
-        return ((p + p_flip) / 2).log()  # log-probabilities: argmax and NLL behave as logits
-
-
-def to_model_input(im: Image.Image, mf: ModelFile) -> torch.Tensor:
-    """What fastai's valid pipeline does: squish-resize (bilinear), scale to [0, 1], normalise."""
-    h, w = mf.size
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(mf.mean).view(3, 1, 1)
-    std = torch.tensor(mf.std).view(3, 1, 1)
-    return (x - mean) / std
 
 
 @dataclass
@@ -169,27 +136,9 @@ def _pixel_limit_checked_here() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = before
 
 
-def _read(path: Path) -> Image.Image:
-    """The upright RGB image. A plain 8-bit RGB file (a JPEG photo) is decoded straight into the
-    one image predict works on, 4 bytes a pixel; any other mode goes through load_rgb, whose
-    copies of a 100-megapixel photo would take another 1.5 GB."""
-    with Image.open(path) as im:
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise CamsegError(
-                f"{w}x{h} is {w * h / 1e6:.0f} megapixels, over predict's limit of "
-                f"{MAX_PIXELS // 10**6} (a guard against decompression bombs)"
-            )
-        if im.mode == "RGB":
-            im.load()
-            ImageOps.exif_transpose(im, in_place=True)
-            return im
-    return Image.fromarray(load_rgb(path))
-
-
 def _decode(path: Path) -> tuple[Image.Image | None, str | None]:
     try:
-        return _read(path), None
+        return open_rgb(path, MAX_PIXELS), None
     except CamsegError as e:
         return None, str(e)
     except Exception as e:  # unreadable, truncated, not an image: report and go on
@@ -248,10 +197,10 @@ def predict(
     if batch_size is not None and batch_size < 1:
         raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
     dev = resolve_device(device, "--device")
-    run_precision = predict_precision(precision, dev)
+    predict_precision(precision, dev)  # a precision this device cannot run: before any work
     batch_size = batch_size or auto_batch_size(dev)
     images = expand_inputs(inputs).images
-    mf = read_model_file(model_path)
+    mf = read_model(model_path)  # model.pth, checkpoint or exported model.onnx
     names = _output_names(images)
     inputs_resolved = {p.resolve() for p in images}
     for name in names:
@@ -266,13 +215,9 @@ def predict(
     if not _writable(out):
         raise CamsegError(f"--out {out}: folder is not writable")
 
-    # channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (1.5x on CPU).
-    model = mf.build().to(dev).eval().to(memory_format=torch.channels_last)
-    mf = dataclasses.replace(mf, state_dict={})  # the model holds the weights now (0.2 GB less)
-    model = run_precision.apply(model, dev)
-    if tta:
-        model = FlipTTA(model)
-    palette = _palette(mf.codes)
+    seg = Segmenter(mf, device=device, precision=precision, tta=tta)
+    del mf  # the network holds the weights now (0.2 GB less)
+    codes, palette = seg.classes, seg.colors
     result = PredictResult()
     result.renamed = [(p, n) for p, n in zip(images, names, strict=True) if n != p.stem]
 
@@ -285,12 +230,9 @@ def predict(
                     on_image(None)
         if not good:
             return
-        xb = torch.stack([to_model_input(im, mf) for _, im in good]).to(dev)
-        with torch.inference_mode():
-            logits = model(xb.contiguous(memory_format=torch.channels_last))
-        for (i, im), lg in zip(good, logits, strict=True):
-            mask = _mask(lg, im.height, im.width)
-            record = _write(images[i], names[i], im, mask, palette, mf.codes, out, formats)
+        masks = seg.masks([im for _, im in good])
+        for (i, im), mask in zip(good, masks, strict=True):
+            record = _write(images[i], names[i], im, mask, palette, codes, out, formats)
             result.written.append(record)
             if on_image is not None:
                 on_image(record)
@@ -304,59 +246,6 @@ def predict(
     return result
 
 
-def _mask(logits: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """Class scores at the model's size -> class indices at the image's size h x w: the scores
-    are upsampled (bilinear), then the argmax is taken at full resolution; in one piece up to
-    ONE_PIECE_BYTES of scores (as predict always did), else in bands."""
-    if (h, w) == tuple(logits.shape[-2:]):
-        return logits.argmax(dim=0).byte().cpu().numpy()
-    n_classes = logits.shape[0]
-    if 4 * n_classes * h * w <= ONE_PIECE_BYTES:
-        logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        return logits.argmax(dim=0).byte().cpu().numpy()
-    return _mask_in_bands(logits, h, w, rows=max(1, BAND_BYTES // (4 * n_classes * w)))
-
-
-def _mask_in_bands(logits: torch.Tensor, h: int, w: int, rows: int) -> np.ndarray:
-    """`_mask`, `rows` output rows at a time. Bilinear upsampling is separable: F.interpolate
-    widens just the source rows a band needs (each row on its own, so a slice gives the same
-    numbers), then each output row blends its two source rows with the weights F.interpolate
-    uses for the full height. Every pixel's arithmetic is the same whatever the band, so the
-    mask does not depend on `rows`; against one F.interpolate call over the whole image the
-    scores differ by float rounding only (that kernel sums in another order, and differently
-    again for channels-last input), which can move the argmax only where two classes score
-    within about 1e-6 of each other."""
-    n_classes, src_h, src_w = logits.shape
-    src = logits.float().contiguous()
-    top, bottom, w_top, w_bottom = (
-        torch.from_numpy(a).to(logits.device) for a in _source_rows(src_h, h)
-    )
-    mask = np.empty((h, w), np.uint8)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        s0, s1 = int(top[r0]), int(bottom[r1 - 1]) + 1
-        wide = F.interpolate(
-            src[:, s0:s1].reshape(1, -1, src_w), size=w, mode="linear", align_corners=False
-        ).view(n_classes, s1 - s0, w)
-        band = wide.index_select(1, top[r0:r1] - s0).mul_(w_top[r0:r1, None])
-        band += wide.index_select(1, bottom[r0:r1] - s0).mul_(w_bottom[r0:r1, None])
-        # argmax's rule (the first maximum), but max's kernel: 5x faster over the first dim
-        mask[r0:r1] = band.max(dim=0).indices.byte().cpu().numpy()
-    return mask
-
-
-def _source_rows(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
-    """For each output row of a bilinear resize from n_in to n_out rows (align_corners=False):
-    its two source rows and their weights, as ATen computes them: source = scale * (i + 0.5) -
-    0.5 in float32 with one rounding (ATen's FMA), clamped to the first and last row."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    source = np.maximum(scale * (np.arange(n_out) + 0.5) - 0.5, 0).astype(np.float32)
-    top = np.minimum(source.astype(np.int64), n_in - 1)
-    w_bottom = np.clip(source - top, 0, 1).astype(np.float32)
-    bottom = np.minimum(top + 1, n_in - 1)
-    return top, bottom, (1 - w_bottom).astype(np.float32), w_bottom
-
-
 def _writable(folder: Path) -> bool:
     probe = folder / ".camseg-write-test"
     try:
@@ -365,12 +254,6 @@ def _writable(folder: Path) -> bool:
         return True
     except OSError:
         return False
-
-
-def _palette(codes: list[str]) -> np.ndarray:
-    from camseg.plots import palette
-
-    return palette(codes)
 
 
 def _write(

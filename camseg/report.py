@@ -13,6 +13,7 @@ from pathlib import Path
 
 from camseg.atomic import atomic_write_text
 from camseg.data.files import resource_path
+from camseg.runs import Run
 
 PAPER_SOURCE = (
     "H. Gupta, \u201cImage Segmentation Using Deep Learning\u201d, Fig. 13: full-size stage, "
@@ -62,24 +63,21 @@ def _fmt(v: object, digits: int = 4) -> str:
 
 def latest_eval(run_dir: Path) -> Path | None:
     """The most recent evaluation folder of a run (by metrics.json time), if any."""
-    found = sorted(run_dir.glob("eval/*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    found = Run(run_dir).eval_metrics()
     return found[-1].parent if found else None
 
 
 def write_report(run_dir: Path) -> Path:
     """(Re)write RUN_DIR/report.html from what the run folder holds now."""
-    history = _read_csv(run_dir / "history.csv")
+    run = Run(run_dir)
+    history = _read_csv(run.history)
     for row in history:
         for k in ("train_loss", "valid_loss", "acc_camvid", "miou"):
             row[k] = _fmt(float(row[k]), 6 if k != "miou" else 4)
         row["seconds"] = _fmt(float(row["seconds"]), 1)
     paper = _read_csv(resource_path("paper_fig13.csv"))
-    summary = (
-        json.loads((run_dir / "summary.json").read_text())
-        if (run_dir / "summary.json").is_file()
-        else {}
-    )
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+    config = run.config.read_text() if run.config.is_file() else ""
 
     parts = [f"<h1>camseg run: {html.escape(run_dir.name)}</h1>"]
     if summary:
@@ -104,7 +102,7 @@ def write_report(run_dir: Path) -> Path:
         + f"<p class='note'>{html.escape(PAPER_SOURCE)}</p></div></div>"
     )
     parts.append("<h2>Learning rate finder, schedule and losses</h2>")
-    for p in sorted((run_dir / "plots").glob("lr_find_*.png")):
+    for p in sorted(run.plots.glob("lr_find_*.png")):
         parts.append(_img(run_dir, f"plots/{p.name}", p.stem))
     for name, alt in (("schedule", "lr and momentum schedule"), ("loss", "losses")):
         parts.append(_img(run_dir, f"plots/{name}.png", alt))
@@ -118,9 +116,8 @@ def write_report(run_dir: Path) -> Path:
         + "\n".join(p for p in parts if p)
         + "</body></html>\n"
     )
-    out = run_dir / "report.html"
-    atomic_write_text(out, page)
-    return out
+    atomic_write_text(run.report, page)
+    return run.report
 
 
 def _eval_section(run_dir: Path) -> str:

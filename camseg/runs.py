@@ -1,18 +1,35 @@
-"""The run folder: which file is where, making one without clobbering another, and finding runs
-(the newest finished one, or the newest of a family like half, half-2, half-3).
+"""The run folder: which file is where, making one without clobbering another (with its
+config.yaml, command.txt and env.json), history.csv and summary.json, and finding runs (the
+newest finished one, the newest of a family like half, half-2, half-3, the run a model file
+belongs to). The only module that knows the layout.
 
-What goes into the files is written by train.py, evaluate.py and report.py; this module only
-knows the layout.
+    RUN/config.yaml  command.txt  env.json     written before the first batch
+    RUN/history.csv  checkpoints/last.pth  checkpoints/best.pth   after every epoch
+    RUN/plots/       model.pth  summary.json  report.html         at the end, in that order
+    RUN/eval/<data>-<split>[-k]/              one folder per `camseg evaluate`
+    RUN/predictions/                          `camseg predict` without --out
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
+import os
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from camseg import __version__
+from camseg.atomic import atomic_write_text
+from camseg.config import dump_config
 from camseg.errors import CamsegError
+from camseg.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +63,45 @@ class Run:
     @property
     def summary(self) -> Path:
         return self.dir / "summary.json"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def command(self) -> Path:
+        return self.dir / "command.txt"
+
+    @property
+    def env(self) -> Path:
+        return self.dir / "env.json"
+
+    @property
+    def history(self) -> Path:
+        return self.dir / "history.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.html"
+
+    @property
+    def predictions(self) -> Path:
+        """Where `camseg predict` writes without --out."""
+        return self.dir / "predictions"
+
+    @property
+    def evals(self) -> Path:
+        """Parent of the evaluation folders (one per `camseg evaluate`)."""
+        return self.dir / "eval"
+
+    def eval_metrics(self) -> list[Path]:
+        """metrics.json of each evaluation, oldest first."""
+        return sorted(self.evals.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+
+    @property
+    def is_run(self) -> bool:
+        """A run folder (finished or not): config.yaml and history.csv are there."""
+        return self.config.is_file() and self.history.exists()
 
     @property
     def finished(self) -> bool:
@@ -128,3 +184,97 @@ def resolve_init_from(path: Path) -> Path:
         f"model.init_from {path}: no such run or file; train the first phase first "
         f"(camseg train --config half.yaml) or point init_from at its run folder"
     )
+
+
+HISTORY_COLUMNS = (
+    "stage",
+    "stage_name",
+    "epoch",
+    "train_loss",
+    "valid_loss",
+    "acc_camvid",
+    "miou",
+    "lr",
+    "seconds",
+)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def run_name(cfg: Config, config_path: Path | None, name: str | None) -> str:
+    name = name or cfg.output.name or (config_path.stem if config_path else "run")
+    if not name or "/" in name or name in (".", ".."):
+        raise CamsegError(f"run name {name!r} is not a plain folder name")
+    return name
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import fastai
+    import torchvision
+
+    env: dict[str, Any] = {
+        "camseg": __version__,
+        "fastai": fastai.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "world_size": max(1, int(os.environ.get("WORLD_SIZE", 1))),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def start_run(
+    cfg: Config, config_path: Path | None, name: str | None, command: str, device: torch.device
+) -> Run:
+    """Make the run folder and write config.yaml, command.txt, env.json before any batch."""
+    run = Run(create_run_dir(cfg.output.dir, run_name(cfg, config_path, name)))
+    atomic_write_text(run.config, dump_config(cfg))
+    atomic_write_text(run.command, command + "\n")
+    atomic_write_text(run.env, json.dumps(environment(device), indent=2) + "\n")
+    return run
+
+
+def write_summary(run: Run, data: dict[str, Any]) -> None:
+    atomic_write_text(run.summary, json.dumps(data, indent=2) + "\n")
+
+
+def run_of(source: Path) -> Run | None:
+    """The run a model belongs to: the folder itself, or model.pth / a checkpoint in it."""
+    for candidate in (source, source.parent, source.parent.parent):
+        if Run(candidate).is_run:
+            return Run(candidate)
+    return None
+
+
+def predictions_dir(source: Path) -> Path:
+    """Where predict writes for a model: its run's predictions/, or beside a lone model file."""
+    run = run_of(source)
+    if run is None:
+        run = Run(source if source.is_dir() else source.parent)
+    return run.predictions
+
+
+def model_file(path: Path) -> Path:
+    """A run folder -> its model.pth, or its best checkpoint when training did not finish; a
+    file as it is."""
+    if path.is_dir():
+        run = Run(path)
+        for candidate in (run.model, run.best):
+            if candidate.is_file():
+                return candidate
+        raise CamsegError(f"{path}: no model.pth or checkpoints/best.pth in this run folder")
+    return path

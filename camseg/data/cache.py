@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from camseg.atomic import atomic_write
-from camseg.data.files import load_rgb
+from camseg.data.files import load_rgb, resize_rgb
 from camseg.data.layouts import DatasetFiles, label_reader
 
 # Part of every entry's folder: entries made by an older decoder (before 16-bit frames were
@@ -61,7 +61,7 @@ def build_cache(
         x_path = folder / "images" / _key(image)
         y_path = folder / "labels" / _key(label)
         if not x_path.is_file():
-            rgb = Image.fromarray(load_rgb(image)).resize((w, h), Image.BILINEAR)  # as Resize
+            rgb = resize_rgb(Image.fromarray(load_rgb(image)), size)
             _save(x_path, np.asarray(rgb))
         if not y_path.is_file():
             mask = Image.fromarray(read_label(image)).resize((w, h), Image.NEAREST)

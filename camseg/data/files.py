@@ -138,6 +138,32 @@ def load_rgb(path: Path) -> np.ndarray:
     return read_image(path).rgb
 
 
+def open_rgb(path: Path, max_pixels: int) -> Image.Image:
+    """The upright RGB image as a PIL image, refused above max_pixels (checked from the header,
+    before decoding). A plain 8-bit RGB file (a JPEG photo) is decoded straight into the one
+    image returned, 4 bytes a pixel; any other mode goes through `read_image`, whose copies of a
+    100-megapixel photo would take another 1.5 GB."""
+    with Image.open(path) as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise CamsegError(
+                f"{w}x{h} is {w * h / 1e6:.0f} megapixels, over predict's limit of "
+                f"{max_pixels // 10**6} (a guard against decompression bombs)"
+            )
+        if im.mode == "RGB":
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            return im
+    return Image.fromarray(load_rgb(path))
+
+
+def resize_rgb(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An RGB image at (H, W) = size, squished and bilinear as fastai's Resize does in the
+    training pipeline: the one resize of data.cache and of inference."""
+    h, w = size
+    return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(W, H) of an image as `load_rgb` returns it, without decoding the pixels."""
     with Image.open(path) as im:
@@ -153,9 +179,15 @@ class LabelColors:
     names: tuple[str, ...]
 
     def palette(self, codes: list[str]) -> np.ndarray:
-        """A (len(codes), 3) uint8 array: the colour of each class index of `codes`."""
+        """A (len(codes), 3) uint8 array: the colour of each class index of `codes` (grey for
+        a name not in the table)."""
         by_name = dict(zip(self.names, self.colors, strict=True))
-        return np.array([by_name.get(c, (0, 0, 0)) for c in codes], dtype=np.uint8)
+        return np.array([by_name.get(c, (128, 128, 128)) for c in codes], dtype=np.uint8)
+
+
+def camvid_palette(codes: list[str]) -> np.ndarray:
+    """CamVid's colours for these class names: the palette of colour masks, overlays and plots."""
+    return read_label_colors(resource_path("label_colors.txt")).palette(codes)
 
 
 def read_label_colors(path: Path) -> LabelColors:

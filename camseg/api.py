@@ -1,0 +1,142 @@
+"""The Python API: a trained camseg model as an object that segments images.
+
+    from camseg import Segmenter
+
+    seg = Segmenter("runs/half")              # a run folder, model.pth or a checkpoint
+    mask = seg.predict("frame.png")           # (H, W) uint8 class indices, the image's own size
+    names = seg.classes                       # mask value i is class seg.classes[i]
+    color = seg.predict(frame, output="color")   # (H, W, 3) uint8 in CamVid's colours
+
+`camseg predict` segments its images through the same object, so both give the same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from camseg.data.files import camvid_palette, open_rgb
+from camseg.errors import CamsegError
+from camseg.infer import Network, class_mask, load_network
+from camseg.model import ModelFile
+
+Output = Literal["index", "color", "scores"]
+ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007  (documented type alias)
+# Pillow warns above 89 and refuses above 179 megapixels (its decompression-bomb guard); camseg
+# takes photos up to this size instead, checked from the header before decoding (predict skips a
+# bigger file with that reason). At the limit a photo needs 1 GB in `camseg predict`.
+MAX_PIXELS = 200_000_000
+
+
+class Segmenter:
+    """Segments images with a trained model.
+
+    `model`: a run folder (its model.pth), a model.pth or checkpoint file, a model.onnx from
+    `camseg export` (run by ONNX Runtime on the CPU in fp32, without fastai), or None for the
+    newest finished run under ./runs. `device`: auto, cpu, cuda or cuda:N. `precision`: auto
+    (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16. `tta`: average
+    each image with its mirror image (twice the time).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | ModelFile | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        tta: bool = False,
+    ) -> None:
+        if model is None:
+            from camseg.runs import latest_run
+
+            model = latest_run(Path("runs")).dir
+        source = model if isinstance(model, ModelFile) else Path(model)
+        self._net: Network = load_network(source, device=device, precision=precision, tta=tta)
+        self._palette = camvid_palette(self.classes)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; a mask value i means classes[i]."""
+        return list(self._net.info.codes)
+
+    @property
+    def colors(self) -> np.ndarray:
+        """(classes, 3) uint8: the colour of each class in colour masks (CamVid's table)."""
+        return self._palette.copy()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) the network runs at; every image is resized to it, as in training."""
+        return self._net.info.size
+
+    @property
+    def device(self) -> torch.device:
+        return self._net.device
+
+    @property
+    def precision(self) -> str:
+        return self._net.precision.name
+
+    def predict(self, image: ImageLike, output: Output = "index") -> np.ndarray:
+        """One image (a path, a PIL image or an (H, W, 3) uint8 array) -> at its own size:
+        index: (H, W) uint8 class indices; color: (H, W, 3) uint8; scores: (classes, H, W)
+        float32 class probabilities (4 bytes x classes a pixel: 128 MB for a 1-MP image)."""
+        return self.predict_batch([image], output)[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageLike], output: Output = "index"
+    ) -> list[np.ndarray]:
+        """`predict` for several images in one network batch (faster on a GPU)."""
+        if output not in ("index", "color", "scores"):
+            raise CamsegError(f"output {output!r}: choose index, color or scores")
+        pil = [as_rgb(im) for im in images]
+        if not pil:
+            return []
+        scores = self._net.images(pil)
+        pairs = list(zip(scores, pil, strict=True))
+        if output == "scores":
+            return [_probabilities(lg, im.height, im.width) for lg, im in pairs]
+        masks = [class_mask(lg, im.height, im.width).cpu().numpy() for lg, im in pairs]
+        return masks if output == "index" else [self._palette[m] for m in masks]
+
+    def masks(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """Index masks of RGB PIL images (the images are not copied or converted)."""
+        scores = self._net.images(list(images))
+        return [
+            class_mask(lg, im.height, im.width).cpu().numpy()
+            for lg, im in zip(scores, images, strict=True)
+        ]
+
+
+def as_rgb(image: ImageLike) -> Image.Image:
+    """A path, PIL image or (H, W, 3) uint8 array as an RGB PIL image."""
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise CamsegError(f"{path}: no such image file")
+        return open_rgb(path, MAX_PIXELS)
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise CamsegError(
+                f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
+            )
+        return Image.fromarray(np.ascontiguousarray(image), "RGB")
+    raise CamsegError(
+        f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) "
+        "uint8 array"
+    )
+
+
+def _probabilities(scores: torch.Tensor, h: int, w: int) -> np.ndarray:
+    if (h, w) != tuple(scores.shape[-2:]):
+        scores = torch.nn.functional.interpolate(
+            scores[None], size=(h, w), mode="bilinear", align_corners=False
+        )[0]
+    return scores.float().softmax(dim=0).cpu().numpy()

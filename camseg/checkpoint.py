@@ -1,0 +1,167 @@
+"""The training checkpoint: what resume needs (weights, optimizer, the run's state, every random
+state), its background writer, and loading it back.
+
+Tensors are copied into plain CPU tensors so a checkpoint loads with `weights_only=True` and can
+be written while the next epoch trains.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from camseg.errors import CamsegError
+from camseg.model import CHECKPOINT_FORMAT, FILE_VERSION
+
+
+@dataclass
+class RunState:
+    """Everything about a run that must survive a restart; saved inside every checkpoint."""
+
+    stage: int = 0  # stage in progress
+    epochs_done: int = 0  # completed epochs of that stage
+    history: list[dict] = field(default_factory=list)
+    iters: dict[str, list] = field(
+        default_factory=lambda: {"stage": [], "lr": [], "mom": [], "loss": []}
+    )
+    valid_points: list[list[float]] = field(default_factory=list)  # [iteration, valid_loss]
+    lrs: dict[str, Any] = field(default_factory=dict)  # stage index -> lr actually used
+    best: float = math.nan  # no epoch scored yet
+    best_at: list[int] = field(default_factory=list)  # [stage, epoch]
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+class CheckpointWriter:
+    """Writes each epoch's checkpoint in a background thread while the next epoch trains.
+
+    The caller hands over a snapshot (copied tensors), so training may go on changing the
+    weights; the write itself (serialise, fsync, rename) overlaps the next epoch. One write at
+    a time: submitting waits for the previous one, and a failed write (disk full) raises in the
+    training thread at the next submit or wait. Measured on 2 CPU cores: a 370 MB ResNet18
+    U-Net checkpoint costs ~0.35 s, a tenth of a 96x128 epoch of camvid_tiny.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="camseg-checkpoint")
+        self._thread.start()  # not a daemon: an exiting interpreter still finishes the write
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # handed to the training thread
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> dict:
+    """Everything resume needs, with tensors copied (on a CPU `.cpu()` would be the live
+    tensor itself), so the dict can be written while training goes on."""
+    model = learn.model.module if hasattr(learn.model, "module") else learn.model
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": FILE_VERSION,
+        "meta": meta,
+        "config": config,
+        "model": {k: _snapshot(v) for k, v in model.state_dict().items()},
+        "opt": _plain(learn.opt.state_dict()),
+        "smooth_loss": {
+            "count": learn.recorder.smooth_loss.count,
+            "val": _snapshot(learn.recorder.smooth_loss.val),
+        },
+        "rng": rng_state(learn.dls),
+        "state": asdict(state),
+    }
+
+
+def rng_state(dls: Any) -> dict[str, Any]:
+    """Every random state that the next epoch draws from: Python's, NumPy's and torch's (the
+    augmentations, the DataLoader workers' seeds) and each fastai DataLoader's own generator
+    (the shuffle order). Resume restores them instead of reseeding."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "loaders": [_base_loader(dl).rng.getstate() for dl in getattr(dls, "loaders", [])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], dls: Any) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for dl, dl_state in zip(dls.loaders, state["loaders"], strict=True):
+        _base_loader(dl).rng.setstate(_as_tuples(dl_state))
+
+
+def _base_loader(dl: Any) -> Any:
+    """The fastai DataLoader itself: under distrib_ctx each is wrapped in a DistributedDL."""
+    return getattr(dl, "dl", dl)
+
+
+def _as_tuples(obj: Any) -> Any:
+    """random.setstate wants the nested tuples random.getstate gave (a reload may give lists)."""
+    return tuple(_as_tuples(x) for x in obj) if isinstance(obj, list | tuple) else obj
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    # a plain Tensor: fastai's TensorBase subclass would not load with weights_only
+    return t.detach().to("cpu", copy=True).as_subclass(torch.Tensor)
+
+
+def _plain(obj: Any) -> Any:
+    """fastai's optimizer state as dicts, lists and tensors, so it loads with weights_only."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) or type(obj).__name__ == "L":
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _snapshot(obj)
+    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def load_opt_state(learn: Any, state: dict) -> None:
+    from fastcore.foundation import L
+
+    learn.opt.load_state_dict({"state": state["state"], "hypers": L(state["hypers"])})
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CamsegError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}); it may be damaged"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CamsegError(f"{path}: not a camseg checkpoint")
+    return ckpt

@@ -1,0 +1,118 @@
+"""The parts every `camseg` command shares: the typer apps, the two consoles, the choice types
+of the options, and how errors reach the user: a `CamsegError` from the library, and a bad
+option value that typer rejects, each become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_args
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from typer.core import TyperGroup
+
+from camseg.errors import CamsegError
+
+
+class _OneLineErrors(TyperGroup):
+    """typer's group, with a usage error (an unknown option, `--batch-size abc`, a choice not
+    offered) as one `camseg: error:` line on stderr instead of typer's usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        from typer import _click
+
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.exceptions.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except _click.exceptions.ClickException as e:
+            hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
+            message = " ".join(e.format_message().split())
+            err.print(f"camseg: error: {message}{hint}", markup=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except _click.exceptions.Abort:
+            err.print("Aborted!", markup=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Train and use U-Net models for semantic segmentation of urban driving scenes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+data_app = typer.Typer(help="Check, prepare, download and generate datasets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def choices(name: str, literal: Any) -> type[Enum]:
+    """A str Enum of a Literal's values: typer offers and checks them; `.value` is the str."""
+    return Enum(name, {v: v for v in get_args(literal)}, type=str)  # type: ignore[return-value]
+
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="YAML config file or preset name (camseg config list)."),
+]
+OptionalConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file or preset name (camseg config list)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key: --set data.batch_size=4 (value is YAML)."),
+]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+
+
+def user_errors(fn: F) -> F:
+    """Turn CamsegError into one stderr line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CamsegError as e:
+            err.print(f"camseg: error: {e}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    # fastai's own import-time deprecation chatter is not something a user can act on
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+    warnings.filterwarnings("ignore", message="The 'mode.chained_assignment' option")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"

@@ -1,0 +1,146 @@
+"""`camseg train` and `camseg lr-find`, and the per-epoch table of the paper they print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from camseg.cli.app import (
+    NoProgressOpt,
+    OptionalConfigOpt,
+    SetOpt,
+    app,
+    err,
+    fmt_time,
+    out,
+    user_errors,
+)
+from camseg.errors import CamsegError
+
+_TABLE = "{:<10} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8}"
+
+
+def _print_epoch(row: Any) -> None:
+    if out.is_terminal:  # overwrite what is left of fastai's progress bar on this line
+        out.file.write("\r\x1b[2K")
+    out.print(
+        _TABLE.format(
+            row.stage_name[:10],
+            row.epoch,
+            f"{row.train_loss:.6f}",
+            f"{row.valid_loss:.6f}",
+            f"{row.acc_camvid:.6f}",
+            f"{row.miou:.4f}",
+            fmt_time(row.seconds),
+        ),
+        markup=False,
+        highlight=False,
+    )
+
+
+def _print_stage(index: int, name: str, lr: Any) -> None:
+    shown = f"{lr:.2e}" if isinstance(lr, float) else str(lr)
+    out.print(f"[bold]stage {index} ({name})[/]: lr {shown}")
+    out.print(
+        _TABLE.format("stage", "epoch", "train_loss", "valid_loss", "acc_camvid", "miou", "time"),
+        markup=False,
+    )
+
+
+@app.command("train")
+@user_errors
+def train(
+    config: OptionalConfigOpt = None,
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under output.dir).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train a U-Net with the staged recipe of a config (or resume a run)."""
+    from camseg.config import load_config
+    from camseg.train import TrainingInterrupted, describe_command, train_new, train_resume
+
+    if (config is None) == (resume is None):
+        raise CamsegError("give either --config FILE (a new run) or --resume RUN_DIR")
+    progress = not no_progress and out.is_terminal
+    try:
+        if resume is not None:
+            out.print(f"resuming [bold]{resume}[/]")
+            summary = train_resume(
+                resume,
+                overrides=list(set_ or []),
+                progress=progress,
+                on_epoch=_print_epoch,
+                on_stage=_print_stage,
+            )
+        else:
+            summary = train_new(
+                load_config(config, set_ or []),
+                config_path=config,
+                name=name,
+                command=describe_command(
+                    ["camseg", "train", "--config", str(config)]
+                    + [a for item in set_ or [] for a in ("--set", item)]
+                    + (["--name", name] if name else [])
+                ),
+                progress=progress,
+                on_epoch=_print_epoch,
+                on_start=lambda d: out.print(f"run folder [bold]{d}[/]"),
+                on_stage=_print_stage,
+            )
+    except TrainingInterrupted as e:
+        err.print(f"camseg: {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if summary.epochs and summary.is_main:
+        best = summary.best_acc_camvid
+        shown = (
+            "best acc_camvid n/a (no validation pixel was scored)"
+            if best != best  # NaN
+            else f"best acc_camvid {best:.4f} ({summary.best_stage}, epoch {summary.best_epoch})"
+        )
+        out.print(
+            f"{shown}; {summary.epochs} epochs in {fmt_time(summary.seconds)}, "
+            f"{summary.images_per_second:.1f} images/s; model: {summary.run_dir / 'model.pth'}",
+            soft_wrap=True,
+        )
+
+
+@app.command("lr-find")
+@user_errors
+def lr_find(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config file or preset (default: half.yaml)."),
+    ] = None,
+    set_: SetOpt = None,
+    stage: Annotated[int, typer.Option(help="Stage index whose freeze state to use.")] = 0,
+    start_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Run folder or checkpoint to start from (needed for --stage 1 and later: the "
+            "weights the earlier stages trained).",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Output folder name under output.dir.")] = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Run fastai's learning-rate finder for a stage of a config (paper Fig. 9/10)."""
+    import json
+
+    from camseg.config import load_config
+    from camseg.train import lr_find as find
+    from camseg.train import run_name
+
+    if config is None:
+        config = Path("half.yaml")
+        err.print("no --config: using the paper's first phase, half.yaml", markup=False)
+    cfg = load_config(config, set_ or [])
+    progress = not no_progress and out.is_terminal
+    out_dir, suggestions = find(
+        cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, start_from
+    )
+    out.print(json.dumps(suggestions, indent=2), markup=False)
+    out.print(f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}")

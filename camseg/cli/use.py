@@ -1,0 +1,328 @@
+"""`camseg evaluate` and `camseg predict`: use a trained model (by default the newest finished
+run under ./runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import typer
+from rich.table import Table
+
+from camseg.cli.app import app, choices, err, out, user_errors
+from camseg.errors import CamsegError
+from camseg.schema import EvaluatePrecision, Format, Layout, PredictPrecision, Split, parse_size
+
+SplitChoice = choices("SplitChoice", Split)
+LayoutChoice = choices("LayoutChoice", Layout)
+EvaluatePrecisionChoice = choices("EvaluatePrecisionChoice", EvaluatePrecision)
+PredictPrecisionChoice = choices("PredictPrecisionChoice", PredictPrecision)
+FORMATS: tuple[str, ...] = get_args(Format)
+
+RunOpt = Annotated[Path | None, typer.Option("--run", help="Run folder (uses its model.pth).")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="model.pth, a checkpoint file or a model.onnx from camseg export (runs on ONNX "
+        "Runtime, CPU, fp32) instead of --run.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+def _model_source(run: Path | None, model: Path | None) -> Path:
+    """--run or --model; with neither, the newest finished run under ./runs (said on stderr)."""
+    if run is not None and model is not None:
+        raise CamsegError("give either --run RUN_DIR or --model model.pth, not both")
+    source = run if run is not None else model
+    if source is None:
+        from camseg.runs import latest_run
+
+        source = latest_run(Path("runs")).dir
+        err.print(f"using the newest finished run: {source}", markup=False, soft_wrap=True)
+    if not source.exists():
+        raise CamsegError(f"{source}: no such file or folder")
+    return source
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate(
+    run: RunOpt = None,
+    model: ModelOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Another dataset folder with the same classes.")
+    ] = None,
+    layout: Annotated[
+        LayoutChoice | None, typer.Option(help="Layout of --data (default camvid).")
+    ] = None,
+    split: Annotated[SplitChoice, typer.Option(help="Which images to score.")] = "valid",  # type: ignore[assignment]
+    size: Annotated[
+        str, typer.Option(help="model (the training size), native (labels at full size) or HxW.")
+    ] = "model",
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    precision: Annotated[
+        EvaluatePrecisionChoice,
+        typer.Option(
+            help="train (as training validated, recorded in the model file; fp32 where that "
+            "cannot run here), fp32, fp16 (CUDA) or bf16."
+        ),
+    ] = "train",  # type: ignore[assignment]
+) -> None:
+    """Score a trained model on a dataset split: acc_camvid, pixel accuracy, mIoU, per class."""
+    from camseg.evaluate import REFERENCES
+    from camseg.evaluate import evaluate as run_eval
+
+    if size not in ("model", "native"):
+        size = parse_size(size)  # type: ignore[assignment]
+    if batch_size < 1:
+        raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
+    result = run_eval(
+        _model_source(run, model),
+        data=data,
+        layout=layout.value if layout else None,  # type: ignore[arg-type]
+        split=split.value,  # type: ignore[arg-type]
+        size=size,
+        tta=tta,
+        device=device,
+        batch_size=batch_size,
+        precision=precision.value,  # type: ignore[arg-type]
+    )
+    ev = result.evaluated
+    if ev["precision_note"]:
+        err.print(f"camseg: note: {ev['precision_note']}", markup=False, soft_wrap=True)
+    table = Table(
+        "class",
+        "IoU",
+        "precision",
+        "recall",
+        "pixel share",
+        title=f"{ev['data']} / {ev['split']} ({ev['n_images']} images, {ev['precision']})",
+    )
+    for row in result.per_class:
+        if row["present"] and row["scored"]:
+            table.add_row(
+                row["class"],
+                *(f"{row[k]:.4f}" for k in ("iou", "precision", "recall", "pixel_share")),
+            )
+    out.print(table)
+    s = result.scores
+    out.print(
+        f"acc_camvid [bold]{s.acc_camvid:.4f}[/]  pixel accuracy (Void counted) "
+        f"{s.pixel_acc:.4f}  mIoU {s.miou:.4f}",
+        soft_wrap=True,
+    )
+    if result.without_tta is not None:
+        w = result.without_tta
+        out.print(
+            f"TTA (flip) changed acc_camvid by {s.acc_camvid - w.acc_camvid:+.4f}, "
+            f"mIoU by {s.miou - w.miou:+.4f} (without: {w.acc_camvid:.4f} / {w.miou:.4f})",
+            soft_wrap=True,
+        )
+    for ref in REFERENCES:
+        out.print(
+            f"  for reference, not comparable: {ref['acc_camvid']:.4f} {ref['source']} "
+            f"({ref['setting']})",
+            soft_wrap=True,
+            style="dim",
+        )
+    out.print(f"wrote {result.out_dir}", soft_wrap=True)
+
+
+@app.command("predict")
+@user_errors
+def predict(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders or glob patterns; or videos: files, image-sequence "
+            "patterns (frames/f_%05d.png) or stream URLs (needs camseg[video])."
+        ),
+    ],
+    run: RunOpt = None,
+    model: ModelOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default RUN_DIR/predictions).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch (default: 16 on CUDA, 1 on CPU).")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    device: DeviceOpt = "auto",
+    precision: Annotated[
+        PredictPrecisionChoice,
+        typer.Option(
+            help="auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, bf16 or "
+            "fp16 (CUDA)."
+        ),
+    ] = "auto",  # type: ignore[assignment]
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Comma list of index, color, overlay (default: all three for images, overlay "
+            "for videos).",
+        ),
+    ] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="A JSON line per image.")] = False,
+    stride: Annotated[
+        int, typer.Option(help="Videos: segment every N-th frame (the others keep the last mask).")
+    ] = 1,
+) -> None:
+    """Write segmentation masks for images at their own resolution."""
+    import json
+
+    from rich.progress import Progress
+
+    from camseg.predict import expand_inputs
+    from camseg.predict import predict as run_predict
+
+    source = _model_source(run, model)
+    if out_dir is None:
+        from camseg.runs import predictions_dir
+
+        out_dir = predictions_dir(source)
+    from camseg.video import is_video_source
+
+    if any(is_video_source(item) for item in inputs):
+        _predict_videos(
+            inputs,
+            source,
+            out_dir,
+            _formats(format_ or "overlay"),
+            stride,
+            json_lines,
+            batch_size=batch_size,
+            tta=tta,
+            device=device,
+            precision=precision.value,
+        )
+        return
+    if stride != 1:
+        raise CamsegError("--stride is for video inputs; give a video, or leave --stride out")
+    formats = _formats(format_ or "index,color,overlay")
+    expanded = expand_inputs(inputs)
+    n = len(expanded.images)
+    if expanded.own_outputs:
+        err.print(
+            f"camseg: note: left out {len(expanded.own_outputs)} file(s) that camseg predict "
+            f"wrote earlier (e.g. {expanded.own_outputs[0]}); name a file to segment it",
+            markup=False,
+            soft_wrap=True,
+        )
+    with Progress(console=err, disable=n <= 5 or json_lines or not err.is_terminal) as bar:
+        task = bar.add_task("predicting", total=n)
+
+        def on_image(record: dict | None) -> None:
+            bar.advance(task)
+            if record is not None and json_lines:
+                out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+
+        result = run_predict(
+            inputs,
+            source,
+            out_dir,
+            batch_size=batch_size,
+            tta=tta,
+            device=device,
+            precision=precision.value,  # type: ignore[arg-type]
+            formats=formats,
+            on_image=on_image,
+        )
+    if result.renamed:
+        shown = ", ".join(f"{path} -> {name}" for path, name in result.renamed[:3])
+        more = f" and {len(result.renamed) - 3} more" if len(result.renamed) > 3 else ""
+        err.print(
+            f"camseg: note: {len(result.renamed)} input(s) share a name with an earlier one; "
+            f"their outputs are named {shown}{more}",
+            markup=False,
+            soft_wrap=True,
+        )
+    for path, reason in result.skipped:
+        err.print(f"camseg: skipped {path}: {reason}", markup=False, soft_wrap=True)
+    if not json_lines:
+        out.print(f"wrote {len(result.written)} image(s) to {out_dir}", soft_wrap=True)
+    if result.skipped:
+        err.print(
+            f"camseg: error: {len(result.skipped)} of {n} input(s) could not be read", markup=False
+        )
+        raise typer.Exit(1)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise CamsegError(f"--format {text}: a comma list of {', '.join(FORMATS)}")
+    return formats
+
+
+def _predict_videos(
+    inputs: list[str],
+    source: Path,
+    out_dir: Path,
+    formats: tuple[str, ...],
+    stride: int,
+    json_lines: bool,
+    **options: Any,
+) -> None:
+    """`predict` for video sources: a progress bar with frames/s per video, a summary line each,
+    exit 1 when a video could not be read to its end (what was read is written)."""
+    import json
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from camseg.video import VideoInfo, predict_videos
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns,
+        TextColumn("{task.fields[rate]}"),
+        console=err,
+        disable=json_lines or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("", total=None, rate="")
+        started = time.perf_counter()
+
+        def on_video(info: VideoInfo) -> None:
+            nonlocal started
+            bar.reset(task, total=info.frames, description=info.name, rate="")
+            started = time.perf_counter()
+
+        def on_frame(index: int, record: dict | None) -> None:
+            rate = (index + 1) / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=index + 1, rate=f"{rate:.2f} frames/s")
+            if record is not None and json_lines:
+                out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+
+        results = predict_videos(
+            inputs,
+            source,
+            out_dir,
+            formats=formats,
+            stride=stride,
+            on_video=on_video,
+            on_frame=on_frame,
+            **options,
+        )
+    failed = 0
+    for r in results:
+        wrote = ", ".join(p.name for p in r.outputs.values()) or "nothing"
+        (err if json_lines else out).print(
+            f"{r.info.source}: {r.frames} frames ({r.segmented} segmented) in {r.seconds:.1f} s, "
+            f"{r.frames_per_second:.2f} frames/s; wrote {wrote} to {out_dir}",
+            markup=False,
+            soft_wrap=True,
+        )
+        if r.error is not None:
+            failed += 1
+            kept = f"wrote the {r.frames} frame(s) before it" if r.frames else "nothing written"
+            err.print(
+                f"camseg: error: {r.info.source}: {r.error}; {kept}", markup=False, soft_wrap=True
+            )
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,171 @@
+"""Inference with a trained model, shared by evaluate, predict and anything built on them: load
+a model file onto a device in one precision (camseg.precision), preprocess an image exactly as
+training's validation pipeline did (from what model.pth records), optional flip TTA, and class
+scores -> class indices at an image's or a label's own size.
+
+Needs only the model file: no training config, no fastai Learner. An exported model.onnx runs
+through the same `Network`, its module an ONNX Runtime session (camseg.onnx), without fastai.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from camseg.data.files import resize_rgb
+from camseg.model import ModelFile, cuda_kernels, read_model_file, resolve_device
+from camseg.onnx import is_onnx, load_onnx_network, read_onnx_file
+from camseg.precision import InferencePolicy, RunPrecision, inference_precision
+
+# Full-resolution class scores take 4 bytes x classes a pixel (128 B with CamVid's 32 classes):
+# up to ONE_PIECE_BYTES (4 MP) they are upsampled in one F.interpolate call, a bigger image in
+# row bands of BAND_BYTES, so that memory follows the model's size, not the photo's.
+ONE_PIECE_BYTES = 512 * 2**20
+BAND_BYTES = 32 * 2**20
+
+
+class FlipTTA(torch.nn.Module):
+    """Test-time augmentation for segmentation: average the softmax of the image and of its
+    mirror image, flipped back. (fastai's Learner.tta averages randomly warped inputs without
+    warping the predictions back, which misaligns masks; a flip is its own inverse.)"""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.model(x).float().softmax(dim=1)
+        p_flip = self.model(x.flip(-1)).float().softmax(dim=1).flip(-1)
+        return ((p + p_flip) / 2).log()  # log-probabilities: argmax and NLL behave as logits
+
+
+def to_model_input(im: Image.Image, mf: ModelFile) -> torch.Tensor:
+    """What fastai's valid pipeline does: squish-resize (bilinear), scale to [0, 1], normalise."""
+    im = resize_rgb(im, mf.size)
+    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(mf.mean).view(3, 1, 1)
+    std = torch.tensor(mf.std).view(3, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class Network:
+    """A model file's network on a device, in a precision, ready for batches of model input."""
+
+    model: torch.nn.Module  # takes and returns fp32 tensors
+    info: ModelFile  # what the model file says (its weights are in `model`, not here)
+    device: torch.device
+    precision: RunPrecision
+    channels_last: bool
+
+    def scores(self, xb: torch.Tensor) -> torch.Tensor:
+        """fp32 class scores (N, classes, H, W) at the model's size for a batch of model input."""
+        xb = xb.to(self.device)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.model(xb).float()
+
+    def with_flip_tta(self) -> Network:
+        """The same network, scoring each batch as the mean of it and its mirror image."""
+        return dataclasses.replace(self, model=FlipTTA(self.model))
+
+    def images(self, images: list[Image.Image]) -> torch.Tensor:
+        """Class scores for RGB images of any size (resized to the model's, as in training)."""
+        return self.scores(torch.stack([to_model_input(im, self.info) for im in images]))
+
+
+def read_model(path: Path) -> ModelFile:
+    """What a run folder / model.pth / checkpoint, or an exported .onnx, says about its model."""
+    return read_onnx_file(path) if is_onnx(path) else read_model_file(path)
+
+
+def load_network(
+    source: Path | ModelFile,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    policy: InferencePolicy = "predict",
+    tta: bool = False,
+    channels_last: bool = True,
+) -> Network:
+    """Load a run folder / model.pth / checkpoint / model.onnx (or a ModelFile read already)
+    for inference; a model.onnx runs on ONNX Runtime (camseg.onnx.load_onnx_network).
+
+    `precision`: one of `policy`'s choices: auto (predict: the fastest the device runs well),
+    train (evaluate: what training validated in) or fp32 / fp16 / bf16; see camseg.precision.
+    channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (1.5x on a CPU);
+    evaluate turns it off to reproduce the training table's numbers on a CPU to the last pixel.
+    """
+    mf = source if isinstance(source, ModelFile) else read_model(source)
+    if is_onnx(mf.path):
+        return load_onnx_network(mf, device=device, precision=precision, policy=policy, tta=tta)
+    dev = resolve_device(device, "--device")
+    chosen = inference_precision(precision, mf.precision, dev, policy)
+    if dev.type == "cuda":
+        cuda_kernels(deterministic=False)  # fixed input sizes: cuDNN's fastest kernels win
+    model = mf.build().to(dev).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    info = dataclasses.replace(mf, state_dict={})  # the model holds the weights now
+    net = Network(chosen.apply(model, dev), info, dev, chosen, channels_last)
+    return net.with_flip_tta() if tta else net
+
+
+def class_mask(scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Class scores (classes, H, W) at the model's size -> uint8 class indices at h x w: the
+    scores are upsampled (bilinear), then the argmax is taken at full resolution; in one piece
+    up to ONE_PIECE_BYTES of scores, else in row bands (`mask_in_bands`)."""
+    if (h, w) == tuple(scores.shape[-2:]):
+        return scores.argmax(dim=0).byte()
+    n_classes = scores.shape[0]
+    if 4 * n_classes * h * w <= ONE_PIECE_BYTES:
+        up = F.interpolate(scores[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        return up.argmax(dim=0).byte()
+    return mask_in_bands(scores, h, w, rows=max(1, BAND_BYTES // (4 * n_classes * w)))
+
+
+def mask_in_bands(scores: torch.Tensor, h: int, w: int, rows: int) -> torch.Tensor:
+    """`class_mask`, `rows` output rows at a time. Bilinear upsampling is separable:
+    F.interpolate widens just the source rows a band needs (each row on its own, so a slice
+    gives the same numbers), then each output row blends its two source rows with the weights
+    F.interpolate uses for the full height. Every pixel's arithmetic is the same whatever the
+    band, so the mask does not depend on `rows`; against one F.interpolate call over the whole
+    image the scores differ by float rounding only (that kernel sums in another order, and
+    differently again for channels-last input), which can move the argmax only where two
+    classes score within about 1e-6 of each other."""
+    n_classes, src_h, src_w = scores.shape
+    src = scores.float().contiguous()
+    top, bottom, w_top, w_bottom = (
+        torch.from_numpy(a).to(scores.device) for a in _source_rows(src_h, h)
+    )
+    mask = torch.empty((h, w), dtype=torch.uint8, device=scores.device)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        s0, s1 = int(top[r0]), int(bottom[r1 - 1]) + 1
+        wide = F.interpolate(
+            src[:, s0:s1].reshape(1, -1, src_w), size=w, mode="linear", align_corners=False
+        ).view(n_classes, s1 - s0, w)
+        band = wide.index_select(1, top[r0:r1] - s0).mul_(w_top[r0:r1, None])
+        band += wide.index_select(1, bottom[r0:r1] - s0).mul_(w_bottom[r0:r1, None])
+        # argmax's rule (the first maximum), but max's kernel: 5x faster over the first dim
+        mask[r0:r1] = band.max(dim=0).indices.byte()
+    return mask
+
+
+def _source_rows(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+    """For each output row of a bilinear resize from n_in to n_out rows (align_corners=False):
+    its two source rows and their weights, as ATen computes them: source = scale * (i + 0.5) -
+    0.5 in float32 with one rounding (ATen's FMA), clamped to the first and last row."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    source = np.maximum(scale * (np.arange(n_out) + 0.5) - 0.5, 0).astype(np.float32)
+    top = np.minimum(source.astype(np.int64), n_in - 1)
+    w_bottom = np.clip(source - top, 0, 1).astype(np.float32)
+    bottom = np.minimum(top + 1, n_in - 1)
+    return top, bottom, (1 - w_bottom).astype(np.float32), w_bottom

@@ -1,0 +1,308 @@
+"""The typed config tree (data, model, train, output): every key, its type, default, check and
+description. Defaults live here and only here; preset YAML files hold what differs. Reading a
+file and `--set` overrides are camseg.config's.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+from camseg.errors import CamsegError
+
+# Choices of the inference commands, here so the CLI can offer them without importing torch.
+Precision = Literal["fp32", "fp16", "bf16"]
+PredictPrecision = Literal["auto", "fp32", "fp16", "bf16"]  # auto: the fastest the device has
+EvaluatePrecision = Literal["train", "fp32", "fp16", "bf16"]  # train: what training validated in
+Split = Literal["valid", "train", "all"]
+Format = Literal["index", "color", "overlay"]
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugConfig(_Section):
+    enabled: bool = Field(True, description="apply fastai aug_transforms to the training set")
+    flip: bool = Field(True, description="random horizontal flips (true/false)")
+    max_rotate: float = Field(10.0, ge=0, le=180, description="max rotation in degrees (0-180)")
+    max_zoom: float = Field(1.1, ge=1.0, le=4.0, description="max zoom factor (1.0-4.0)")
+    max_lighting: float = Field(0.2, ge=0, le=1, description="max brightness/contrast change (0-1)")
+    max_warp: float = Field(0.2, ge=0, le=1, description="max perspective warp (0-1)")
+    p_affine: float = Field(
+        0.75, ge=0, le=1, description="probability of an affine transform (0-1)"
+    )
+    p_lighting: float = Field(
+        0.75, ge=0, le=1, description="probability of a lighting change (0-1)"
+    )
+
+
+class SynthConfig(_Section):
+    n: int = Field(200, ge=4, description="number of synthetic scenes (>= 4)")
+    size: tuple[int, int] = Field((96, 128), description="scene size [H, W] in pixels")
+    seed: int = Field(0, description="random seed; the same seed gives the same bytes")
+    valid_fraction: float = Field(
+        0.2, gt=0, lt=1, description="fraction of scenes (the last ones) put in valid.txt (0-1)"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size_positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 32:
+            raise ValueError("both sides must be at least 32 pixels")
+        return v
+
+
+Layout = Literal["camvid", "camseq01", "synthetic"]
+
+
+class DataConfig(_Section):
+    layout: Layout = Field(
+        "camvid",
+        description="dataset layout: camvid (images/ + labels/*_P.png), camseq01 (colour "
+        "labels *_L.png + label_colors.txt) or synthetic (generated into root when missing)",
+    )
+    root: Path = Field(Path("data/camvid"), description="dataset folder (relative to the config)")
+    valid_file: str = Field("valid.txt", description="file in root listing validation image names")
+    size: tuple[int, int] | float = Field(
+        1.0, description="training size: [H, W] in pixels, or a scale of the source size (0-1]"
+    )
+    batch_size: int = Field(64, ge=1, description="batch size (>= 1); a stage may override it")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes (>= 0) or auto (one per core, max 8)"
+    )
+    pin_memory: bool | Literal["auto"] = Field(
+        "auto", description="pin host memory for faster GPU copies; auto = on for CUDA"
+    )
+    cache: bool | Path = Field(
+        False,
+        description="store frames and masks resized to data.size once (.npy) and read those on "
+        "later epochs and runs; true = ~/.cache/camseg, or a folder",
+    )
+    augment: AugConfig = Field(default_factory=AugConfig, description="training augmentation")
+    synthetic: SynthConfig = Field(
+        default_factory=SynthConfig, description="how the synthetic layout generates its scenes"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size_valid(cls, v: tuple[int, int] | float) -> tuple[int, int] | float:
+        if isinstance(v, tuple):
+            if min(v) < 32:
+                raise ValueError("both sides of [H, W] must be at least 32 pixels")
+        elif not 0 < v <= 1:
+            raise ValueError("a scale must be in (0, 1]")
+        return v
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_valid(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0 or auto")
+        return v
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet18", "resnet34", "resnet50"] = Field(
+        "resnet34", description="encoder (a torchvision ResNet)"
+    )
+    pretrained: bool = Field(
+        True, description="start the encoder from torchvision ImageNet weights"
+    )
+    weights: Path | None = Field(
+        None, description="local torchvision resnet state-dict file for the encoder (offline use)"
+    )
+    init_from: Path | None = Field(
+        None, description="run folder or checkpoint whose weights start this run (same codes)"
+    )
+    self_attention: bool = Field(False, description="fastai self-attention layer in the decoder")
+    blur: bool = Field(
+        False, description="fastai blur in the decoder's upsampling (less checkerboard)"
+    )
+    last_cross: bool = Field(
+        True,
+        description="fastai's last ResBlock at full resolution; false trains ~2x faster on a CPU",
+    )
+
+
+@dataclass(frozen=True)
+class LrSlice:
+    """fastai's `slice(stop)` or `slice(start, stop)` as a stage's lr.
+
+    fastai spreads it over the parameter groups (encoder blocks, then the decoder):
+    `slice(stop)` gives the last group `stop` and every earlier group `stop / 10`;
+    `slice(start, stop)` spaces the groups geometrically from `start` to `stop`. A frozen
+    encoder still trains its BatchNorm layers at its group's rate, so this is not the same as a
+    plain number, which gives every group the same rate.
+    """
+
+    stop: float
+    start: float | None = None
+
+    def as_fastai(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def __str__(self) -> str:
+        if self.start is None:
+            return f"slice({self.stop:g})"
+        return f"slice({self.start:g}, {self.stop:g})"
+
+
+_SLICE = re.compile(r"^\s*slice\(\s*([^,()]+?)\s*(?:,\s*([^,()]+?)\s*)?\)\s*$")
+
+LearningRate = Annotated[
+    float | Annotated[LrSlice, PlainSerializer(str, return_type=str)] | Literal["find"],
+    Field(
+        description="max lr: a number (every parameter group), slice(x) (fastai: the last group "
+        "x, earlier groups x/10), slice(low, high) or [low, high] (groups spaced from low to "
+        "high), or find (run lr_find when the stage starts)"
+    ),
+]
+
+
+class StageConfig(_Section):
+    name: str | None = Field(None, description="label for the table and plots (default stage-N)")
+    epochs: int = Field(1, ge=1, description="epochs of fit_one_cycle (>= 1)")
+    freeze: bool = Field(True, description="train only the decoder (true) or everything (false)")
+    lr: LearningRate = 1e-3
+    pct_start: float = Field(0.25, gt=0, lt=1, description="fraction of the cycle spent warming up")
+    batch_size: int | None = Field(None, ge=1, description="batch size for this stage only")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_valid(cls, v: Any) -> Any:
+        if v == "find" or isinstance(v, LrSlice):
+            return v
+        if isinstance(v, str) and (m := _SLICE.match(v)):
+            low, high = (_as_number(g) for g in m.groups())
+            if m.group(2) is None:
+                low, high = None, low
+            if not isinstance(high, float) or not (low is None or isinstance(low, float)):
+                raise ValueError("slice() takes numbers, e.g. slice(1e-3) or slice(1e-6, 1e-4)")
+            return _checked_slice(low, high)
+        # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number it looks like.
+        v = [_as_number(x) for x in v] if isinstance(v, list | tuple) else _as_number(v)
+        if isinstance(v, list):
+            if len(v) != 2 or not all(isinstance(x, float) for x in v):
+                raise ValueError("a pair must be two numbers [low, high]")
+            return _checked_slice(*v)
+        if isinstance(v, float) and 0 < v < math.inf:
+            return v
+        raise ValueError("expected a finite positive number, slice(x), slice(low, high), or 'find'")
+
+
+def _checked_slice(low: float | None, high: float) -> LrSlice:
+    if not 0 < high < math.inf or (low is not None and not 0 < low <= high):
+        raise ValueError("a slice must be 0 < low <= high < inf, e.g. slice(1e-6, 1e-4)")
+    return LrSlice(stop=high, start=low)
+
+
+def _as_number(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+class TrainConfig(_Section):
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [StageConfig()], description="stages run in order"
+    )
+    wd: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="weight decay (finite, >= 0); null keeps fastai's optimizer default (0.01 "
+        "for Adam)",
+    )
+    moms: tuple[float, float, float] = Field(
+        (0.95, 0.85, 0.95), description="one-cycle momentum (start, middle, end), each in [0, 1)"
+    )
+    seed: int = Field(42, description="seed set before the DataLoaders are built")
+    lr_find_iters: int = Field(
+        100, ge=30, description="iterations of lr_find for a stage whose lr is find (>= 30)"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    fp16: bool | Literal["auto"] = Field("auto", description="mixed precision; auto = on for CUDA")
+    bf16: bool = Field(
+        False,
+        description="bfloat16 mixed precision instead (no loss scaling): CPUs with AVX512-BF16 or"
+        " AMX, Ampere or newer GPUs",
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="channels_last memory format; auto = on for CUDA"
+    )
+    deterministic: bool = Field(
+        False,
+        description="bit-reproducible CUDA runs: cuDNN deterministic kernels, cudnn.benchmark off"
+        " (slower); false lets cuDNN pick the fastest kernels",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the network (compile time is paid on the first batches)"
+    )
+
+    @field_validator("moms")
+    @classmethod
+    def _moms_valid(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        # Adam's beta1: at 1 its running average never leaves zero and the step is 0/0 (NaN)
+        if not all(0 <= m < 1 for m in v):
+            raise ValueError("each momentum must be in [0, 1), e.g. [0.95, 0.85, 0.95]")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_valid(cls, v: str) -> str:
+        if not DEVICE_PATTERN.match(v):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _has_stages(self) -> TrainConfig:
+        if not self.stages:
+            raise ValueError("train.stages is empty: give at least one stage")
+        if self.bf16 and self.fp16 is True:
+            raise ValueError("fp16 and bf16 are both true: choose one mixed precision")
+        return self
+
+
+class OutputConfig(_Section):
+    dir: Path = Field(Path("runs"), description="folder that holds run folders")
+    name: str | None = Field(None, description="run name (default: the config file's name)")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig, description="what to train on")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the recipe")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where runs go")
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*")
+
+
+def parse_size(text: str, key: str = "--size") -> tuple[int, int]:
+    """ "HxW" (or "H,W") -> (H, W): the one parser of sizes typed on a command line."""
+    m = _SIZE.fullmatch(text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise CamsegError(f"{key} {text!r}: expected HxW, e.g. 96x128")
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,394 @@
+"""The paper's staged recipe on a learner: fit_one_cycle stage by stage (frozen, then unfrozen),
+lr_find where a stage asks for it, a checkpoint and a history row after every epoch, then
+model.pth, the plots, summary.json and the report.
+
+The data and the network come from data/ and model.py, the run folder's layout from runs.py, the
+checkpoint format from checkpoint.py; the console table belongs to the CLI, which passes
+`on_epoch` to see each finished epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import minimum, slide, steep, valley
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
+
+from camseg.atomic import atomic_write_text, require_folder_path
+from camseg.callbacks import (
+    AccCamvid,
+    BarsOnly,
+    EpochRow,
+    MeanIoU,
+    RunRecorder,
+    StopOnNaN,
+    apply_speed_settings,
+)
+from camseg.checkpoint import CheckpointWriter, RunState, restore_rng
+from camseg.data import build_dataloaders, check_dataset, find_files, resolve_size
+from camseg.distributed import init_distributed, rank0_first
+from camseg.errors import CamsegError
+from camseg.model import build_learner, cuda_kernels, model_meta, resolve_device, write_model_file
+from camseg.precision import validation_precision
+from camseg.runs import Run, write_summary
+from camseg.schema import Config, LrSlice, StageConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the last finished epoch is saved; `resume` says how to continue."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"training interrupted; resume with: camseg train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+def stage_name(stage: StageConfig, i: int) -> str:
+    return stage.name or f"stage-{i + 1}"
+
+
+def fit_stage(
+    learn: Any,
+    stage: StageConfig,
+    lr: float | LrSlice,
+    train_cfg: TrainConfig,
+    cbs: list[Callback] | None = None,
+    start_epoch: int = 0,
+) -> None:
+    """One stage of the recipe: freeze or unfreeze, then fastai's fit_one_cycle, with
+    `slice(...)` learning rates handed to fastai as the slice it spreads over the groups."""
+    if stage.freeze:
+        learn.freeze()
+    else:
+        learn.unfreeze()
+    learn.fit_one_cycle(
+        stage.epochs,
+        lr_max=lr.as_fastai() if isinstance(lr, LrSlice) else lr,
+        pct_start=stage.pct_start,
+        moms=train_cfg.moms,
+        wd=train_cfg.wd,
+        cbs=cbs,
+        start_epoch=start_epoch,
+    )
+
+
+@dataclass(frozen=True)
+class Summary:
+    run_dir: Path
+    best_acc_camvid: float
+    best_stage: str
+    best_epoch: int
+    final: dict
+    epochs: int
+    seconds: float
+    seconds_per_epoch: float
+    images_per_second: float
+    is_main: bool = True  # False on the other ranks of a distributed run
+
+
+class Trainer:
+    """A learner ready to run a config's stages: device chosen, data checked, weights loaded.
+
+    Everything that can fail on bad input happens here, before a run folder exists.
+    """
+
+    def __init__(self, cfg: Config, ckpt: dict | None = None, progress: bool = True) -> None:
+        self.cfg, self.ckpt = cfg, ckpt
+        self.device = resolve_device(cfg.train.device)
+        _check_data_folders(cfg)
+        state = RunState(**ckpt["state"]) if ckpt else RunState()
+        self.state = state
+        set_seed(cfg.train.seed, reproducible=cfg.train.deterministic)
+        cuda_kernels(cfg.train.deterministic)
+        if num_distrib() > 1:
+            init_distributed(self.device)
+        with rank0_first():  # rank 0 generates a synthetic set while the others wait
+            self.files = find_files(cfg.data)
+        if ckpt:
+            _check_same_classes(self.files.root, self.files.codes, ckpt)
+        report = check_dataset(self.files)
+        report.raise_if_bad()
+        self.n_train = report.n_train
+        self.size = resolve_size(cfg.data.size, self.files.images[0])
+        self._check_batch_norm(state.stage)
+        stages = cfg.train.stages
+        first = stages[state.stage] if state.stage < len(stages) else stages[-1]
+        self.bs = self._batch_size(first)
+        dls = build_dataloaders(cfg.data, self.files, batch_size=self.bs, device=self.device)
+        n, void = len(self.files.codes), self.files.void_index
+        # A resumed run takes its weights from the checkpoint: no download, no init_from.
+        model_cfg = cfg.model
+        if ckpt:
+            model_cfg = model_cfg.model_copy(
+                update={"pretrained": False, "weights": None, "init_from": None}
+            )
+        learn = build_learner(
+            dls,
+            model_cfg,
+            codes=self.files.codes,
+            metrics=[AccCamvid(n, void), MeanIoU(n, void)],
+            path=Path("."),
+            wd=cfg.train.wd,
+            moms=cfg.train.moms,
+        )
+        learn.logger = lambda *_: None  # the CLI prints the table
+        learn.remove_cb(ProgressCallback)
+        if progress and rank_distrib() == 0:
+            learn.add_cb(BarsOnly())
+        apply_speed_settings(learn, cfg, self.device)
+        if ckpt:
+            learn.model.load_state_dict(ckpt["model"])
+        self.nan_guard = StopOnNaN()
+        self.writer = CheckpointWriter()
+        learn.add_cb(self.nan_guard)
+        self.learn = learn
+
+    def _batch_size(self, stage: StageConfig) -> int:
+        """The stage's batch size, at most the training set: fastai drops the last incomplete
+        training batch, so a batch larger than the set would train on nothing at all."""
+        bs = stage.batch_size or self.cfg.data.batch_size
+        if bs > self.n_train:
+            log.warning(
+                "batch size %d is larger than the %d training images; using %d",
+                bs,
+                self.n_train,
+                self.n_train,
+            )
+            return self.n_train
+        return bs
+
+    def _check_batch_norm(self, first_stage: int) -> None:
+        """Refuse a size and batch size that leave BatchNorm one value per channel.
+
+        The ResNet encoder halves the frame five times (ceil each time), so its last block and
+        the U-Net's middle block see ceil(H/32) x ceil(W/32) cells; BatchNorm needs more than
+        one value per channel to train. At the smallest size, 32x32, that is one cell, so a
+        batch of one image fails at the first step, after the run folder exists.
+        """
+        h, w = self.size
+        cells = math.ceil(h / 32) * math.ceil(w / 32)
+        for i, stage in enumerate(self.cfg.train.stages):
+            if i < first_stage:
+                continue
+            wanted = stage.batch_size or self.cfg.data.batch_size
+            if min(wanted, self.n_train) * cells > 1:
+                continue
+            key = f"train.stages[{i}].batch_size" if stage.batch_size else "data.batch_size"
+            why = f"{key}=1" if wanted == 1 else "a batch of 1 (the only training image)"
+            size = self.cfg.data.size
+            shown = f"{h}x{w}" if isinstance(size, tuple) else f"{size:g} ({h}x{w} here)"
+            raise CamsegError(
+                f"data.size {shown} with {why}: the U-Net's ResNet encoder reduces {h}x{w} to 1x1,"
+                f" and BatchNorm cannot train on one value per channel; use a batch size of 2 "
+                f"or more, or a data.size with a side over 32 pixels (e.g. [32, 64] or [64, 64])"
+            )
+
+    def _distributed(self) -> Any:
+        """fastai distrib_ctx (DistributedDataParallel) under torchrun/accelerate, else nothing."""
+        if num_distrib() <= 1:
+            return contextlib.nullcontext()
+        # SyncBatchNorm only runs on CUDA; on CPU (gloo) each rank keeps its own BN statistics.
+        return self.learn.distrib_ctx(
+            sync_bn=self.device.type == "cuda", in_notebook=False, cpu=self.device.type == "cpu"
+        )
+
+    def run(
+        self,
+        run_dir: Path,
+        on_epoch: Callable[[EpochRow], None] | None = None,
+        on_stage: Callable[[int, str, Any], None] | None = None,
+    ) -> Summary:
+        """Run the remaining stages, writing checkpoints, history, plots and model.pth."""
+        run = Run(run_dir)
+        self.learn.path = run.dir
+        if rank_distrib() != 0:  # only rank 0 talks to the user
+            on_epoch = on_stage = None
+        else:
+            run.plots.mkdir(parents=True, exist_ok=True)
+        meta = model_meta(
+            self.cfg.model,
+            self.files.codes,
+            self.size,
+            precision=validation_precision(self.cfg.train.fp16, self.cfg.train.bf16, self.device),
+        )
+        try:
+            try:
+                with self._distributed():
+                    for i, stage in enumerate(self.cfg.train.stages):
+                        if i > self.state.stage or (
+                            i == self.state.stage and self.state.epochs_done < stage.epochs
+                        ):
+                            self._run_stage(i, stage, run, meta, on_epoch, on_stage)
+            finally:  # Ctrl-C or an error: the last finished epoch still reaches the disk
+                self.writer.wait()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(run.dir) from None
+        except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
+            raise CamsegError(
+                f"cannot write {e.filename or 'a run file'}: {e.strerror or e}; free space or fix "
+                f"it, then continue: camseg train --resume {run.dir}"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            h, w = self.size
+            raise CamsegError(
+                f"CUDA out of memory at batch size {self.bs}, size {h}x{w}; try "
+                f"--set data.batch_size={max(1, self.bs // 2)} (or a smaller data.size). "
+                f"Checkpoints so far are intact: camseg train --resume {run.dir}"
+            ) from None
+        if rank_distrib() == 0:
+            write_model_file(run.model, self.learn.model, meta)
+            from camseg.plots import plot_run
+
+            plot_run(
+                self.learn, self.state.iters, self.state.valid_points, run.plots, self.files.codes
+            )
+        summary = _summary(run, self.state, self.cfg)
+        if rank_distrib() == 0:
+            from camseg.report import write_report
+
+            write_report(run.dir)
+        return summary
+
+    def _run_stage(
+        self,
+        i: int,
+        stage: StageConfig,
+        run: Run,
+        meta: dict,
+        on_epoch: Callable[[EpochRow], None] | None,
+        on_stage: Callable[[int, str, Any], None] | None,
+    ) -> None:
+        learn, state, name = self.learn, self.state, stage_name(stage, i)
+        if self.ckpt is not None and "rng" in self.ckpt:
+            # the first stage after a resume draws the random numbers the uninterrupted run
+            # would have drawn at this point (the checkpoint was written right after its epoch)
+            restore_rng(self.ckpt["rng"], learn.dls)
+        stage_bs = self._batch_size(stage)
+        if stage_bs != self.bs:
+            learn.dls = build_dataloaders(
+                self.cfg.data, self.files, batch_size=stage_bs, device=self.device
+            )
+            self.bs = stage_bs
+        start_epoch = state.epochs_done if i == state.stage else 0
+        # fastai's freeze()/unfreeze() clear the optimizer state, so an uninterrupted run starts
+        # every stage with fresh moments; only a stage resumed part-way takes them back.
+        resumed = self.ckpt if start_epoch > 0 else None
+        self.ckpt = None
+        state.stage, state.epochs_done = i, start_epoch
+        if stage.lr != "find":  # as configured (a --set on resume takes effect here)
+            lr: float | LrSlice = stage.lr
+        else:  # found once: a resumed stage keeps the lr it started with
+            lr = state.lrs.get(str(i)) or self.find_lr(run.plots / f"lr_find_{name}.png")["valley"]
+        state.lrs[str(i)] = str(lr) if isinstance(lr, LrSlice) else lr
+        if on_stage is not None:
+            on_stage(i, name, lr)
+        recorder = RunRecorder(
+            run,
+            state,
+            i,
+            name,
+            meta,
+            self.cfg.model_dump(mode="json"),
+            on_epoch,
+            self.writer,
+            resumed=resumed,
+        )
+        fit_stage(learn, stage, lr, self.cfg.train, cbs=[recorder], start_epoch=start_epoch)
+        if self.nan_guard.where is not None:
+            epoch, step = self.nan_guard.where
+            last = run.last if run.last.exists() else "none yet"
+            raise CamsegError(
+                f"stage {name} (train.stages[{i}]): loss became NaN/inf at epoch {epoch} "
+                f"step {step}; stopped. Last good checkpoint: {last}. Lower the lr and "
+                f"continue: camseg train --resume {run.dir} --set 'train.stages[{i}].lr=...'"
+            )
+        state.stage, state.epochs_done = i + 1, 0
+
+    def find_lr(self, plot: Path) -> dict[str, float]:
+        """fastai lr_find: its four suggestions (valley, slide, minimum, steep), plotted, and
+        the curve itself (lr, smoothed loss per iteration) as CSV beside the plot."""
+        from camseg.plots import plot_lr_find
+
+        found = self.learn.lr_find(
+            num_it=self.cfg.train.lr_find_iters,
+            show_plot=False,
+            suggest_funcs=(valley, slide, minimum, steep),
+        )
+        suggestions = {k: float(v) for k, v in found._asdict().items()}
+        if rank_distrib() == 0:
+            plot_lr_find(self.learn.recorder, suggestions, plot)
+            rec = self.learn.recorder
+            rows = "".join(
+                f"{float(lr):.6g},{float(loss):.6g}\n"
+                for lr, loss in zip(rec.lrs, rec.losses, strict=True)
+            )
+            atomic_write_text(plot.with_suffix(".csv"), "lr,loss\n" + rows)
+        return suggestions
+
+
+def _check_data_folders(cfg: Config) -> None:
+    """The folders training writes data into are not blocked by a file (checked before the
+    slow work, so nothing is left half-made)."""
+    if cfg.data.cache is not False:
+        from camseg.data.cache import default_root
+
+        root = default_root() if cfg.data.cache is True else cfg.data.cache
+        require_folder_path(
+            root, "data.cache", "set data.cache to a folder, or true for ~/.cache/camseg"
+        )
+    if cfg.data.layout == "synthetic":
+        require_folder_path(
+            cfg.data.root, "data.root", "the synthetic layout generates its scenes into a folder"
+        )
+
+
+def _check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:
+    """A resumed run's classes are its checkpoint's: its last layer has one output per class."""
+    trained = ckpt.get("meta", {}).get("codes")
+    if trained is None or list(trained) == list(codes):
+        return
+    if len(trained) != len(codes):
+        diff = f"{len(codes)} classes, the checkpoint's {len(trained)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(codes, trained, strict=True)) if a != b)
+        diff = f"class {i} is {codes[i]!r}, the checkpoint's {trained[i]!r}"
+    raise CamsegError(
+        f"--resume: the dataset {root} has other classes than this run was trained on ({diff});"
+        f" the classes cannot change on resume: set data.root and data.layout back to the run's "
+        f"dataset, or start a new run"
+    )
+
+
+def _summary(run: Run, state: RunState, cfg: Config) -> Summary:
+    hist = state.history
+    stages = cfg.train.stages
+    best_stage, best_epoch = state.best_at or [0, 0]
+    summary = Summary(
+        run_dir=run.dir,
+        best_acc_camvid=state.best,
+        best_stage=stage_name(stages[best_stage], best_stage),
+        best_epoch=best_epoch,
+        final=hist[-1] if hist else {},
+        epochs=len(hist),
+        seconds=state.train_seconds,
+        seconds_per_epoch=state.train_seconds / max(1, len(hist)),
+        images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+        is_main=rank_distrib() == 0,
+    )
+    if rank_distrib() == 0:
+        data = asdict(summary) | {"run_dir": str(run.dir), "lrs": state.lrs}
+        if math.isnan(state.best):  # strict JSON has no NaN: null, as in metrics.json
+            data["best_acc_camvid"] = None
+        data.pop("is_main")
+        write_summary(run, data)
+    return summary

@@ -1,0 +1,97 @@
+"""The Python API: `from camseg import Segmenter` segments paths, PIL images and arrays at their
+own size, with the masks `camseg predict` writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camseg import CamsegError, Segmenter
+
+pytestmark = pytest.mark.slow  # trained_run trains
+
+FRAME = "0016E5_07973.png"
+
+
+@pytest.fixture(scope="module")
+def seg(trained_run) -> Segmenter:
+    return Segmenter(trained_run, device="cpu")
+
+
+def test_path_pil_and_array_give_the_masks_predict_writes(
+    seg, trained_run, camseq01_sample, tmp_path, cli
+):
+    path = camseq01_sample / "CamSeq01_Raw" / FRAME
+    pil = Image.open(path).convert("RGB")
+    by_path = seg.predict(path)
+    assert by_path.shape == (720, 960) and by_path.dtype == np.uint8
+    assert np.array_equal(seg.predict(str(path)), by_path)
+    assert np.array_equal(seg.predict(pil), by_path)
+    assert np.array_equal(seg.predict(np.asarray(pil)), by_path)
+    assert by_path.max() < len(seg.classes) == 32
+
+    written = cli("predict", path, "--run", trained_run, "--out", tmp_path, "--format", "index")
+    assert written.exit_code == 0, written.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / f"{path.stem}_mask.png")), by_path)
+
+
+def test_color_and_scores_outputs(seg, camseq01_sample):
+    frame = Image.open(camseq01_sample / "CamSeq01_Raw" / FRAME).convert("RGB").resize((200, 150))
+    mask = seg.predict(frame)
+    assert mask.shape == (150, 200)
+    color = seg.predict(frame, output="color")
+    assert color.shape == (150, 200, 3) and np.array_equal(color, seg.colors[mask])
+    scores = seg.predict(frame, output="scores")
+    assert scores.shape == (32, 150, 200) and scores.dtype == np.float32
+    assert np.allclose(scores.sum(axis=0), 1, atol=1e-4)
+    assert (scores.argmax(axis=0) == mask).mean() > 0.9999  # ties may fall either way
+
+
+def test_batch_of_images_of_different_sizes(seg, camseq01_sample):
+    frame = Image.open(camseq01_sample / "CamSeq01_Raw" / FRAME).convert("RGB")
+    small, big = frame.resize((128, 96)), frame.resize((640, 480))
+    masks = seg.predict_batch([small, big])
+    assert [m.shape for m in masks] == [(96, 128), (480, 640)]
+    assert np.array_equal(masks[0], seg.predict(small))
+    assert seg.predict_batch([]) == []
+
+
+def test_what_the_model_is(seg, trained_run):
+    from camseg.model import read_model_file
+
+    mf = read_model_file(trained_run)
+    assert seg.classes == mf.codes and seg.size == mf.size
+    assert seg.colors.shape == (32, 3) and str(seg.device) == "cpu"
+    assert seg.precision in ("fp32", "bf16")
+
+
+@pytest.mark.parametrize(
+    ("image", "needle"),
+    [
+        (np.zeros((8, 8), np.uint8), r"\(H, W, 3\) uint8"),
+        (np.zeros((8, 8, 3), np.float32), r"\(H, W, 3\) uint8"),
+        ("no/such/frame.png", "no such image file"),
+        (42, "cannot segment a int"),
+    ],
+)
+def test_bad_images_are_one_clear_error(seg, image, needle):
+    with pytest.raises(CamsegError, match=needle):
+        seg.predict(image)
+    with pytest.raises(CamsegError, match="output 'mask'"):
+        seg.predict(np.zeros((8, 8, 3), np.uint8), output="mask")  # type: ignore[arg-type]
+
+
+def test_no_model_and_no_runs_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CamsegError, match="no finished run under runs"):
+        Segmenter()
+
+
+def test_import_camseg_does_not_load_torch():
+    code = "import sys, camseg; assert 'torch' not in sys.modules; camseg.Segmenter; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -1,0 +1,69 @@
+"""The speed settings of train: cuDNN's kernel choice (train.deterministic) and torch.compile
+(train.compile) reach the process and the learner; inference asks for cuDNN's fastest kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, small_copy
+
+from camseg.config import load_config
+from camseg.model import cuda_kernels
+from camseg.trainer import Trainer
+
+
+@pytest.fixture
+def cudnn_flags():
+    """The process-wide cuDNN flags, restored after the test."""
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
+def _trainer(root: Path, *sets: str) -> Trainer:
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={root}",
+            "data.size=[32,64]",
+            "data.batch_size=2",
+            "model.arch=resnet18",
+            "data.num_workers=0",
+            "train.stages=[{epochs: 1}]",
+            *sets,
+        ],
+    )
+    return Trainer(cfg, progress=False)
+
+
+def test_cuda_kernels_policy(cudnn_flags):
+    cuda_kernels(deterministic=False)
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    cuda_kernels(deterministic=True)
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_train_deterministic_sets_the_kernel_choice(
+    camvid_tiny, tmp_path, cudnn_flags, deterministic
+):
+    root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
+    torch.backends.cudnn.benchmark = deterministic  # the opposite of what the config asks
+    torch.backends.cudnn.deterministic = not deterministic
+    _trainer(root, f"train.deterministic={str(deterministic).lower()}")
+    assert torch.backends.cudnn.benchmark is (not deterministic)
+    assert torch.backends.cudnn.deterministic is deterministic
+
+
+@pytest.mark.slow
+def test_train_compile_compiles_the_model_in_place(camvid_tiny, tmp_path):
+    root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
+    plain = _trainer(root).learn.model
+    compiled = _trainer(root, "train.compile=true").learn.model
+    assert getattr(plain, "_compiled_call_impl", None) is None
+    assert getattr(compiled, "_compiled_call_impl", None) is not None
+    # in place: the weights keep the names checkpoints, model.pth and resume use
+    assert list(compiled.state_dict()) == list(plain.state_dict())
