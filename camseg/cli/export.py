@@ -1,0 +1,50 @@
+"""`camseg export`: a trained model as one self-contained ONNX file (camseg/onnx.py), which
+`camseg predict` and `camseg evaluate` take as --model, and ONNX Runtime runs without fastai."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from camseg.cli.app import app, choices, out, user_errors
+from camseg.cli.use import RunOpt, _model_source
+
+ExportFormat = Literal["onnx"]
+ExportFormatChoice = choices("ExportFormatChoice", ExportFormat)
+
+
+@app.command("export")
+@user_errors
+def export(
+    run: RunOpt = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="model.pth or a checkpoint file instead of --run."),
+    ] = None,
+    format_: Annotated[
+        ExportFormatChoice, typer.Option("--format", help="What to write.")
+    ] = "onnx",  # type: ignore[assignment]
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="File to write; never overwritten (default RUN/model.onnx, or model-2.onnx, "
+            "-3, ... when that exists).",
+        ),
+    ] = None,
+) -> None:
+    """Export a trained model to ONNX: weights, classes, colours, input size and normalisation
+    in one file."""
+    from camseg.onnx import export_onnx
+
+    result = export_onnx(_model_source(run, model), out_file)
+    h, w = result.size
+    size_mb = result.path.stat().st_size / 1e6
+    out.print(
+        f"wrote {result.path} ({size_mb:.0f} MB; {h}x{w} input, batch of any size, "
+        f"{result.n_classes} classes; ONNX Runtime's scores within {result.max_abs_diff:.1e} "
+        f"of PyTorch's; {result.seconds:.0f} s)",
+        soft_wrap=True,
+    )

@@ -1,0 +1,445 @@
+"""ONNX: a model file's network exported as one self-contained .onnx file (the weights, and in
+its metadata the classes, their colours, the input size and the normalisation), and such a file
+run by ONNX Runtime as the module inside camseg.infer's `Network`, so that predict, evaluate and
+`Segmenter` take a model.onnx wherever they take a model.pth.
+
+Running needs onnxruntime (the `onnx` extra) and no fastai; exporting needs onnx, onnxscript and
+onnxruntime (the `export` extra) and fastai, which builds the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, get_args
+
+import numpy as np
+import torch
+
+from camseg import __version__
+from camseg.data.files import camvid_palette
+from camseg.errors import CamsegError
+from camseg.model import ModelFile, read_model_file
+from camseg.precision import InferencePolicy, RunPrecision
+from camseg.runs import run_of
+from camseg.schema import EvaluatePrecision, Precision, PredictPrecision
+
+if TYPE_CHECKING:
+    from camseg.infer import Network
+
+ONNX_FORMAT = "camseg-onnx"
+ONNX_FORMAT_VERSION = 1
+INPUT, OUTPUT = "image", "scores"
+# The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
+# and reorders the arithmetic); anything past this, relative to the largest score, is a bad export.
+EXPORT_TOLERANCE = 1e-3
+DOC = (
+    f"camseg U-Net. Input '{INPUT}': float32 (N, 3, H, W), RGB squished to the metadata's size "
+    f"(bilinear), scaled to [0, 1], minus mean, divided by std. Output '{OUTPUT}': float32 "
+    "(N, classes, H, W) class scores; the argmax over dim 1 indexes the metadata's codes."
+)
+
+
+def is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Export:
+    """What `export_onnx` wrote, and how closely the written graph reproduces PyTorch."""
+
+    path: Path
+    size: tuple[int, int]
+    n_classes: int
+    max_abs_diff: float  # ONNX Runtime vs PyTorch class scores on the check batch
+    seconds: float
+
+
+def default_onnx_path(source: Path) -> Path:
+    """Where `camseg export` writes without --out: RUN/model.onnx for a run (or a model file in
+    one), else <stem>.onnx beside a lone model file."""
+    run = run_of(source)
+    if run is not None:
+        return run.dir / "model.onnx"
+    return source.with_suffix(".onnx")
+
+
+def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
+    """Export the model at `source` (run folder, model.pth or checkpoint, or one read already)
+    to ONNX.
+
+    The graph is traced at the model's own size with a dynamic batch axis: fastai's U-Net picks
+    its resize steps from the input size when traced, so the file runs at that size only (which
+    is the size camseg resizes every image to anyway). Before anything is written the graph is
+    checked (onnx.checker) and run by ONNX Runtime on a batch at that size against PyTorch.
+
+    `out` None: `default_onnx_path`, or its -2, -3, ... when that exists; an `out` that exists
+    is refused. Either way an existing file is never overwritten.
+    """
+    where = source.path if isinstance(source, ModelFile) else source
+    if is_onnx(where):
+        raise CamsegError(f"{where}: already an ONNX model; export a run folder or model.pth")
+    _require("onnx", "onnxscript", "onnxruntime", extra="export", what="camseg export")
+    if out is not None and out.exists():
+        raise CamsegError(f"--out {out} exists; camseg export never overwrites a file")
+    if out is not None and not out.parent.is_dir():
+        raise CamsegError(f"--out {out}: folder {out.parent} does not exist")
+    start = time.perf_counter()
+    mf = source if isinstance(source, ModelFile) else read_model_file(source)
+    model = _exportable(mf)
+    data = _serialise(model, mf)
+    diff = _check(data, model, mf)
+    path = _write_new(out or default_onnx_path(where), data, number=out is None)
+    return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start)
+
+
+def _exportable(mf: ModelFile) -> torch.nn.Module:
+    """The network in fp32, without fastai's last layer, which only re-types the output tensor
+    (as a fastai TensorBase, which torch.export cannot trace)."""
+    from fastai.layers import ToTensorBase
+
+    model = mf.build().eval()
+    model.layers = torch.nn.ModuleList(
+        torch.nn.Identity() if isinstance(layer, ToTensorBase) else layer for layer in model.layers
+    )
+    return model
+
+
+def _serialise(model: torch.nn.Module, mf: ModelFile) -> bytes:
+    import onnx
+
+    example = torch.zeros(2, 3, *mf.size)
+    try:
+        with _quiet("onnxscript", "onnx_ir", "torch.onnx"):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as e:
+        raise CamsegError(
+            f"{mf.path}: torch.onnx.export failed ({type(e).__name__}: "
+            f"{_first_line(e)}); torch {torch.__version__}"
+        ) from None
+    proto = program.model_proto
+    proto.producer_name, proto.producer_version = "camseg", __version__
+    proto.doc_string = DOC
+    onnx.helper.set_model_props(proto, metadata(mf))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CamsegError(
+            f"{mf.path}: the exported graph fails onnx.checker: {_first_line(e)}"
+        ) from None
+    return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The exporter's graph passes log each step at INFO; they say nothing a user can act on."""
+    before = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def metadata(mf: ModelFile) -> dict[str, str]:
+    """The ONNX metadata_props of an export: all a program needs to segment an image with the
+    file alone (JSON values)."""
+    return {
+        "format": ONNX_FORMAT,
+        "format_version": str(ONNX_FORMAT_VERSION),
+        "codes": json.dumps(list(mf.codes)),
+        "colors": json.dumps(camvid_palette(mf.codes).tolist()),
+        "size": json.dumps(list(mf.size)),
+        "mean": json.dumps(list(mf.mean)),
+        "std": json.dumps(list(mf.std)),
+        "arch": mf.arch,
+        "self_attention": json.dumps(mf.self_attention),
+        "blur": json.dumps(mf.blur),
+        "last_cross": json.dumps(mf.last_cross),
+        "precision": mf.precision,  # what training validated in; the graph itself is fp32
+        "camseg_version": __version__,
+    }
+
+
+def _check(data: bytes, model: torch.nn.Module, mf: ModelFile) -> float:
+    """Run the serialised graph on a batch at the model's size; its largest difference from
+    PyTorch's scores, or an error when that is more than rounding."""
+    import onnxruntime as ort
+
+    x = torch.randn(2, 3, *mf.size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(x).float().numpy()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT: x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if got.shape != expected.shape or not diff <= EXPORT_TOLERANCE * max(
+        1.0, float(np.abs(expected).max())
+    ):
+        raise CamsegError(
+            f"{mf.path}: the exported graph does not reproduce PyTorch at {mf.size[0]}x"
+            f"{mf.size[1]} (shape {got.shape} vs {expected.shape}, max difference {diff:.3g}); "
+            "nothing written"
+        )
+    return diff
+
+
+def _write_new(path: Path, data: bytes, *, number: bool) -> Path:
+    """Write data to path, atomically and never over an existing file: with number, the first
+    free of path, <stem>-2, -3, ...; without, an existing path is an error. (The file is written
+    whole under a temporary name, then hard-linked to its name, which fails if the name is
+    taken, even by another process between the check and the write.)"""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        for k in range(1, 10_000 if number else 2):
+            target = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        if number:
+            raise CamsegError(f"{path.parent}: too many {path.stem}-N{path.suffix} files")
+        raise CamsegError(f"--out {path} exists; camseg export never overwrites a file")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# --- reading and running -----------------------------------------------------------------------
+
+
+def read_onnx_file(path: Path) -> ModelFile:
+    """What an exported .onnx says about its network, as a ModelFile without weights (the graph
+    holds them; `load_onnx_network` runs it). Reads only the metadata, not the graph, then
+    checks that onnxruntime is there to run it, so predict refuses before writing anything."""
+    if not path.is_file():
+        raise CamsegError(f"{path}: no such file")
+    try:
+        props = _metadata_props(path)
+    except (ValueError, UnicodeDecodeError):
+        raise CamsegError(f"{path}: not an ONNX model file") from None
+    if props.get("format") != ONNX_FORMAT:
+        raise CamsegError(
+            f"{path}: an ONNX model without camseg's metadata (classes, input size, "
+            "normalisation); make one with camseg export"
+        )
+    if props.get("format_version") != str(ONNX_FORMAT_VERSION):
+        raise CamsegError(
+            f"{path}: camseg ONNX format version {props.get('format_version')} but this camseg "
+            f"({__version__}) reads version {ONNX_FORMAT_VERSION}; re-export it with a matching "
+            "camseg"
+        )
+    info = _model_file(path, props)
+    _require("onnxruntime", extra="onnx", what="running an ONNX model")
+    return info
+
+
+def _model_file(path: Path, props: dict[str, str]) -> ModelFile:
+    try:
+        codes = [str(c) for c in json.loads(props["codes"])]
+        h, w = (int(v) for v in json.loads(props["size"]))
+        mean = tuple(float(v) for v in json.loads(props["mean"]))
+        std = tuple(float(v) for v in json.loads(props["std"]))
+        precision = props.get("precision", "fp32")
+        if not codes or len(mean) != 3 or len(std) != 3 or precision not in get_args(Precision):
+            raise ValueError
+        return ModelFile(
+            path=path,
+            arch=props.get("arch", "unknown"),
+            codes=codes,
+            size=(h, w),
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            self_attention=bool(json.loads(props.get("self_attention", "false"))),
+            blur=bool(json.loads(props.get("blur", "false"))),
+            last_cross=bool(json.loads(props.get("last_cross", "true"))),
+            state_dict={},
+            precision=precision,  # type: ignore[arg-type]
+        )
+    except (KeyError, ValueError, TypeError):
+        raise CamsegError(
+            f"{path}: camseg metadata incomplete or malformed (needs codes, size, mean, std); "
+            "re-export it with camseg export"
+        ) from None
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX Runtime session as a module: model input in, fp32 class scores out, on the input's
+    device, as `Network` expects of its module."""
+
+    def __init__(self, session: Any, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.session = session
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size:
+            h, w = self.size
+            raise CamsegError(
+                f"an ONNX model runs at the size it was exported at, {h}x{w}, not "
+                f"{x.shape[-2]}x{x.shape[-1]}; use the model.pth for other sizes"
+            )
+        xb = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(self.session.run(None, {INPUT: xb})[0]).to(x.device)
+
+
+def load_onnx_network(
+    info: ModelFile,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    policy: InferencePolicy = "predict",
+    tta: bool = False,
+) -> Network:
+    """camseg.infer's `Network` around an ONNX Runtime session on the CPU, in fp32: the graph's
+    own precision (int8 or fp16 graphs are not camseg exports). `device` auto or cpu."""
+    from camseg.infer import Network
+
+    if device not in ("auto", "cpu"):
+        raise CamsegError(
+            f"--device {device}: an ONNX model runs on the CPU here (ONNX Runtime's CPU "
+            "provider); use --device cpu or auto, or the model.pth for a GPU"
+        )
+    chosen = _precision(precision, info.precision, policy)
+    _require("onnxruntime", extra="onnx", what="running an ONNX model")
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise CamsegError(f"{info.path}: ONNX Runtime cannot load it: {_first_line(e)}") from None
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [INPUT] or list(inputs[0].shape[1:]) != [3, *info.size]:
+        found = [(i.name, i.shape) for i in inputs]
+        raise CamsegError(
+            f"{info.path}: the graph takes {found}, not '{INPUT}' (N, 3, {info.size[0]}, "
+            f"{info.size[1]}) as its metadata says; re-export it with camseg export"
+        )
+    module = OnnxModule(session, info.size)
+    net = Network(module, info, torch.device("cpu"), chosen, channels_last=False)
+    return net.with_flip_tta() if tta else net
+
+
+def _precision(choice: str, recorded: Precision, policy: InferencePolicy) -> RunPrecision:
+    """fp32 for every choice that allows it (auto, train, fp32); a note when training validated
+    in another precision; an error for fp16 and bf16."""
+    choices = get_args(PredictPrecision if policy == "predict" else EvaluatePrecision)
+    if choice not in choices:
+        raise CamsegError(f"--precision {choice!r}: choose {', '.join(choices)}")
+    if choice in ("fp16", "bf16"):
+        allowed = "auto or fp32" if policy == "predict" else "train or fp32"
+        raise CamsegError(
+            f"--precision {choice}: an ONNX model runs in fp32; choose {allowed}, or use the "
+            f"model.pth for {choice}"
+        )
+    if choice == "train" and recorded != "fp32":
+        return RunPrecision(
+            "fp32", f"training validated in {recorded}, but an ONNX model runs in fp32"
+        )
+    return RunPrecision("fp32")
+
+
+def _require(*modules: str, extra: str, what: str) -> None:
+    missing = []
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise CamsegError(
+            f"{what} needs {', '.join(missing)}, which is not installed: "
+            f"pip install 'camseg[{extra}]'"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+# --- metadata_props straight from the protobuf bytes -------------------------------------------
+# ONNX Runtime shows a file's metadata only once it has loaded and optimised the whole graph
+# (0.2-0.4 s for a ResNet34 U-Net), and the onnx package is not needed to run one; the metadata
+# is one field of the file's top-level message, so it is read from the wire format, seeking
+# past the graph and its weights.
+
+_GRAPH, _METADATA_PROPS = 7, 14  # ModelProto field numbers (onnx.proto)
+
+
+def _metadata_props(path: Path) -> dict[str, str]:
+    """ModelProto.metadata_props of the file; ValueError when the file is not a ModelProto."""
+    props: dict[str, str] = {}
+    seen: set[int] = set()
+    with path.open("rb") as f:
+        for field, value in _fields(f, os.fstat(f.fileno()).st_size, keep=_METADATA_PROPS):
+            seen.add(field)
+            if field == _METADATA_PROPS:
+                entry = dict(_fields(io.BytesIO(value), len(value), keep=None))
+                props[entry.get(1, b"").decode("utf-8")] = entry.get(2, b"").decode("utf-8")
+    if _GRAPH not in seen:
+        raise ValueError("no graph")
+    return props
+
+
+def _fields(f: IO[bytes], end: int, keep: int | None) -> Iterator[tuple[int, bytes]]:
+    """(field number, bytes) of each field of the message in f[tell:end]; the bytes are read for
+    length-delimited fields numbered `keep` (every one if None) and skipped for the others."""
+    while f.tell() < end:
+        field, wire = divmod(_varint(f), 8)
+        if wire == 0:
+            _varint(f)
+            yield field, b""
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            yield field, b""
+        elif wire == 2:
+            n = _varint(f)
+            if f.tell() + n > end:
+                raise ValueError("field past the end")
+            if keep is None or field == keep:
+                yield field, f.read(n)
+            else:
+                f.seek(n, os.SEEK_CUR)
+                yield field, b""
+        else:
+            raise ValueError(f"wire type {wire}")
+    if f.tell() != end:
+        raise ValueError("truncated")
+
+
+def _varint(f: IO[bytes]) -> int:
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = f.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    raise ValueError("varint too long")

@@ -1,0 +1,226 @@
+"""`camseg predict` on videos: an H.264 overlay at the source's size and frame rate, index masks
+equal to the image path's for the same decoded pixels, a cut-short video written up to where it
+breaks (exit 1), bad inputs as one line (exit 2)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import sys
+import threading
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from camseg.video import h264_encoder, is_video_source, output_name
+
+RATE = Fraction(15)
+
+
+def camvid_frames(camvid_tiny: Path, n: int) -> list[np.ndarray]:
+    """n consecutive camvid_tiny frames (96x128 RGB)."""
+    paths = sorted((camvid_tiny / "images").glob("*.png"))[:n]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def write_video(
+    path: Path, frames: list[np.ndarray], rate: Fraction = RATE, **options: str
+) -> Path:
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream(h264_encoder(), rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def decoded(source: Path | str) -> tuple[list[np.ndarray], dict]:
+    """Every frame of a video as (H, W, 3) RGB, and what its stream says about itself."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, {"codec": stream.codec_context.name, "rate": stream.average_rate}
+
+
+def masks_in(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*_mask.png"))}
+
+
+@pytest.fixture(scope="module")
+def seg(trained_run):
+    from camseg import Segmenter
+
+    return Segmenter(trained_run, device="cpu")
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on localhost: (folder, its URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.slow  # trained_run trains
+def test_overlay_keeps_size_rate_and_frames_and_masks_equal_the_image_path(
+    trained_run, seg, camvid_tiny, tmp_path, cli
+):
+    video = write_video(tmp_path / "drive.mp4", camvid_frames(camvid_tiny, 12))
+    out = tmp_path / "out"
+    result = cli("predict", video, "--run", trained_run, "--out", out, "--format", "index,overlay")
+    assert result.exit_code == 0, result.output
+    assert "12 frames (12 segmented)" in result.stdout and "frames/s" in result.stdout
+
+    frames, stream = decoded(out / "drive_overlay.mp4")
+    assert len(frames) == 12 and frames[0].shape == (96, 128, 3)
+    assert stream == {"codec": "h264", "rate": RATE}
+    # the masks of the decoded frames are the masks Segmenter gives for the same pixels
+    inputs, _ = decoded(video)
+    masks = masks_in(out / "drive_frames")
+    assert list(masks) == [f"drive_{i:06d}_mask.png" for i in range(12)]
+    for rgb, mask in zip(inputs, masks.values(), strict=True):
+        assert np.array_equal(mask, seg.predict(rgb))
+    # the overlay is the frame and the mask's colours half and half (H.264 is lossy)
+    expected = (inputs[5].astype(np.int16) + seg.colors[masks["drive_000005_mask.png"]]) // 2
+    assert np.abs(frames[5].astype(np.int16) - expected).mean() < 6
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.slow
+def test_stride_sources_and_json(trained_run, camvid_tiny, tmp_path, cli, http_folder):
+    """--stride N segments frames 0, N, 2N, ...; every frame is still in the overlay. A file, an
+    image-sequence pattern and an HTTP stream are read alike."""
+    rgb = camvid_frames(camvid_tiny, 7)
+    served, url = http_folder
+    write_video(served / "clip.mkv", rgb)
+    sequence = tmp_path / "seq"
+    sequence.mkdir()
+    for i, frame in enumerate(rgb):
+        Image.fromarray(frame).save(sequence / f"f_{i:04d}.png")
+    out = tmp_path / "out"
+    sources = [f"{url}/clip.mkv", str(sequence / "f_%04d.png")]
+    args = ("--run", trained_run, "--out", out, "--format", "index,overlay", "--stride", "3")
+    result = cli("predict", *sources, *args, "--json")
+    assert result.exit_code == 0, result.output
+
+    records = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 6 and '"frame": 3' in records[1] and '"shares"' in records[0]
+    for name, rate in (("clip", RATE), ("f", 25)):  # an image sequence is 25 frames/s (FFmpeg)
+        frames, stream = decoded(out / f"{name}_overlay.mp4")
+        assert len(frames) == 7 and frames[0].shape == (96, 128, 3) and stream["rate"] == rate
+        assert list(masks_in(out / f"{name}_frames")) == [
+            f"{name}_{i:06d}_mask.png" for i in (0, 3, 6)
+        ]
+    # the image sequence's pixels are the PNGs' own: its masks are predict's masks of them
+    images = cli("predict", sequence / "f_0003.png", *args[:4], "--format", "index")
+    assert images.exit_code == 0, images.output
+    assert np.array_equal(
+        np.asarray(Image.open(out / "f_0003_mask.png")),
+        masks_in(out / "f_frames")["f_000003_mask.png"],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("suffix", "options"), [(".mp4", {"movflags": "faststart"}), (".mkv", {})], ids=["mp4", "mkv"]
+)
+def test_a_cut_short_video_is_written_up_to_the_break(
+    trained_run, camvid_tiny, tmp_path, cli, suffix, options
+):
+    """FFmpeg ends a truncated file quietly; predict writes the frames there are, says the video
+    ends early, and exits 1."""
+    # 16 frames at 5 frames/s: cut in half, it ends more than SHORT_BY_SECONDS early
+    full = write_video(
+        tmp_path / f"full{suffix}", camvid_frames(camvid_tiny, 16), Fraction(5), **options
+    )
+    cut = tmp_path / f"cut{suffix}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    result = cli("predict", cut, "--run", trained_run, "--out", out, "--format", "index,overlay")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "truncated or corrupt" in errors[0], result.stderr
+    frames, _ = decoded(out / "cut_overlay.mp4")
+    assert 0 < len(frames) < 16
+    assert f"wrote the {len(frames)} frame(s) before it" in errors[0]
+    assert len(masks_in(out / "cut_frames")) == len(frames)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A stand-in for --model: these errors come before the model is read."""
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "needle"),
+    [
+        (lambda d: (d / "x.mp4").write_text("not a video\n"), (), "not a video PyAV can read"),
+        (lambda d: None, (), "x.mp4: no such file"),
+        (lambda d: (d / "x.mp4").write_text(""), ("--stride", "0"), "--stride must be at least 1"),
+        (lambda d: (d / "x.mp4").write_text(""), ("--format", "mask"), "--format mask"),
+    ],
+    ids=["not-a-video", "missing", "stride-0", "format"],
+)
+def test_bad_video_inputs_give_one_line(tmp_path, cli, model_file, make, extra, needle):
+    make(tmp_path)
+    out = tmp_path / "out"
+    result = cli("predict", tmp_path / "x.mp4", "--model", model_file, "--out", out, *extra)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_video_without_pyav_says_what_to_install(tmp_path, cli, model_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails as if not installed
+    (tmp_path / "drive.mp4").write_bytes(b"")
+    result = cli("predict", tmp_path / "drive.mp4", "--model", model_file)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+    assert "needs PyAV" in result.stderr and "pip install 'camseg[video]'" in result.stderr
+
+
+def test_images_and_videos_apart_and_stride_only_for_videos(camvid_tiny, tmp_path, cli, model_file):
+    image = camvid_tiny / "images" / "0001TP_006750.png"
+    (tmp_path / "drive.mp4").write_bytes(b"")
+    mixed = cli("predict", tmp_path / "drive.mp4", image, "--model", model_file)
+    assert mixed.exit_code == 2 and "separate predict calls" in mixed.stderr, mixed.output
+    stride = cli("predict", image, "--model", model_file, "--stride", "2")
+    assert stride.exit_code == 2 and "--stride is for video inputs" in stride.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "video", "name"),
+    [
+        ("runs/drive.MP4", True, "drive"),
+        ("frames/f_%05d.png", True, "f"),
+        ("seq01/%04d.jpg", True, "seq01"),
+        ("rtsp://camera.local/live", True, "live"),
+        ("frame.png", False, "frame"),
+    ],
+)
+def test_what_counts_as_a_video_and_its_output_name(source, video, name):
+    assert is_video_source(source) is video
+    assert output_name(source) == name
