@@ -7,26 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from conftest import small_copy
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
 
 
 def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench.py"),
-            "--quick",
-            "--out",
-            str(out),
-            "--data",
-            str(camvid_tiny),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
+    proc = bench("--quick", "--out", str(out), "--data", str(camvid_tiny))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     predict = results["predict_cpu"]
@@ -38,6 +38,7 @@ def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
     train = results["train_cpu"]
     assert train["camseg_images_per_s"] > 0 and train["plain_fastai_images_per_s"] > 0
     assert train["camseg_peak_rss_mb"] > 100
+    assert train["train_images"] == 85 and train["batch_size"] == 8  # counted, not assumed
     accuracy = results["accuracy"]
     assert {r["recipe"] for r in accuracy["runs"]} == {"notebook", "scratch"}
     assert all(0 <= r["acc_camvid"] <= 1 and r["minutes"] > 0 for r in accuracy["runs"])
@@ -59,3 +60,34 @@ def test_tuning_folds_hold_no_valid_frame(tmp_path, camvid_tiny):
         assert len(images) == 85 and not images & valid
         assert (fold / "valid.txt").read_text().split() == held and set(held) <= images
         assert all((fold / "labels" / f"{Path(n).stem}_P.png").exists() for n in images)
+
+
+@pytest.mark.slow
+def test_setting_benchmark_compares_two_training_runs(tmp_path, camvid_tiny):
+    """`precision` on a CPU: fp32 against bf16 autocast, two epochs each, on 8 frames."""
+    data = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=8)
+    out = tmp_path / "results.json"
+    proc = bench("precision", "--quick", "--data", str(data), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())["precision_cpu"]
+    assert result["train_images"] == 8 and result["size"] == [64, 96]
+    fp32, bf16 = result["fp32_images_per_s"], result["bf16_images_per_s"]
+    assert fp32 > 0 and bf16 > 0
+    assert result["ratio"] == pytest.approx(bf16 / fp32, rel=0.05)
+    variants = result["variants"]
+    assert variants["bf16"]["set"] == ["train.fp16=false", "train.bf16=true"]
+    assert all(len(v["second_epoch_seconds"]) == 1 for v in variants.values())
+
+
+@pytest.mark.slow
+def test_env_names_versions_and_where_camseg_comes_from(tmp_path):
+    out = tmp_path / "env.json"
+    proc = bench("env", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = json.loads(out.read_text())["environment"]
+    assert env["torch"] == torch.__version__ and env["matmul_ok"] is True
+    assert Path(env["camseg_path"]) == REPO / "camseg"
+    if not torch.cuda.is_available():
+        proc = bench("env", "--device", "cuda", "--out", str(out))
+        assert proc.returncode == 1
+        assert "sees no CUDA device" in proc.stderr
