@@ -88,9 +88,19 @@ def small_copy(camvid_tiny: Path, dst: Path, n_valid: int = 4, n_train: int = 16
     return dst
 
 
+def written_dir(stdout: str) -> Path:
+    """The folder a command reported with its last `wrote FOLDER` line (evaluate's output)."""
+    return Path(stdout.rsplit("wrote ", 1)[-1].strip())
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, camvid_tiny) -> Path:
-    """One short real training run shared by the tests that only read its outputs."""
+def trained_run(tmp_path_factory, camvid_tiny):
+    """One short real training run shared by the tests that only read its outputs. A test whose
+    commands write into a run folder (evaluate, report, predict's default --out) takes run_copy."""
     from typer.testing import CliRunner
 
     from camseg.cli import app
@@ -98,7 +108,16 @@ def trained_run(tmp_path_factory, camvid_tiny) -> Path:
     out = tmp_path_factory.mktemp("runs")
     result = CliRunner().invoke(app, ["train", *fast_args(camvid_tiny, out), "--name", "tiny"])
     assert result.exit_code == 0, result.output
-    return out / "tiny"
+    run = out / "tiny"
+    before = _stamps(run)
+    yield run
+    assert _stamps(run) == before, "a test wrote into the shared trained_run; give it run_copy"
+
+
+@pytest.fixture
+def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of trained_run for one test to write into."""
+    return shutil.copytree(trained_run, tmp_path / "run")
 
 
 @pytest.fixture

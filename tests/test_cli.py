@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,20 +101,6 @@ def test_prepare_then_check(cli, camseq01_sample, tmp_path):
     assert cli("data", "check", "--root", out).exit_code == 0
     again = cli("data", "prepare", camseq01_sample, "--out", out)
     assert again.exit_code == 2 and "not empty" in again.stderr
-
-
-def test_prepare_unknown_colour_exit_2(cli, camseq01_sample, tmp_path):
-    src = tmp_path / "src"
-    import shutil
-
-    shutil.copytree(camseq01_sample, src)
-    lbl = src / "CamSeq01_Labeled" / "0016E5_07973_L.png"
-    arr = np.array(Image.open(lbl))
-    arr[0, :3] = (9, 9, 9)
-    Image.fromarray(arr).save(lbl)
-    result = cli("data", "prepare", src, "--out", tmp_path / "o")
-    assert result.exit_code == 2
-    assert "RGB(9, 9, 9) (3 px)" in result.stderr and "--unknown-as Void" in result.stderr
 
 
 def test_synth_then_check(cli, tmp_path):

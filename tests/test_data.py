@@ -4,12 +4,14 @@ and the faults `data check` must catch."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fault_cases import DATA_FAULTS, broken_copy, paint_unknown_colour
 from PIL import Image
 
 from camseg.config import load_config
@@ -86,11 +88,8 @@ def test_camseq01_flat_layout_and_direct_loading(camseq01_sample, tmp_path):
 def test_camseq01_valid_file_and_unknown_colour(camseq01_sample, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(camseq01_sample, src)
-    lbl = src / "CamSeq01_Labeled" / "0016E5_07979_L.png"
-    arr = np.array(Image.open(lbl))
-    arr[:10, :10] = (1, 2, 3)
-    Image.fromarray(arr).save(lbl)
-    with pytest.raises(CamsegError, match=r"0016E5_07979_L\.png: colour RGB\(1, 2, 3\) \(100 px\)"):
+    needle = paint_unknown_colour(src)
+    with pytest.raises(CamsegError, match=re.escape(needle)):
         prepare_camseq01(src, tmp_path / "a")
     assert not (tmp_path / "a").exists()  # nothing half-written
     valid = tmp_path / "v.txt"
@@ -139,24 +138,6 @@ def test_prepare_gap_0_is_the_old_contiguous_split(cli, camseq01_sample, tmp_pat
     assert "valid: 0016E5_07997.png\n" in result.stdout and "left out" not in result.stdout
     assert sorted(p.name for p in (out / "images").iterdir()) == SAMPLE
     _assert_gap(out, SAMPLE, 0)
-
-
-@pytest.mark.parametrize(
-    ("extra", "needle"),
-    [
-        (["--gap", "-1"], "--gap must be 0 or more frames, got -1"),
-        (["--gap", "3"], "--gap 3 leaves no train frame: 4 frames, 1 valid; use --gap 2 or less"),
-        (["--gap", "1", "--valid", "v.txt"], "--gap applies to the automatic split only"),
-    ],
-)
-def test_prepare_bad_gap_is_one_error_line(cli, camseq01_sample, tmp_path, extra, needle):
-    (tmp_path / "v.txt").write_text("0016E5_07997.png\n")
-    extra = [str(tmp_path / e) if e == "v.txt" else e for e in extra]
-    result = cli("data", "prepare", camseq01_sample, "--out", tmp_path / "o", *extra)
-    assert result.exit_code == 2
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("camseg: error: ") and needle in lines[0]
-    assert not (tmp_path / "o").exists()
 
 
 def test_prepare_gap_on_a_101_frame_video(cli, camseq01_sample, tmp_path):
@@ -215,87 +196,19 @@ def test_synthetic_layout_generates_on_first_use(tmp_path):
     assert len(files.images) == 6 and (tmp_path / "syn" / "valid.txt").is_file()
 
 
-# ---- faults data check must catch --------------------------------------------------------
+# ---- faults data check must catch (the table in fault_cases.py) ------------------------------
 
 
-def _problems(root: Path) -> list[str]:
-    return check_dataset(find_files(tiny_cfg(root))).problems
-
-
-def test_check_missing_label(tiny_copy):
-    (tiny_copy / "labels" / "0001TP_006750_P.png").unlink()
-    assert any("0001TP_006750.png: no label" in p for p in _problems(tiny_copy))
-
-
-def test_check_label_without_image(tiny_copy):
-    (tiny_copy / "images" / "0001TP_006840.png").unlink()
-    assert any("0001TP_006840_P.png: label without an image" in p for p in _problems(tiny_copy))
-
-
-def test_check_size_mismatch(tiny_copy):
-    lbl = tiny_copy / "labels" / "0001TP_006750_P.png"
-    Image.open(lbl).resize((64, 48), Image.NEAREST).save(lbl)
-    assert any("0001TP_006750_P.png: size 64x48 differs" in p for p in _problems(tiny_copy))
-
-
-def test_check_label_value_out_of_range(tiny_copy):
-    lbl = tiny_copy / "labels" / "0001TP_006750_P.png"
-    arr = np.array(Image.open(lbl))
-    arr[0, 0] = 40
-    Image.fromarray(arr).save(lbl)
-    assert any("label value 40 >= number of codes (32)" in p for p in _problems(tiny_copy))
-
-
-def test_check_truncated_png(tiny_copy):
-    img = tiny_copy / "images" / "0001TP_007500.png"
-    img.write_bytes(img.read_bytes()[:300])
-    assert any("0001TP_007500.png: unreadable image" in p for p in _problems(tiny_copy))
-
-
-def test_check_palette_and_16bit_labels(tiny_copy):
-    lbl = tiny_copy / "labels" / "0001TP_006750_P.png"
-    Image.open(lbl).convert("P").save(lbl)
-    lbl2 = tiny_copy / "labels" / "0001TP_006840_P.png"
-    Image.fromarray(np.array(Image.open(lbl2)).astype(np.uint16)).save(lbl2)
-    problems = _problems(tiny_copy)
-    assert any("0001TP_006750_P.png: palette-mode label" in p for p in problems)
-    assert any("0001TP_006840_P.png: label must be 8-bit" in p for p in problems)
-
-
-def test_check_valid_txt_faults(tiny_copy):
-    valid = tiny_copy / "valid.txt"
-    valid.write_text(valid.read_text() + "nope_000.png\n")
-    assert any("names not among the images: nope_000.png" in p for p in _problems(tiny_copy))
-    valid.write_text("")
-    assert any("validation list is empty" in p for p in _problems(tiny_copy))
-    valid.write_text("\n".join(p.name for p in (tiny_copy / "images").iterdir()))
-    assert any("leaving no training set" in p for p in _problems(tiny_copy))
-
-
-def test_codes_without_void_or_with_duplicates(tiny_copy):
-    codes = tiny_copy / "codes.txt"
-    text = codes.read_text()
-    codes.write_text(text.replace("Void\n", "Nothing\n"))
-    with pytest.raises(CamsegError, match="no 'Void' class"):
-        find_files(tiny_cfg(tiny_copy))
-    codes.write_text(text.replace("Wall", "Road"))
-    with pytest.raises(CamsegError, match="duplicate class names Road"):
-        find_files(tiny_cfg(tiny_copy))
-
-
-def test_check_unknown_colour_in_camseq01(camseq01_sample, tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(camseq01_sample, src)
-    (src / "valid.txt").write_text("0016E5_07997.png\n")
-    lbl = src / "CamSeq01_Labeled" / "0016E5_07995_L.png"
-    arr = np.array(Image.open(lbl))
-    arr[5:9, 5:9] = (7, 7, 7)
-    Image.fromarray(arr).save(lbl)
-    problems = check_dataset(find_files(tiny_cfg(src, "data.layout=camseq01"))).problems
-    assert any(
-        "0016E5_07995_L.png: colours not in label_colors.txt: RGB(7, 7, 7) (16 px)" in p
-        for p in problems
-    )
+@pytest.mark.parametrize("case", DATA_FAULTS, ids=lambda case: case.name)
+def test_data_faults_are_named(case, request, tmp_path):
+    root = broken_copy(case, request.getfixturevalue(case.source), tmp_path / "data")
+    cfg = tiny_cfg(root, f"data.layout={case.layout}")
+    if case.refused:  # the folder cannot be read as a dataset at all
+        with pytest.raises(CamsegError, match=re.escape(case.needle)):
+            find_files(cfg)
+    else:
+        problems = check_dataset(find_files(cfg)).problems
+        assert any(case.needle in p for p in problems), problems
 
 
 def test_cache_gives_the_same_batches_and_remakes_changed_files(tiny_copy, tmp_path):

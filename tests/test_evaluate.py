@@ -6,22 +6,24 @@ import csv
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import history
+from conftest import history, written_dir
 
 from camseg.data.prepare import prepare_camseq01
 from camseg.model import read_model_file
 
+pytestmark = pytest.mark.slow  # every test here reads trained_run, which trains
 
-def test_evaluate_equals_the_training_metric(trained_run, cli):
-    result = cli("evaluate", "--run", trained_run)
+
+def test_evaluate_equals_the_training_metric(run_copy, cli):
+    result = cli("evaluate", "--run", run_copy)
     assert result.exit_code == 0, result.output
-    out = trained_run / "eval" / "camvid_tiny-valid"
+    out = written_dir(result.stdout)
+    assert out.parent == run_copy / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    last = history(trained_run)[-1]
+    last = history(run_copy)[-1]
     # model.pth holds the last epoch's weights: same model, same data, same pixels
     assert metrics["acc_camvid"] == pytest.approx(float(last["acc_camvid"]), abs=1e-5)
     assert metrics["miou"] == pytest.approx(float(last["miou"]), abs=1e-5)
@@ -31,7 +33,7 @@ def test_evaluate_equals_the_training_metric(trained_run, cli):
     assert [r["acc_camvid"] for r in metrics["references"]] == [0.9307, 0.9333, 0.9367]
     assert metrics["evaluated"]["n_images"] == 15 and metrics["evaluated"]["split"] == "valid"
     # by default in the precision training validated in, which model.pth records
-    assert metrics["evaluated"]["precision"] == read_model_file(trained_run).precision
+    assert metrics["evaluated"]["precision"] == read_model_file(run_copy).precision
     assert metrics["evaluated"]["precision_note"] is None
     assert f"acc_camvid {metrics['acc_camvid']:.4f}" in result.stdout
     assert "0.9307" in result.stdout and "not comparable" in result.stdout
@@ -42,32 +44,32 @@ def test_evaluate_equals_the_training_metric(trained_run, cli):
     present = [r for r in metrics["per_class"] if r["present"] and r["scored"]]
     assert sum(r["iou"] for r in present) / len(present) == pytest.approx(metrics["miou"])
     assert (out / "confusion.png").stat().st_size > 1000
-    assert (trained_run / "report.html").is_file()
+    assert (run_copy / "report.html").is_file()
 
-    again = cli("evaluate", "--run", trained_run)
+    again = cli("evaluate", "--run", run_copy)
     assert again.exit_code == 0
-    assert (trained_run / "eval" / "camvid_tiny-valid-2" / "metrics.json").is_file()
+    again_out = written_dir(again.stdout)
+    assert again_out != out and (again_out / "metrics.json").is_file()
     assert json.loads((out / "metrics.json").read_text()) == metrics  # earlier one untouched
 
 
-def test_evaluate_train_split_and_tta(trained_run, cli):
-    result = cli("evaluate", "--run", trained_run, "--split", "train", "--tta")
+def test_evaluate_train_split_and_tta(run_copy, cli):
+    result = cli("evaluate", "--run", run_copy, "--split", "train", "--tta")
     assert result.exit_code == 0, result.output
-    out = sorted((trained_run / "eval").glob("camvid_tiny-train*"))[-1]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
     assert metrics["evaluated"]["n_images"] == 85 and metrics["evaluated"]["tta"]
     change = metrics["tta_change"]["acc_camvid"]
     assert change == pytest.approx(metrics["acc_camvid"] - metrics["without_tta"]["acc_camvid"])
     assert "TTA (flip) changed acc_camvid by" in result.stdout
 
 
-def test_evaluate_native_size_on_prepared_camseq01(trained_run, camseq01_sample, tmp_path, cli):
+def test_evaluate_native_size_on_prepared_camseq01(run_copy, camseq01_sample, tmp_path, cli):
     data = tmp_path / "camseq"
     prepare_camseq01(camseq01_sample, data, valid_fraction=0.5, gap=0)
-    model = trained_run / "model.pth"
+    model = run_copy / "model.pth"
     result = cli("evaluate", "--model", model, "--data", data, "--size", "native", "--split", "all")
     assert result.exit_code == 0, result.output
-    metrics = json.loads(next((trained_run / "eval").glob("camseq-all*/metrics.json")).read_text())
+    metrics = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
     assert metrics["evaluated"]["size"] == "native" and metrics["evaluated"]["n_images"] == 4
     assert "bilinear" in metrics["evaluated"]["scoring"]
     assert 0 <= metrics["acc_camvid"] <= 1 and not math.isnan(metrics["miou"])
@@ -86,13 +88,12 @@ def test_evaluate_errors(trained_run, tiny_copy, cli):
 
 def _written(stdout: str) -> dict:
     """metrics.json of the evaluation whose folder the CLI reported."""
-    out_dir = Path(stdout.rsplit("wrote ", 1)[-1].strip())
-    return json.loads((out_dir / "metrics.json").read_text())
+    return json.loads((written_dir(stdout) / "metrics.json").read_text())
 
 
-def test_evaluate_batch_size_size_precision_and_device(trained_run, cli, network_spy):
+def test_evaluate_batch_size_size_precision_and_device(run_copy, cli, network_spy):
     options = ["--batch-size", "4", "--size", "32x64", "--precision", "bf16", "--device", "cpu"]
-    result = cli("evaluate", "--run", trained_run, *options)
+    result = cli("evaluate", "--run", run_copy, *options)
     assert result.exit_code == 0, result.output
     # 15 valid frames in batches of 4, at 32x64, through bf16 weights on the CPU
     assert [shape for _, _, shape in network_spy] == [(4, 3, 32, 64)] * 3 + [(3, 3, 32, 64)]
@@ -101,16 +102,16 @@ def test_evaluate_batch_size_size_precision_and_device(trained_run, cli, network
     assert ev["size"] == [32, 64] and ev["device"] == "cpu"
     assert ev["precision"] == "bf16" and ev["precision_note"] is None
 
-    fp16 = cli("evaluate", "--run", trained_run, "--device", "cpu", "--precision", "fp16")
+    fp16 = cli("evaluate", "--run", run_copy, "--device", "cpu", "--precision", "fp16")
     assert fp16.exit_code == 2
     assert fp16.stderr.strip().splitlines() == [
         "camseg: error: --precision fp16: fp16 (autocast) needs a CUDA device, not cpu; "
         "choose train, fp32, bf16"
     ]
-    zero = cli("evaluate", "--run", trained_run, "--batch-size", "0")
+    zero = cli("evaluate", "--run", run_copy, "--batch-size", "0")
     assert zero.exit_code == 2 and "--batch-size must be at least 1" in zero.stderr
 
-    cuda = cli("evaluate", "--run", trained_run, "--device", "cuda")
+    cuda = cli("evaluate", "--run", run_copy, "--device", "cuda")
     if torch.cuda.is_available():
         assert cuda.exit_code == 0 and _written(cuda.stdout)["evaluated"]["device"] == "cuda:0"
     else:
@@ -125,7 +126,7 @@ def test_evaluate_precision_follows_the_model_file(trained_run, camvid_tiny, tmp
     torch.save(saved, tmp_path / "model.pth")
     result = cli("evaluate", "--model", tmp_path / "model.pth", "--data", camvid_tiny)
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "eval" / "camvid_tiny-valid" / "metrics.json").read_text())
+    metrics = _written(result.stdout)
     ev = metrics["evaluated"]
     if torch.cuda.is_available():
         assert ev["precision"] == "fp16" and ev["precision_note"] is None
@@ -137,11 +138,11 @@ def test_evaluate_precision_follows_the_model_file(trained_run, camvid_tiny, tmp
         assert metrics["acc_camvid"] == pytest.approx(float(last["acc_camvid"]), abs=1e-5)
 
 
-def test_evaluate_layout_reads_a_camseq01_folder(trained_run, camseq01_sample, tmp_path, cli):
+def test_evaluate_layout_reads_a_camseq01_folder(run_copy, camseq01_sample, tmp_path, cli):
     data = tmp_path / "camseq01"
     shutil.copytree(camseq01_sample, data)
     (data / "valid.txt").write_text("0016E5_07979.png\n")
-    model = trained_run / "model.pth"
+    model = run_copy / "model.pth"
     result = cli("evaluate", "--model", model, "--data", data, "--layout", "camseq01")
     assert result.exit_code == 0, result.output
     ev = _written(result.stdout)["evaluated"]

@@ -16,14 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY, fast_args, history
 from fastai.callback.core import Callback
-from PIL import Image
+from fault_cases import CONFIG_FAULTS, DATA_FAULTS, broken_copy, paint_unknown_colour
 
-import camseg.train
+import camseg.trainer
 
 pytestmark = pytest.mark.faults
 
@@ -42,44 +41,22 @@ def one_line_error(result, *needles: str) -> str:
 
 # ---- bad config -------------------------------------------------------------------------
 
-CONFIG_CASES = {
-    "unknown key": ("data:\n  batchsize: 4\n", "did you mean data.batch_size?"),
-    "wrong type": ("data:\n  batch_size: four\n", "data.batch_size = 'four'"),
-    "negative epochs": ("train:\n  stages:\n  - epochs: -1\n", "train.stages[0].epochs = -1"),
-    "negative batch size": ("data:\n  batch_size: -8\n", "data.batch_size = -8"),
-    "lr pair in the wrong order": (
-        "train:\n  stages:\n  - lr: [1.0e-3, 1.0e-6]\n",
-        "0 < low <= high",
-    ),
-    "slice in the wrong order": (
-        "train:\n  stages:\n  - lr: slice(1.0e-3, 1.0e-6)\n",
-        "0 < low <= high",
-    ),
-    "slice of a word": ("train:\n  stages:\n  - lr: slice(fast)\n", "slice() takes numbers"),
-    "unknown arch": ("model:\n  arch: resnet9\n", "'resnet18', 'resnet34' or 'resnet50'"),
-    "unknown layout": ("data:\n  layout: voc\n", "'camvid', 'camseq01' or 'synthetic'"),
-    "YAML syntax error": ("data:\n  size: [96, 128\n  batch_size: 4\n", ".yaml:3: YAML syntax"),
-    "empty file": ("", "config file is empty"),
-    "python object tag": (
-        "data: !!python/object/apply:os.system ['touch PWNED']\n",
-        "YAML tag refused",
-    ),
-}
 
-
-@pytest.mark.parametrize("case", CONFIG_CASES)
+@pytest.mark.parametrize("case", CONFIG_FAULTS, ids=lambda case: case.name)
 def test_bad_config(case, tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    text, needle = CONFIG_CASES[case]
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    one_line_error(cli("train", "--config", path), str(path), needle)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no runs/, no PWNED
+    path = case.write(tmp_path)
+    sets = [a for item in case.overrides for a in ("--set", item)]
+    named = () if case.overrides else (str(path),)  # a fault in the file names the file
+    one_line_error(cli("train", "--config", path, *sets), *named, *case.needles)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ([] if case.text is None else ["bad.yaml"])  # no runs/, no PWNED
 
 
 def _command_cases(camvid_tiny: Path, camseq01_sample: Path, tmp: Path) -> dict[str, tuple]:
     tiny = ["--set", f"data.root={camvid_tiny}", "--set", "model.pretrained=false"]
     frame = str(next((camvid_tiny / "images").iterdir()))
+    prepare = ["data", "prepare", str(camseq01_sample), "--out", "p"]
     return {
         "unknown preset": (["train", "--config", "hlaf.yaml"], ["hlaf.yaml", "half, tiny"]),
         "lr-find of a later stage without --from": (
@@ -93,12 +70,16 @@ def _command_cases(camvid_tiny: Path, camseq01_sample: Path, tmp: Path) -> dict[
         "evaluate with no finished run": (["evaluate"], ["no finished run under runs/"]),
         "predict with no finished run": (["predict", frame], ["no finished run under runs/"]),
         "prepare with a negative gap": (
-            ["data", "prepare", str(camseq01_sample), "--out", "p", "--gap", "-1"],
-            ["--gap must be 0 or more"],
+            [*prepare, "--gap", "-1"],
+            ["--gap must be 0 or more frames, got -1"],
         ),
         "prepare with a gap that leaves no train frame": (
-            ["data", "prepare", str(camseq01_sample), "--out", "p", "--gap", "3"],
-            ["--gap 3 leaves no train frame"],
+            [*prepare, "--gap", "3"],
+            ["--gap 3 leaves no train frame: 4 frames, 1 valid; use --gap 2 or less"],
+        ),
+        "prepare with a gap and a --valid list": (
+            [*prepare, "--gap", "1", "--valid", "v.txt"],
+            ["--gap applies to the automatic split only"],
         ),
         "predict on an unknown device": (
             ["predict", frame, "--model", "m.pth", "--device", "gpu"],
@@ -115,6 +96,7 @@ COMMAND_CASES = [
     "predict with no finished run",
     "prepare with a negative gap",
     "prepare with a gap that leaves no train frame",
+    "prepare with a gap and a --valid list",
     "predict on an unknown device",
 ]
 
@@ -123,11 +105,13 @@ COMMAND_CASES = [
 def test_bad_command_input(case, camvid_tiny, camseq01_sample, tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.pth").write_bytes(b"")
+    (tmp_path / "v.txt").write_text("0016E5_07997.png\n")
     args, needles = _command_cases(camvid_tiny, camseq01_sample, tmp_path)[case]
     one_line_error(cli(*args), *needles)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]  # nothing made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth", "v.txt"]  # nothing made
 
 
+@pytest.mark.slow
 def test_size_not_divisible_by_32_trains(camvid_tiny, tmp_path, cli):
     """Decision: any size >= 32 is accepted; fastai's U-Net resizes decoder features to fit."""
     result = cli(
@@ -137,103 +121,27 @@ def test_size_not_divisible_by_32_trains(camvid_tiny, tmp_path, cli):
     assert result.exit_code == 0, result.output
     from camseg.model import read_model_file
 
-    assert read_model_file(tmp_path / "tiny").size == (50, 70)
+    [run] = tmp_path.iterdir()
+    assert read_model_file(run).size == (50, 70)
 
 
 # ---- bad data ---------------------------------------------------------------------------
 
 
-def _break(root: Path, case: str) -> str:
-    """Inject one fault into a camvid copy; return what the message must name."""
-    img, lbl = root / "images" / "0001TP_006750.png", root / "labels" / "0001TP_006750_P.png"
-    if case == "root missing":
-        shutil.rmtree(root)
-        return "dataset folder not found"
-    if case == "no images":
-        for p in (root / "images").iterdir():
-            p.unlink()
-        return "no images found"
-    if case == "image without label":
-        lbl.unlink()
-        return "0001TP_006750.png: no label"
-    if case == "label without image":
-        img.unlink()
-        return "0001TP_006750_P.png: label without an image"
-    if case == "label size differs":
-        Image.open(lbl).resize((64, 48), Image.NEAREST).save(lbl)
-        return "0001TP_006750_P.png: size 64x48 differs"
-    if case == "label value >= codes":
-        arr = np.array(Image.open(lbl))
-        arr[0, 0] = 40
-        Image.fromarray(arr).save(lbl)
-        return "label value 40 >= number of codes (32)"
-    if case == "codes without Void":
-        codes = root / "codes.txt"
-        codes.write_text(codes.read_text().replace("Void\n", "Nothing\n"))
-        return "no 'Void' class"
-    if case == "duplicate codes":
-        codes = root / "codes.txt"
-        codes.write_text(codes.read_text().replace("Wall", "Road"))
-        return "duplicate class names Road"
-    if case == "valid.txt empty":
-        (root / "valid.txt").write_text("")
-        return "validation list is empty"
-    if case == "valid.txt names missing files":
-        (root / "valid.txt").write_text("0016E5_07973.png\nghost.png\n")
-        return "names not among the images: ghost.png"
-    if case == "valid.txt covers every image":
-        (root / "valid.txt").write_text("\n".join(p.name for p in (root / "images").iterdir()))
-        return "leaving no training set"
-    if case == "truncated PNG":
-        img.write_bytes(img.read_bytes()[:300])
-        return "0001TP_006750.png: unreadable image"
-    if case == "16-bit label":
-        Image.fromarray(np.array(Image.open(lbl)).astype(np.uint16)).save(lbl)
-        return "label must be 8-bit"
-    if case == "palette label":
-        Image.open(lbl).convert("P").save(lbl)
-        return "palette-mode label"
-    raise AssertionError(case)
-
-
-DATA_CASES = [
-    "root missing",
-    "no images",
-    "image without label",
-    "label without image",
-    "label size differs",
-    "label value >= codes",
-    "codes without Void",
-    "duplicate codes",
-    "valid.txt empty",
-    "valid.txt names missing files",
-    "valid.txt covers every image",
-    "truncated PNG",
-    "16-bit label",
-    "palette label",
-]
-
-
-@pytest.mark.parametrize("case", DATA_CASES)
-def test_bad_data_stops_training_before_anything_is_written(case, tiny_copy, tmp_path, cli):
-    needle = _break(tiny_copy, case)
+@pytest.mark.parametrize("case", DATA_FAULTS, ids=lambda case: case.name)
+def test_bad_data_stops_training_before_anything_is_written(case, request, tmp_path, cli):
+    root = broken_copy(case, request.getfixturevalue(case.source), tmp_path / "data")
     out = tmp_path / "runs"
-    one_line_error(cli("train", *fast_args(tiny_copy, out)), needle)
+    one_line_error(cli("train", *fast_args(root, out, f"data.layout={case.layout}")), case.needle)
     assert not out.exists()
 
 
 def test_unknown_colour_in_camseq01_label(camseq01_sample, tmp_path, cli):
     src = tmp_path / "src"
     shutil.copytree(camseq01_sample, src)
-    lbl = src / "CamSeq01_Labeled" / "0016E5_07973_L.png"
-    arr = np.array(Image.open(lbl))
-    arr[:2, :2] = (1, 2, 3)
-    Image.fromarray(arr).save(lbl)
+    needle = paint_unknown_colour(src)
     one_line_error(
-        cli("data", "prepare", src, "--out", tmp_path / "out"),
-        "0016E5_07973_L.png",
-        "RGB(1, 2, 3) (4 px)",
-        "--unknown-as Void",
+        cli("data", "prepare", src, "--out", tmp_path / "out"), needle, "--unknown-as Void"
     )
     assert not (tmp_path / "out").exists()
 
@@ -245,6 +153,7 @@ def test_run_folder_without_a_model(tmp_path, camvid_tiny, cli):
     one_line_error(cli("evaluate", "--run", tmp_path), "no model.pth")
 
 
+@pytest.mark.slow
 def test_model_from_another_camseg_version(trained_run, camvid_tiny, tmp_path, cli):
     obj = torch.load(trained_run / "model.pth", weights_only=True)
     obj["version"] = 99
@@ -255,6 +164,7 @@ def test_model_from_another_camseg_version(trained_run, camvid_tiny, tmp_path, c
     )
 
 
+@pytest.mark.slow
 def test_truncated_model_file(trained_run, camvid_tiny, tmp_path, cli):
     data = (trained_run / "model.pth").read_bytes()
     path = tmp_path / "model.pth"
@@ -270,6 +180,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_pickle_with_code_is_refused_not_run(trained_run, camvid_tiny, tmp_path, cli):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pth"
@@ -291,6 +202,7 @@ def test_pickle_with_code_is_refused_not_run(trained_run, camvid_tiny, tmp_path,
 # ---- predict ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_output_folder_not_writable(trained_run, camvid_tiny, tmp_path, cli):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -307,6 +219,7 @@ def test_output_folder_not_writable(trained_run, camvid_tiny, tmp_path, cli):
     )
 
 
+@pytest.mark.slow
 def test_input_equal_to_output(trained_run, camvid_tiny, tmp_path, cli):
     frame = tmp_path / "x.png"
     shutil.copy(camvid_tiny / "images" / "0001TP_006750.png", frame)
@@ -321,6 +234,7 @@ def test_input_equal_to_output(trained_run, camvid_tiny, tmp_path, cli):
 # ---- resources ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # refused only after the learner is built (4 s)
 def test_cuda_requested_but_not_available(camvid_tiny, tmp_path, cli):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -336,6 +250,7 @@ def test_cuda_requested_but_not_available(camvid_tiny, tmp_path, cli):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # builds the learner (4 s) that the fake OOM stops
 def test_cuda_out_of_memory(camvid_tiny, tmp_path, cli, monkeypatch):
     from fastai.learner import Learner
 
@@ -350,6 +265,7 @@ def test_cuda_out_of_memory(camvid_tiny, tmp_path, cli, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(
     camvid_tiny, tmp_path, cli, monkeypatch
 ):
@@ -365,7 +281,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
     monkeypatch.setattr(torch, "save", full_disk)  # what atomic_torch_save calls
     line = one_line_error(cli("train", *fast_args(camvid_tiny, tmp_path)), "No space left")
     assert "--resume" in line
-    run = tmp_path / "tiny"
+    [run] = tmp_path.iterdir()
     ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
     assert ckpt["state"]["stage"] == 0 and ckpt["state"]["epochs_done"] == 1
     assert not list(run.joinpath("checkpoints").glob(".*.tmp"))
@@ -387,15 +303,16 @@ class _InjectNaN(Callback):
             self.learn.loss = torch.tensor(float("nan"))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path, cli, monkeypatch):
-    real = camseg.train.build_learner
+    real = camseg.trainer.build_learner
 
     def build(*args, **kwargs):
         learn = real(*args, **kwargs)
         learn.add_cb(_InjectNaN(epoch=1, step=3))
         return learn
 
-    monkeypatch.setattr(camseg.train, "build_learner", build)
+    monkeypatch.setattr(camseg.trainer, "build_learner", build)
     args = fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=2")
     line = one_line_error(
         cli("train", *args, "--name", "nan"), "loss became NaN/inf at epoch 1 step 3"
@@ -441,6 +358,7 @@ def _resume_and_check(run: Path, expected: list[tuple[str, str]]) -> None:
     assert (run / "model.pth").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_between_stages(camvid_tiny, tmp_path):
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages[1].epochs=2"), "--name", "k"]
     proc = subprocess.Popen(_train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -469,6 +387,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
     mark = tmp_path / "writing"
     args = [*fast_args(camvid_tiny, tmp_path / "runs", "train.stages[0].epochs=2"), "--name", "w"]
@@ -492,6 +411,7 @@ def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
     assert not list(run.joinpath("checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path):
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "c"]
     proc = subprocess.Popen(
@@ -513,6 +433,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path):
     _resume_and_check(run, [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0")])
 
 
+@pytest.mark.slow
 def test_two_trainings_with_the_same_name_at_once(camvid_tiny, tmp_path):
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages=[{epochs: 1}]"), "--name", "same"]
     procs = [
@@ -521,8 +442,9 @@ def test_two_trainings_with_the_same_name_at_once(camvid_tiny, tmp_path):
     ]
     for p in procs:
         assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["same", "same-2"]
-    for run in (tmp_path / "same", tmp_path / "same-2"):
+    runs = sorted(tmp_path.iterdir())
+    assert len(runs) == 2 and all(run.name.startswith("same") for run in runs)
+    for run in runs:
         assert len(history(run)) == 1 and (run / "model.pth").is_file()
         assert (run / "command.txt").read_text().count("camseg train") == 1
 
@@ -542,6 +464,7 @@ def test_file_names_are_just_names(tiny_copy, tmp_path, cli, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow  # refused only after the learner is built (4 s)
 def test_run_name_cannot_escape_the_output_folder(camvid_tiny, tmp_path, cli):
     one_line_error(
         cli("train", *fast_args(camvid_tiny, tmp_path / "runs"), "--name", "../x"),

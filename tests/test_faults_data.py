@@ -141,6 +141,7 @@ def _exif_jpeg(png: Path, stored: np.ndarray) -> Path:
     return jpg
 
 
+@pytest.mark.slow
 def test_exif_rotated_jpegs_read_upright_everywhere(trained_run, camvid_tiny, tmp_path, cli):
     root = _small(camvid_tiny, tmp_path)
     names = _valid_names(root)

@@ -1,11 +1,11 @@
 """Fault suite, bad inputs that used to end in a traceback or be taken silently: each gives one
 `camseg: error:` line naming the key or file and what to do, exit code 2, and leaves nothing
-behind (no run folder, no empty --out, no rewritten run).
+behind (no run folder, no empty --out, no rewritten run). Bad config values are in the table
+of tests/fault_cases.py.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -30,10 +30,6 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
         "size 32x32 with batch size 1": (
             train("data.size=[32,32]", "data.batch_size=1"),
             ["data.size 32x32 with data.batch_size=1", "batch size of 2 or more", "[32, 64]"],
-        ),
-        "override two levels into a number": (
-            ["train", "--config", "tiny.yaml", "--set", "data.batch_size.x.y=1"],
-            ["--set data.batch_size.x.y", "data.batch_size is not a section"],
         ),
         "train output.dir is a file": (
             train("output.dir=FILE"),
@@ -81,22 +77,6 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
             )
             for v in ("1", "5", "0", "-2")
         },
-        "lr of infinity": (
-            train("train.stages[0].lr=.inf"),
-            ["train.stages[0].lr = inf", "finite positive number"],
-        ),
-        "slice up to infinity": (
-            train("train.stages[1].lr=slice(1e-6, inf)"),
-            ["train.stages[1].lr", "0 < low <= high < inf"],
-        ),
-        "momentum out of range": (
-            train("train.moms=[2,-1,5]"),
-            ["train.moms = [2, -1, 5]", "each momentum must be in [0, 1)"],
-        ),
-        "weight decay of infinity": (
-            train("train.wd=.inf"),
-            ["train.wd = inf", "finite"],
-        ),
         "check of a synthetic root that does not exist": (
             ["data", "check", "--root", "typo", "--layout", "synthetic"],
             ["data.root typo: no synthetic scenes", "camseg data synth --out typo"],
@@ -105,16 +85,11 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
             train("data.root=~/camvid"),
             [f"dataset folder not found: {tmp / 'home' / 'camvid'}"],
         ),
-        "~ of a user that does not exist": (
-            train("data.root=~no-such-user-camseg/camvid"),
-            ["data.root = '~no-such-user-camseg/camvid': cannot expand ~", "full path"],
-        ),
     }
 
 
 CASES = [
     "size 32x32 with batch size 1",
-    "override two levels into a number",
     "train output.dir is a file",
     "lr-find output.dir under a file",
     "data.cache is a file",
@@ -126,13 +101,8 @@ CASES = [
     "synth --valid-fraction 5",
     "synth --valid-fraction 0",
     "synth --valid-fraction -2",
-    "lr of infinity",
-    "slice up to infinity",
-    "momentum out of range",
-    "weight decay of infinity",
     "check of a synthetic root that does not exist",
     "~ in a --set path is the home folder",
-    "~ of a user that does not exist",
 ]
 
 
@@ -170,10 +140,9 @@ def finished_run(small, tmp_path_factory) -> Path:
     return out / "r"
 
 
-def _linked_copy(run: Path, dst: Path) -> Path:
-    """The run's files hard-linked into dst: cheap, and a replaced file leaves the original."""
-    shutil.copytree(run, dst, copy_function=os.link)
-    return dst
+def _copy(run: Path, dst: Path) -> Path:
+    """A copy of the module's run for one test: a file written in place changes this copy only."""
+    return shutil.copytree(run, dst)
 
 
 def _contents(run: Path) -> dict[str, tuple[int, int]]:
@@ -183,8 +152,9 @@ def _contents(run: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path, cli):
-    run = _linked_copy(finished_run, tmp_path / "r")
+    run = _copy(finished_run, tmp_path / "r")
     before = _contents(run)
     one_line_error(
         cli("train", "--resume", run),
@@ -197,12 +167,13 @@ def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path, cli):
 
 def _interrupted(finished_run: Path, dst: Path) -> Path:
     """The run as a crash after its last checkpoint leaves it: no model.pth, no summary."""
-    run = _linked_copy(finished_run, dst)
+    run = _copy(finished_run, dst)
     (run / "model.pth").unlink()
     (run / "summary.json").unlink()
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override", ["model.arch=resnet34", "model.last_cross=true", "model.self_attention=true"]
 )
@@ -219,6 +190,7 @@ def test_resume_cannot_change_the_model(override, finished_run, tmp_path, cli):
     assert _contents(run) == before
 
 
+@pytest.mark.slow
 def test_resume_cannot_change_the_classes(finished_run, camvid_tiny, tmp_path, cli):
     run = _interrupted(finished_run, tmp_path / "r")
     other = small_copy(camvid_tiny, tmp_path / "more_classes", 2, 4)

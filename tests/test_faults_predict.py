@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from test_faults import one_line_error
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]  # every case predicts with trained_run
 
 FRAME = "0001TP_006750.png"
 

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import history
+from conftest import history, written_dir
 from PIL import Image
 
 
@@ -26,30 +26,33 @@ def test_the_papers_two_phases_on_real_camseq01_frames(camseq01_sample, tmp_path
         "--set", "model.pretrained=false", "--no-progress",
     )  # fmt: skip
     assert half.exit_code == 0, half.output
+    runs = tmp_path / "runs"
+    [half_run] = runs.iterdir()
     # the second phase needs no download: its weights all come from the first
     full = cli("train", "--config", "full.yaml", *shrink, "--set", "data.size=0.2", "--no-progress")
     assert full.exit_code == 0, full.output
+    [full_run] = set(runs.iterdir()) - {half_run}
 
-    runs = tmp_path / "runs"
-    assert sorted(p.name for p in runs.iterdir()) == ["full", "half"]
-    half_cfg = json.loads((runs / "half" / "summary.json").read_text())
+    half_cfg = json.loads((half_run / "summary.json").read_text())
     assert half_cfg["lrs"] == {"0": "slice(0.001)", "1": 0.0001}  # the paper's learning rates
-    full_cfg = (runs / "full" / "config.yaml").read_text()
-    assert str(runs / "half" / "model.pth") in full_cfg  # started from the first phase
-    assert [r["stage_name"] for r in history(runs / "full")] == ["frozen", "unfrozen"]
+    full_cfg = (full_run / "config.yaml").read_text()
+    assert str(half_run / "model.pth") in full_cfg  # started from the first phase
+    assert [r["stage_name"] for r in history(full_run)] == ["frozen", "unfrozen"]
     from camseg.model import read_model_file
 
-    assert read_model_file(runs / "full").size == (144, 192)  # 0.2 of 720x960
+    assert read_model_file(full_run).size == (144, 192)  # 0.2 of 720x960
 
     scored = cli("evaluate", "--size", "native")  # the newest finished run: full
     assert scored.exit_code == 0, scored.output
-    assert "runs/full" in scored.stderr
-    metrics = json.loads(next((runs / "full" / "eval").glob("*/metrics.json")).read_text())
+    assert f"runs/{full_run.name}" in scored.stderr
+    out = tmp_path / written_dir(scored.stdout)  # printed relative to the current folder
+    assert out.parent == full_run / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluated"]["size"] == "native" and 0 <= metrics["acc_camvid"] <= 1
 
     frame = next((tmp_path / "data" / "camseq01" / "images").iterdir())
     predicted = cli("predict", str(frame))
     assert predicted.exit_code == 0, predicted.output
-    mask = Image.open(runs / "full" / "predictions" / f"{frame.stem}_mask.png")
+    mask = Image.open(full_run / "predictions" / f"{frame.stem}_mask.png")
     assert mask.size == (960, 720)
     assert np.asarray(mask).max() < 32

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import camseg.precision as precision
-from camseg.config import ModelConfig
 from camseg.errors import CamsegError
 from camseg.model import model_meta, read_model_file, write_model_file
 from camseg.precision import (
@@ -17,6 +16,7 @@ from camseg.precision import (
     training_precision,
     validation_precision,
 )
+from camseg.schema import ModelConfig
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -11,6 +11,9 @@ from PIL import Image
 
 from camseg.plots import palette
 
+# trained_run trains; the network rebuilt at two sizes takes 8 s each
+pytestmark = pytest.mark.slow
+
 
 def _palette_set(codes: list[str]) -> set[tuple[int, int, int]]:
     return {tuple(int(v) for v in c) for c in palette(codes)}
@@ -85,12 +88,12 @@ def test_predict_never_writes_over_an_input(trained_run, camvid_tiny, tmp_path, 
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_mask.png"]
 
 
-def test_predict_default_out_and_glob(trained_run, camvid_tiny, cli):
+def test_predict_default_out_and_glob(run_copy, camvid_tiny, cli):
     pattern = str(camvid_tiny / "images" / "0006R0_f0*.png")
-    result = cli("predict", pattern, "--run", trained_run, "--format", "index")
+    result = cli("predict", pattern, "--run", run_copy, "--format", "index")
     assert result.exit_code == 0, result.output
-    written = sorted((trained_run / "predictions").glob("*_mask.png"))
-    assert len(written) == 13 and not list((trained_run / "predictions").glob("*_color.png"))
+    written = sorted((run_copy / "predictions").glob("*_mask.png"))
+    assert len(written) == 13 and not list((run_copy / "predictions").glob("*_color.png"))
 
 
 def test_predict_errors(trained_run, camvid_tiny, tmp_path, cli):
@@ -131,8 +134,8 @@ def test_rebuilt_network_equals_one_built_at_the_training_size(size, tmp_path, c
     from fastai.vision.learner import create_unet_model
     from torchvision.models import resnet18
 
-    from camseg.config import ModelConfig
     from camseg.model import model_meta, read_model_file, write_model_file
+    from camseg.schema import ModelConfig
 
     codes = (camvid_tiny / "codes.txt").read_text().split()
     torch.manual_seed(0)

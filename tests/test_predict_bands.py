@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import camseg.predict
-from camseg.data.files import load_rgb
+import camseg.api
+from camseg.data.files import load_rgb, open_rgb
+from camseg.infer import mask_in_bands, to_model_input
 from camseg.model import read_model_file
-from camseg.predict import _mask_in_bands, _read, predict, to_model_input
+from camseg.predict import MAX_PIXELS, predict
 
 FRAME = "0016E5_07973.png"
 
@@ -46,16 +47,18 @@ def logits(trained_run, camseq01_sample) -> torch.Tensor:
         return model(x[None].contiguous(memory_format=torch.channels_last))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(97, 131), (1001, 777), (720, 960)])
 def test_bands_give_the_mask_of_the_whole_image(logits, size):
     h, w = size
     scores = _whole_image_scores(logits, h, w)
-    masks = [_mask_in_bands(logits, h, w, rows) for rows in (1, 7, h)]
+    masks = [mask_in_bands(logits, h, w, rows).numpy() for rows in (1, 7, h)]
     # every pixel's arithmetic is the same whatever the band: exactly equal
     assert all(np.array_equal(masks[0], m) for m in masks[1:])
     _assert_same_mask(masks[0], scores)
 
 
+@pytest.mark.slow
 def test_normal_frames_as_before(trained_run, camseq01_sample, tmp_path, monkeypatch):
     """960x720 frames fit in one piece: the very computation predict always did."""
     seen = _spy_on_masks(monkeypatch)
@@ -65,6 +68,7 @@ def test_normal_frames_as_before(trained_run, camseq01_sample, tmp_path, monkeyp
         assert np.array_equal(mask, _whole_image_scores(lg, h, w).argmax(dim=0).numpy())
 
 
+@pytest.mark.slow
 def test_big_photo_in_bands_with_bounded_memory(
     trained_run, camseq01_sample, tmp_path, monkeypatch
 ):
@@ -103,21 +107,21 @@ def test_big_photo_in_bands_with_bounded_memory(
 
 
 def _spy_on_masks(monkeypatch) -> list:
-    """(logits, h, w, mask) of every `_mask` call predict makes."""
+    """(logits, h, w, mask) of every `class_mask` call predict makes."""
     seen = []
-    real = camseg.predict._mask
+    real = camseg.api.class_mask
 
     def spy(logits, h, w):
         mask = real(logits, h, w)
-        seen.append((logits.clone(), h, w, mask))
+        seen.append((logits.clone(), h, w, mask.cpu().numpy()))
         return mask
 
-    monkeypatch.setattr(camseg.predict, "_mask", spy)
+    monkeypatch.setattr(camseg.api, "class_mask", spy)
     return seen
 
 
 def test_rgb_files_read_as_load_rgb_reads_them(camvid_tiny, tmp_path):
-    """_read decodes plain RGB files itself (no copies): same pixels as load_rgb, EXIF turns
+    """open_rgb decodes plain RGB files itself (no copies): same pixels as load_rgb, EXIF turns
     included."""
     src = Image.open(camvid_tiny / "images" / "0001TP_006750.png").convert("RGB")
     src.save(tmp_path / "plain.png")
@@ -128,5 +132,5 @@ def test_rgb_files_read_as_load_rgb_reads_them(camvid_tiny, tmp_path):
         src.save(tmp_path / f"turned{orientation}.jpg", exif=exif.tobytes())
     src.convert("L").save(tmp_path / "grey.png")  # not RGB: through load_rgb itself
     for path in sorted(tmp_path.iterdir()):
-        assert np.array_equal(np.asarray(_read(path)), load_rgb(path)), path.name
-    assert _read(tmp_path / "turned6.jpg").size == (96, 128)
+        assert np.array_equal(np.asarray(open_rgb(path, MAX_PIXELS)), load_rgb(path)), path.name
+    assert open_rgb(tmp_path / "turned6.jpg", MAX_PIXELS).size == (96, 128)

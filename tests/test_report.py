@@ -9,24 +9,26 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # both tests evaluate a copy of trained_run, which trains
 
-def test_report_links_resolve_and_tables_are_there(trained_run, cli):
-    assert cli("evaluate", "--run", trained_run).exit_code == 0
-    page = (trained_run / "report.html").read_text()
+
+def test_report_links_resolve_and_tables_are_there(run_copy, cli):
+    assert cli("evaluate", "--run", run_copy).exit_code == 0
+    page = (run_copy / "report.html").read_text()
     sources = re.findall(r"<img src='([^']+)'", page)
     assert {"plots/schedule.png", "plots/loss.png", "plots/results.png"} <= set(sources)
     assert any(s.endswith("confusion.png") for s in sources)
     for src in sources:
-        assert (trained_run / src).is_file(), src
+        assert (run_copy / src).is_file(), src
     assert "0.930656" in page  # the paper's Fig. 13 best epoch, from the cited copy
     assert "unfrozen" in page and "acc_camvid" in page and "per class" in page
 
 
-def test_report_renders_in_headless_chromium(trained_run, cli, tmp_path):
+def test_report_renders_in_headless_chromium(run_copy, cli, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (scripts/test.sh installs it)")
-    assert cli("evaluate", "--run", trained_run).exit_code == 0
+    assert cli("evaluate", "--run", run_copy).exit_code == 0
     shot = tmp_path / "report.png"
     proc = subprocess.run(
         [
@@ -38,7 +40,7 @@ def test_report_renders_in_headless_chromium(trained_run, cli, tmp_path):
             f"--screenshot={shot}",
             "--window-size=1300,2600",
             f"--user-data-dir={tmp_path / 'profile'}",
-            Path(trained_run / "report.html").as_uri(),
+            Path(run_copy / "report.html").as_uri(),
         ],
         capture_output=True,
         text=True,

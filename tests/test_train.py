@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, fast_args, history
+from conftest import TINY, fast_args, history, written_dir
 
 from camseg.config import load_config
 from camseg.model import read_model_file
-from camseg.train import HISTORY_COLUMNS, create_run_dir
+from camseg.runs import HISTORY_COLUMNS, create_run_dir
 
 
+@pytest.mark.slow
 def test_train_writes_every_file_of_the_run(trained_run):
     run = trained_run
     for name in (
@@ -57,6 +58,7 @@ def test_train_writes_every_file_of_the_run(trained_run):
     assert summary["lrs"] == {"0": 3e-3, "1": "slice(7.5e-06, 0.00075)"}
 
 
+@pytest.mark.slow
 def test_model_pth_is_plain_data_and_rebuilds(trained_run, camvid_tiny):
     raw = torch.load(trained_run / "model.pth", weights_only=True)  # no pickled code inside
     assert raw["format"] == "camseg-model"
@@ -72,6 +74,7 @@ def test_model_pth_is_plain_data_and_rebuilds(trained_run, camvid_tiny):
     assert ckpt["state"]["stage"] == 1 and ckpt["state"]["epochs_done"] == 1
 
 
+@pytest.mark.slow
 def test_init_from_carries_weights(trained_run, camvid_tiny, tmp_path, cli):
     first_valid = float(history(trained_run)[-1]["valid_loss"])
     # a near-zero lr: the second run's first valid loss is the first run's, not a fresh model's
@@ -93,6 +96,7 @@ def test_init_from_carries_weights(trained_run, camvid_tiny, tmp_path, cli):
     assert abs(second_valid - first_valid) < 0.5 * abs(3.4657 - first_valid)  # ln(32): scratch
 
 
+@pytest.mark.slow
 def test_init_from_with_other_codes_names_both(trained_run, tiny_copy, tmp_path, cli):
     codes = tiny_copy / "codes.txt"
     codes.write_text(codes.read_text().replace("Animal", "Beast"))
@@ -104,6 +108,7 @@ def test_init_from_with_other_codes_names_both(trained_run, tiny_copy, tmp_path,
     assert not out.exists()  # no half-made run folder
 
 
+@pytest.mark.slow
 def test_pretrained_offline_names_both_ways_out(camvid_tiny, tmp_path, cli, monkeypatch):
     import torchvision.models._api as api
 
@@ -120,6 +125,7 @@ def test_pretrained_offline_names_both_ways_out(camvid_tiny, tmp_path, cli, monk
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_local_encoder_weights_file(camvid_tiny, tmp_path):
     from torchvision.models import resnet18
 
@@ -160,6 +166,7 @@ def test_run_folders_never_clobber(tmp_path):
     assert (first / "model.pth").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_mid_stage(camvid_tiny, tmp_path):
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "r"]
     cmd = [sys.executable, "-m", "camseg", "train", *args, "--no-progress"]
@@ -196,6 +203,7 @@ def test_resume_after_kill_9_mid_stage(camvid_tiny, tmp_path):
     assert torch.load(run / "checkpoints" / "best.pth", weights_only=True)["format"]
 
 
+@pytest.mark.slow
 def test_lr_find_writes_plot_and_suggestions(camvid_tiny, tmp_path, cli):
     result = cli(
         "lr-find",
@@ -204,7 +212,7 @@ def test_lr_find_writes_plot_and_suggestions(camvid_tiny, tmp_path, cli):
         "train.lr_find_iters=30",
     )
     assert result.exit_code == 0, result.output
-    out = tmp_path / "tiny-lr_find"
+    [out] = tmp_path.iterdir()
     found = json.loads((out / "lr_find.json").read_text())
     assert set(found) == {"valley", "slide", "minimum", "steep"}
     assert all(1e-8 < v < 10 for v in found.values())
@@ -213,6 +221,7 @@ def test_lr_find_writes_plot_and_suggestions(camvid_tiny, tmp_path, cli):
     assert curve[0] == "lr,loss" and len(curve) > 20
 
 
+@pytest.mark.slow
 def test_stage_lr_find_is_recorded(camvid_tiny, tmp_path, cli):
     result = cli(
         "train",
@@ -221,11 +230,13 @@ def test_stage_lr_find_is_recorded(camvid_tiny, tmp_path, cli):
         ),
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    [run] = tmp_path.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
     assert isinstance(summary["lrs"]["0"], float) and summary["lrs"]["0"] > 0
-    assert (tmp_path / "tiny" / "plots" / "lr_find_stage-1.png").is_file()
+    assert (run / "plots" / "lr_find_stage-1.png").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
     """torchrun with 2 CPU processes: DistributedDataParallel over gloo, rank 0 writes."""
     cmd = [
@@ -252,10 +263,11 @@ def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
     assert read_model_file(tmp_path / "ddp").arch == "resnet18"
 
 
+@pytest.mark.slow
 def test_bf16_and_no_last_cross_train_and_rebuild(camvid_tiny, tmp_path, cli):
     """The fast CPU options: convolutions run in bf16 while training (fp32 weights), the lighter
     decoder is recorded in model.pth, and evaluate reproduces the (fp32) validation metric."""
-    from camseg.train import BF16Autocast
+    from camseg.callbacks import BF16Autocast
 
     seen: list[torch.dtype] = []
 
@@ -298,7 +310,7 @@ def test_bf16_and_no_last_cross_train_and_rebuild(camvid_tiny, tmp_path, cli):
     assert float(row["train_loss"]) < 10 and float(row["valid_loss"]) < 10
     result = cli("evaluate", "--run", run)
     assert result.exit_code == 0, result.output
-    metrics = json.loads((run / "eval" / "camvid_tiny-valid" / "metrics.json").read_text())
+    metrics = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
     assert metrics["acc_camvid"] == pytest.approx(float(row["acc_camvid"]), abs=1e-5)
     assert BF16Autocast.order == 10
 
@@ -313,7 +325,7 @@ def test_fp16_and_bf16_together_is_a_config_error(tmp_path):
 def test_checkpoint_writer_runs_one_write_at_a_time_and_reports_errors():
     import threading
 
-    from camseg.train import CheckpointWriter
+    from camseg.checkpoint import CheckpointWriter
 
     writer, order, gate = CheckpointWriter(), [], threading.Event()
 
@@ -337,13 +349,14 @@ def test_checkpoint_writer_runs_one_write_at_a_time_and_reports_errors():
     writer.wait()  # reported once
 
 
+@pytest.mark.slow  # builds a U-Net (2-4 s)
 def test_checkpoint_is_a_snapshot_not_the_live_weights():
     """The checkpoint is written while the next epoch trains, so it must hold copies."""
     from fastai.learner import Learner
     from fastai.vision.learner import create_unet_model
     from torchvision.models import resnet18
 
-    from camseg.train import RunState, checkpoint_dict
+    from camseg.checkpoint import RunState, checkpoint_dict
 
     model = create_unet_model(resnet18, 32, (64, 96), pretrained=False)
     learn = Learner(None, model, loss_func=torch.nn.CrossEntropyLoss())

@@ -1,0 +1,292 @@
+"""The bad config files and broken datasets of the fault suite, one table each. The library tests
+(test_config.py, test_data.py) and the CLI tests (test_faults.py) run every case, so a message the
+library gives is the line a user sees."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# ---- config ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigFault:
+    """A config file (`text`; None: no file at all) and `--set` items that `load_config` and
+    `camseg train --config FILE` refuse with one line containing every needle."""
+
+    name: str
+    text: str | None
+    needles: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+
+    def write(self, folder: Path) -> Path:
+        path = folder / "bad.yaml"
+        if self.text is not None:
+            path.write_text(self.text)
+        return path
+
+
+def _lr_set(lr: str) -> ConfigFault:
+    return ConfigFault(
+        f"--set lr={lr}",
+        "data: {}\n",
+        (f"train.stages[0].lr = '{lr}' is not valid",),
+        (f"train.stages[0].lr={lr}",),
+    )
+
+
+CONFIG_FAULTS = [
+    ConfigFault(
+        "unknown key",
+        "data:\n  batchsize: 3\n",
+        ("unknown key data.batchsize; did you mean data.batch_size?",),
+    ),
+    ConfigFault("unknown section", "trian:\n  wd: 1\n", ("did you mean train?",)),
+    ConfigFault("wrong type", "data:\n  batch_size: many\n", ("data.batch_size = 'many'",)),
+    ConfigFault("negative batch size", "data:\n  batch_size: -1\n", ("data.batch_size = -1",)),
+    ConfigFault(
+        "zero epochs", "train:\n  stages:\n  - epochs: 0\n", ("train.stages[0].epochs = 0",)
+    ),
+    ConfigFault(
+        "negative epochs", "train:\n  stages:\n  - epochs: -1\n", ("train.stages[0].epochs = -1",)
+    ),
+    ConfigFault(
+        "lr pair in the wrong order",
+        "train:\n  stages:\n  - lr: [1.0e-3, 1.0e-6]\n",
+        ("0 < low <= high",),
+    ),
+    ConfigFault(
+        "slice in the wrong order",
+        "train:\n  stages:\n  - lr: slice(1.0e-3, 1.0e-6)\n",
+        ("0 < low <= high",),
+    ),
+    ConfigFault(
+        "slice of a word", "train:\n  stages:\n  - lr: slice(fast)\n", ("slice() takes numbers",)
+    ),
+    ConfigFault(
+        "lr a word", "train:\n  stages:\n  - lr: fast\n", ("slice(x), slice(low, high), or 'find'",)
+    ),
+    _lr_set("slice(0)"),
+    _lr_set("slice(1e-3, 1e-5)"),
+    _lr_set("slice(x)"),
+    _lr_set("slice()"),
+    ConfigFault(
+        "lr of infinity",
+        "data: {}\n",
+        ("train.stages[0].lr = inf", "finite positive number"),
+        ("train.stages[0].lr=.inf",),
+    ),
+    ConfigFault(
+        "slice up to infinity",
+        "train:\n  stages:\n  - {}\n  - {}\n",
+        ("train.stages[1].lr", "0 < low <= high < inf"),
+        ("train.stages[1].lr=slice(1e-6, inf)",),
+    ),
+    ConfigFault("no stages", "train:\n  stages: []\n", ("at least one stage",)),
+    ConfigFault(
+        "momentum out of range",
+        "data: {}\n",
+        ("train.moms = [2, -1, 5]", "each momentum must be in [0, 1)"),
+        ("train.moms=[2,-1,5]",),
+    ),
+    ConfigFault(
+        "weight decay of infinity", "data: {}\n", ("train.wd = inf", "finite"), ("train.wd=.inf",)
+    ),
+    ConfigFault("unknown device", "train:\n  device: gpu\n", ("train.device = 'gpu'",)),
+    ConfigFault(
+        "unknown layout", "data:\n  layout: voc\n", ("'camvid', 'camseq01' or 'synthetic'",)
+    ),
+    ConfigFault(
+        "unknown arch", "model:\n  arch: resnet9\n", ("'resnet18', 'resnet34' or 'resnet50'",)
+    ),
+    ConfigFault("size too small", "data:\n  size: [10, 20]\n", ("at least 32 pixels",)),
+    ConfigFault(
+        "--set of a misspelt key",
+        "data: {}\n",
+        ("did you mean train.stages[0].lr?",),
+        ("train.stages[0].lrr=1",),
+    ),
+    ConfigFault(
+        "--set of a stage that does not exist",
+        "data: {}\n",
+        ("index [5] does not exist",),
+        ("train.stages[5].lr=1",),
+    ),
+    ConfigFault("--set without =", "data: {}\n", ("expected key=value",), ("nokey",)),
+    ConfigFault(
+        "--set two levels into a number",
+        "data:\n  batch_size: 4\n",
+        ("--set data.batch_size.x.y", "data.batch_size is not a section"),
+        ("data.batch_size.x.y=1",),
+    ),
+    ConfigFault(
+        "~ of a user that does not exist",
+        "data: {}\n",
+        ("data.root = '~no-such-user-camseg/camvid': cannot expand ~", "full path"),
+        ("data.root=~no-such-user-camseg/camvid",),
+    ),
+    ConfigFault(
+        "YAML syntax error",
+        "data:\n  size: [96, 128\n  batch_size: 4\n",
+        ("bad.yaml:3: YAML syntax error",),
+    ),
+    ConfigFault("empty file", "", ("config file is empty",)),
+    ConfigFault("a list, not a mapping", "- 1\n- 2\n", ("expected a mapping",)),
+    ConfigFault(
+        "python object tag",
+        "data: !!python/object/apply:os.system ['touch PWNED']\n",
+        ("YAML tag refused",),
+    ),
+    ConfigFault("file not found", None, ("config file not found: ",)),
+]
+
+
+# ---- datasets ----------------------------------------------------------------------------
+
+STEM = "0001TP_006750"  # a training frame of camvid_tiny
+
+
+def _image(root: Path) -> Path:
+    return root / "images" / f"{STEM}.png"
+
+
+def _label(root: Path) -> Path:
+    return root / "labels" / f"{STEM}_P.png"
+
+
+def _remove_root(root: Path) -> None:
+    shutil.rmtree(root)
+
+
+def _remove_images(root: Path) -> None:
+    for p in (root / "images").iterdir():
+        p.unlink()
+
+
+def _remove_label(root: Path) -> None:
+    _label(root).unlink()
+
+
+def _remove_image(root: Path) -> None:
+    _image(root).unlink()
+
+
+def _shrink_label(root: Path) -> None:
+    Image.open(_label(root)).resize((64, 48), Image.NEAREST).save(_label(root))
+
+
+def _label_value_40(root: Path) -> None:
+    arr = np.array(Image.open(_label(root)))
+    arr[0, 0] = 40
+    Image.fromarray(arr).save(_label(root))
+
+
+def _rename_void(root: Path) -> None:
+    codes = root / "codes.txt"
+    codes.write_text(codes.read_text().replace("Void\n", "Nothing\n"))
+
+
+def _duplicate_road(root: Path) -> None:
+    codes = root / "codes.txt"
+    codes.write_text(codes.read_text().replace("Wall", "Road"))
+
+
+def _empty_valid(root: Path) -> None:
+    (root / "valid.txt").write_text("")
+
+
+def _valid_names_a_ghost(root: Path) -> None:
+    valid = root / "valid.txt"
+    valid.write_text(valid.read_text() + "ghost.png\n")
+
+
+def _valid_is_every_image(root: Path) -> None:
+    (root / "valid.txt").write_text("\n".join(p.name for p in (root / "images").iterdir()))
+
+
+def _truncate_image(root: Path) -> None:
+    _image(root).write_bytes(_image(root).read_bytes()[:300])
+
+
+def _label_16bit(root: Path) -> None:
+    Image.fromarray(np.array(Image.open(_label(root))).astype(np.uint16)).save(_label(root))
+
+
+def _label_palette(root: Path) -> None:
+    Image.open(_label(root)).convert("P").save(_label(root))
+
+
+def _camseq01_unknown_colour(root: Path) -> None:
+    (root / "valid.txt").write_text("0016E5_07997.png\n")
+    label = root / "CamSeq01_Labeled" / "0016E5_07995_L.png"
+    arr = np.array(Image.open(label))
+    arr[5:9, 5:9] = (7, 7, 7)
+    Image.fromarray(arr).save(label)
+
+
+@dataclass(frozen=True)
+class DataFault:
+    """A fault `inject`ed into a writable copy of `source` (a fixture name: camvid_tiny or
+    camseq01_sample). `find_files` refuses the folder (`refused`) or `check_dataset` lists the
+    problem; `camseg train` stops with one line. Both name `needle`."""
+
+    name: str
+    inject: Callable[[Path], None]
+    needle: str
+    refused: bool = False
+    source: str = "camvid_tiny"
+
+    @property
+    def layout(self) -> str:
+        return "camseq01" if self.source == "camseq01_sample" else "camvid"
+
+
+DATA_FAULTS = [
+    DataFault("root missing", _remove_root, "dataset folder not found", refused=True),
+    DataFault("no images", _remove_images, "no images found"),
+    DataFault("image without label", _remove_label, f"{STEM}.png: no label"),
+    DataFault("label without image", _remove_image, f"{STEM}_P.png: label without an image"),
+    DataFault("label size differs", _shrink_label, f"{STEM}_P.png: size 64x48 differs"),
+    DataFault("label value >= codes", _label_value_40, "label value 40 >= number of codes (32)"),
+    DataFault("codes without Void", _rename_void, "no 'Void' class", refused=True),
+    DataFault("duplicate codes", _duplicate_road, "duplicate class names Road", refused=True),
+    DataFault("valid.txt empty", _empty_valid, "validation list is empty"),
+    DataFault(
+        "valid.txt names missing files",
+        _valid_names_a_ghost,
+        "names not among the images: ghost.png",
+    ),
+    DataFault("valid.txt covers every image", _valid_is_every_image, "leaving no training set"),
+    DataFault("truncated PNG", _truncate_image, f"{STEM}.png: unreadable image"),
+    DataFault("16-bit label", _label_16bit, f"{STEM}_P.png: label must be 8-bit"),
+    DataFault("palette label", _label_palette, f"{STEM}_P.png: palette-mode label"),
+    DataFault(
+        "unknown colour in a CamSeq01 label",
+        _camseq01_unknown_colour,
+        "0016E5_07995_L.png: colours not in label_colors.txt: RGB(7, 7, 7) (16 px)",
+        source="camseq01_sample",
+    ),
+]
+
+
+def broken_copy(case: DataFault, source: Path, dst: Path) -> Path:
+    """A copy of `source` at `dst` with the case's fault in it."""
+    shutil.copytree(source, dst)
+    case.inject(dst)
+    return dst
+
+
+def paint_unknown_colour(camseq01: Path) -> str:
+    """Paint a colour that label_colors.txt lacks into 100 pixels of a CamSeq01 colour label:
+    what `data prepare` refuses unless told `--unknown-as`. Returns what the refusal names."""
+    label = camseq01 / "CamSeq01_Labeled" / "0016E5_07979_L.png"
+    arr = np.array(Image.open(label))
+    arr[:10, :10] = (1, 2, 3)
+    Image.fromarray(arr).save(label)
+    return "0016E5_07979_L.png: colour RGB(1, 2, 3) (100 px)"
