@@ -24,6 +24,7 @@ def bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
     out = tmp_path / "results.json"
     proc = bench("--quick", "--out", str(out), "--data", str(camvid_tiny))
