@@ -231,10 +231,13 @@ class _Reader:
                 for frame in self._decode(av, container, stream):
                     size = size or (frame.width, frame.height)
                     image = None
-                    if self._keep(self.frames) and (frame.width, frame.height) == size:
-                        image = frame.to_image()
-                    elif self._keep(self.frames):  # the stream changed size: scale to the first
-                        image = frame.to_image(width=size[0], height=size[1])
+                    if self._keep(self.frames):  # a size change mid-stream: scale to the first
+                        same = (frame.width, frame.height) == size
+                        image = (
+                            frame.to_image()
+                            if same
+                            else frame.to_image(width=size[0], height=size[1])
+                        )
                     last = frame.time
                     if not self._put(_Frame(self.frames, frame.time, image)):
                         return
