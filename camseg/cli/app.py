@@ -41,9 +41,6 @@ class _OneLineErrors(TyperGroup):
             message = " ".join(e.format_message().split())
             err.print(f"camseg: error: {message}{hint}", markup=False, soft_wrap=True)
             sys.exit(e.exit_code)
-        except _click.exceptions.Abort:
-            err.print("Aborted!", markup=False)
-            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
