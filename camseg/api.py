@@ -97,11 +97,12 @@ class Segmenter:
         pil = [as_rgb(im) for im in images]
         if not pil:
             return []
-        scores = self._net.images(pil)
-        pairs = list(zip(scores, pil, strict=True))
         if output == "scores":
-            return [_probabilities(lg, im.height, im.width) for lg, im in pairs]
-        masks = [class_mask(lg, im.height, im.width).cpu().numpy() for lg, im in pairs]
+            scores = self._net.images(pil)
+            return [
+                _probabilities(lg, im.height, im.width) for lg, im in zip(scores, pil, strict=True)
+            ]
+        masks = self.masks(pil)
         return masks if output == "index" else [self._palette[m] for m in masks]
 
     def masks(self, images: Sequence[Image.Image]) -> list[np.ndarray]:

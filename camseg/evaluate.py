@@ -23,7 +23,7 @@ from PIL import Image
 from camseg.atomic import atomic_write_text
 from camseg.config import load_config
 from camseg.data import check_dataset, find_files
-from camseg.data.files import load_rgb
+from camseg.data.files import load_rgb, resize_label
 from camseg.data.layouts import DatasetFiles, label_reader, valid_split
 from camseg.errors import CamsegError
 from camseg.infer import Network, class_mask, load_network, read_model, to_model_input
@@ -124,13 +124,12 @@ def labelled_batches(
     image squished to `size` (bilinear) and normalised (`to_model_input`), each label resized
     to `size` (nearest), or with native kept at its own resolution."""
     at_size = dataclasses.replace(info, size=size)
-    h, w = size
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         xb = torch.stack([to_model_input(Image.fromarray(load_rgb(p)), at_size) for p in chunk])
         labels = [read_label(p) for p in chunk]
         if not native:
-            labels = [np.array(Image.fromarray(y).resize((w, h), Image.NEAREST)) for y in labels]
+            labels = [resize_label(y, size) for y in labels]
         yield xb, labels
 
 

@@ -218,6 +218,7 @@ def run_name(cfg: Config, config_path: Path | None, name: str | None) -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import fastai
     import torchvision
+    from fastai.torch_core import num_distrib
 
     env: dict[str, Any] = {
         "camseg": __version__,
@@ -228,7 +229,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "cpu_count": os.cpu_count(),
-        "world_size": max(1, int(os.environ.get("WORLD_SIZE", 1))),
+        "world_size": max(1, num_distrib()),
     }
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda

@@ -82,6 +82,33 @@ SetOpt = Annotated[
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 
 
+RunOpt = Annotated[Path | None, typer.Option("--run", help="Run folder (uses its model.pth).")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="model.pth, a checkpoint file or a model.onnx from camseg export (runs on ONNX "
+        "Runtime, CPU, fp32) instead of --run.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+def model_source(run: Path | None, model: Path | None) -> Path:
+    """--run or --model; with neither, the newest finished run under ./runs (said on stderr)."""
+    if run is not None and model is not None:
+        raise CamsegError("give either --run RUN_DIR or --model model.pth, not both")
+    source = run if run is not None else model
+    if source is None:
+        from camseg.runs import latest_run
+
+        source = latest_run(Path("runs")).dir
+        err.print(f"using the newest finished run: {source}", markup=False, soft_wrap=True)
+    if not source.exists():
+        raise CamsegError(f"{source}: no such file or folder")
+    return source
+
+
 def user_errors(fn: F) -> F:
     """Turn CamsegError into one stderr line and exit code 2 (no traceback)."""
 

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from camseg.cli.app import app, choices, out, user_errors
-from camseg.cli.use import RunOpt, _model_source
+from camseg.cli.app import RunOpt, app, choices, model_source, out, user_errors
 
 ExportFormat = Literal["onnx"]
 ExportFormatChoice = choices("ExportFormatChoice", ExportFormat)
@@ -39,7 +38,7 @@ def export(
     in one file."""
     from camseg.onnx import export_onnx
 
-    result = export_onnx(_model_source(run, model), out_file)
+    result = export_onnx(model_source(run, model), out_file)
     h, w = result.size
     size_mb = result.path.stat().st_size / 1e6
     out.print(

@@ -9,7 +9,17 @@ from typing import Annotated, Any, get_args
 import typer
 from rich.table import Table
 
-from camseg.cli.app import app, choices, err, out, user_errors
+from camseg.cli.app import (
+    DeviceOpt,
+    ModelOpt,
+    RunOpt,
+    app,
+    choices,
+    err,
+    model_source,
+    out,
+    user_errors,
+)
 from camseg.errors import CamsegError
 from camseg.schema import EvaluatePrecision, Format, Layout, PredictPrecision, Split, parse_size
 
@@ -18,32 +28,6 @@ LayoutChoice = choices("LayoutChoice", Layout)
 EvaluatePrecisionChoice = choices("EvaluatePrecisionChoice", EvaluatePrecision)
 PredictPrecisionChoice = choices("PredictPrecisionChoice", PredictPrecision)
 FORMATS: tuple[str, ...] = get_args(Format)
-
-RunOpt = Annotated[Path | None, typer.Option("--run", help="Run folder (uses its model.pth).")]
-ModelOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--model",
-        help="model.pth, a checkpoint file or a model.onnx from camseg export (runs on ONNX "
-        "Runtime, CPU, fp32) instead of --run.",
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-
-
-def _model_source(run: Path | None, model: Path | None) -> Path:
-    """--run or --model; with neither, the newest finished run under ./runs (said on stderr)."""
-    if run is not None and model is not None:
-        raise CamsegError("give either --run RUN_DIR or --model model.pth, not both")
-    source = run if run is not None else model
-    if source is None:
-        from camseg.runs import latest_run
-
-        source = latest_run(Path("runs")).dir
-        err.print(f"using the newest finished run: {source}", markup=False, soft_wrap=True)
-    if not source.exists():
-        raise CamsegError(f"{source}: no such file or folder")
-    return source
 
 
 @app.command("evaluate")
@@ -81,7 +65,7 @@ def evaluate(
     if batch_size < 1:
         raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
     result = run_eval(
-        _model_source(run, model),
+        model_source(run, model),
         data=data,
         layout=layout.value if layout else None,  # type: ignore[arg-type]
         split=split.value,  # type: ignore[arg-type]
@@ -180,7 +164,7 @@ def predict(
     from camseg.predict import expand_inputs
     from camseg.predict import predict as run_predict
 
-    source = _model_source(run, model)
+    source = model_source(run, model)
     if out_dir is None:
         from camseg.runs import predictions_dir
 

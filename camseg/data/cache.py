@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from camseg.atomic import atomic_write
-from camseg.data.files import load_rgb, resize_rgb
+from camseg.data.files import load_rgb, resize_label, resize_rgb
 from camseg.data.layouts import DatasetFiles, label_reader
 
 # Part of every entry's folder: entries made by an older decoder (before 16-bit frames were
@@ -64,8 +64,7 @@ def build_cache(
             rgb = resize_rgb(Image.fromarray(load_rgb(image)), size)
             _save(x_path, np.asarray(rgb))
         if not y_path.is_file():
-            mask = Image.fromarray(read_label(image)).resize((w, h), Image.NEAREST)
-            _save(y_path, np.asarray(mask))
+            _save(y_path, resize_label(read_label(image), size))
         return x_path, y_path
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

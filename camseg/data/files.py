@@ -164,6 +164,15 @@ def resize_rgb(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
 
 
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class-index label at (H, W) = size, nearest neighbour as fastai's Resize does for masks:
+    the one label resize of the cache and of evaluate."""
+    h, w = size
+    if label.shape[:2] == (h, w):
+        return label
+    return np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(W, H) of an image as `load_rgb` returns it, without decoding the pixels."""
     with Image.open(path) as im:
