@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,25 @@ def test_download_offline_is_one_clear_line(cli, tmp_path):
     assert "cannot download http" in result.stderr and "by hand" in result.stderr
     unknown = cli("data", "download", "voc", "--out", tmp_path)
     assert unknown.exit_code == 2 and "camvid, camvid-tiny or camseq01" in unknown.stderr
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["evaluate", "--batch-size", "abc"], ["'--batch-size'", "evaluate --help)"]),
+        (["evaluate", "--split", "nope"], ["'--split'", "'valid', 'train', 'all'"]),
+        (["predict", "x.png", "--precision", "half"], ["'--precision'", "'auto'"]),
+        (["data", "check", "--layout", "voc"], ["'--layout'", "'camvid'"]),
+        (["trian"], ["No such command 'trian'", "Did you mean 'train'"]),
+    ],
+    ids=["not-an-int", "split", "precision", "layout", "unknown-command"],
+)
+def test_usage_errors_are_one_line(cli, args, needles):
+    """A value typer itself rejects (a type, a choice, a command) is one line too, not a box."""
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("camseg: error: "), lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

@@ -187,6 +187,7 @@ def test_onnx_predict_and_evaluate_without_fastai(exported, trained_run, camvid_
     assert with_pth.returncode != 0 and "fastai" in with_pth.stderr
 
 
+@pytest.mark.faults
 def test_bad_onnx_inputs_give_one_line(exported, camvid_tiny, tmp_path, cli):
     from onnx import TensorProto, helper
 
@@ -229,6 +230,7 @@ def test_bad_onnx_inputs_give_one_line(exported, camvid_tiny, tmp_path, cli):
         Segmenter(exported, device="cuda")
 
 
+@pytest.mark.faults
 def test_missing_extras_give_one_line(exported, trained_run, camvid_tiny, tmp_path):
     frame = _frames(camvid_tiny, 1)[0]
     out = tmp_path / "out"

@@ -174,6 +174,7 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("make", "extra", "needle"),
     [
@@ -193,6 +194,7 @@ def test_bad_video_inputs_give_one_line(tmp_path, cli, model_file, make, extra, 
     assert not out.exists()
 
 
+@pytest.mark.faults
 def test_video_without_pyav_says_what_to_install(tmp_path, cli, model_file, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails as if not installed
     (tmp_path / "drive.mp4").write_bytes(b"")
@@ -202,6 +204,7 @@ def test_video_without_pyav_says_what_to_install(tmp_path, cli, model_file, monk
     assert "needs PyAV" in result.stderr and "pip install 'camseg[video]'" in result.stderr
 
 
+@pytest.mark.faults
 def test_images_and_videos_apart_and_stride_only_for_videos(camvid_tiny, tmp_path, cli, model_file):
     image = camvid_tiny / "images" / "0001TP_006750.png"
     (tmp_path / "drive.mp4").write_bytes(b"")
