@@ -127,7 +127,7 @@ def test_16bit_grey_frames_train_on_scaled_pixels(cache, camvid_tiny, tmp_path, 
         pixels = np.asarray(ds[i][0])
         assert (pixels < 255).mean() > 0.5  # not clipped to white
         assert np.array_equal(pixels, load_rgb(frame))
-    scored = dls.test_dl([valid_frame], with_labels=True)  # what `camseg evaluate` scores
+    scored = dls.test_dl([valid_frame], with_labels=True)  # as training validates
     assert np.array_equal(np.asarray(scored.dataset[0][0]), predicted)
 
 
