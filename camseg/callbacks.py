@@ -1,7 +1,7 @@
 """The fastai callbacks of a camseg run: NaN stop, bf16 autocast, progress bars without
-fastai's table, and the recorder that writes each epoch's history row and checkpoint; the
-validation metrics (acc_camvid, mIoU) as fastai `Metric`s; plus the speed settings (precision,
-channels_last, torch.compile) they are switched on with.
+fastai's table, and the recorder that writes each epoch's history row, per-class IoU row and
+checkpoint; the validation metrics (acc_camvid, mIoU) as fastai `Metric`s; plus the speed
+settings (precision, channels_last, torch.compile) they are switched on with.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from fastai.torch_core import rank_distrib
 from camseg.atomic import atomic_link, atomic_torch_save
 from camseg.checkpoint import CheckpointWriter, RunState, checkpoint_dict, load_opt_state
 from camseg.errors import CamsegError
-from camseg.metrics import acc_camvid, confusion_matrix, miou
+from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou
 from camseg.model import cpu_has_bf16
 from camseg.precision import training_precision
-from camseg.runs import Run, write_history
+from camseg.runs import Run, write_class_iou, write_history
 from camseg.schema import Config
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ class StopOnNaN(Callback):
 
 
 class RunRecorder(Callback):
-    """After each epoch: history row, last.pth and (if acc_camvid improved) best.pth, written
-    by a CheckpointWriter while the next epoch runs.
+    """After each epoch: history row, per-class IoU row, last.pth and (if acc_camvid improved)
+    best.pth, written by a CheckpointWriter while the next epoch runs.
 
     fastai's SaveModelCallback and CSVLogger do each half of this, but neither writes
     atomically nor keeps the stage, the schedule position and the history with the weights,
@@ -136,6 +136,8 @@ class RunRecorder(Callback):
         )
         st = self.state
         st.history.append(asdict(row))
+        mean_iou = next(m for m in self.learn.metrics if isinstance(m, MeanIoU))
+        st.class_iou.append({"stage": self.stage, "epoch": self.epoch, "iou": mean_iou.class_iou})
         st.valid_points.append([len(st.iters["loss"]), valid_loss])
         st.epochs_done = self.epoch + 1
         st.train_seconds += seconds
@@ -146,13 +148,18 @@ class RunRecorder(Callback):
         if rank_distrib() == 0:
             ckpt = checkpoint_dict(self.learn, st, self.meta, self.config)
             history = [dict(r) for r in st.history]
+            class_iou = [dict(r) for r in st.class_iou]
+            codes = self.meta["codes"]
             run = self.run
 
             def write() -> None:
                 atomic_torch_save(run.last, ckpt)
                 if improved:  # last.pth is the best one now: link, don't write it twice
                     atomic_link(run.last, run.best)
+                # rewritten whole from the checkpoint's state, like history.csv: a resumed run
+                # drops the rows of the epochs its killed run did not checkpoint
                 write_history(run.history, history)
+                write_class_iou(run.class_iou, codes, class_iou)
 
             self.writer.submit(write)
         if self.on_epoch is not None:
@@ -259,6 +266,11 @@ class AccCamvid(ConfusionMetric):
 
 class MeanIoU(ConfusionMetric):
     """Mean IoU over the whole validation set; a class predicted but never labelled scores 0."""
+
+    @property
+    def class_iou(self) -> list[float] | None:
+        """Each class's IoU, NaN where it is not scored: exactly the numbers `value` averages."""
+        return None if self.cm is None else class_scores(self.cm, self.void_index).iou
 
     @property
     def name(self) -> str:

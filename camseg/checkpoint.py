@@ -1,5 +1,5 @@
-"""The training checkpoint: what resume needs (weights, optimizer, the run's state, every random
-state), its background writer, and loading it back.
+"""The training checkpoint: what resume needs (weights, with train.ema their average too,
+optimizer, the run's state, every random state), its background writer, and loading it back.
 
 Tensors are copied into plain CPU tensors so a checkpoint loads with `weights_only=True` and can
 be written while the next epoch trains.
@@ -29,6 +29,8 @@ class RunState:
     stage: int = 0  # stage in progress
     epochs_done: int = 0  # completed epochs of that stage
     history: list[dict] = field(default_factory=list)
+    # per epoch {stage, epoch, iou: [one per class, NaN where not scored]}
+    class_iou: list[dict] = field(default_factory=list)
     iters: dict[str, list] = field(
         default_factory=lambda: {"stage": [], "lr": [], "mom": [], "loss": []}
     )
@@ -76,14 +78,19 @@ class CheckpointWriter:
 
 def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> dict:
     """Everything resume needs, with tensors copied (on a CPU `.cpu()` would be the live
-    tensor itself), so the dict can be written while training goes on."""
+    tensor itself), so the dict can be written while training goes on.
+
+    "model" holds the weights validation scored, which evaluate, predict and init_from read:
+    with train.ema the average (camseg.ema), and then "ema" holds the weights the optimizer
+    trains ("train_model"), which resume goes on from, and the average's update count."""
     model = learn.model.module if hasattr(learn.model, "module") else learn.model
-    return {
+    weights = {k: _snapshot(v) for k, v in model.state_dict().items()}
+    ckpt = {
         "format": CHECKPOINT_FORMAT,
         "version": FILE_VERSION,
         "meta": meta,
         "config": config,
-        "model": {k: _snapshot(v) for k, v in model.state_dict().items()},
+        "model": weights,
         "opt": _plain(learn.opt.state_dict()),
         "smooth_loss": {
             "count": learn.recorder.smooth_loss.count,
@@ -92,6 +99,24 @@ def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> di
         "rng": rng_state(learn.dls),
         "state": asdict(state),
     }
+    ema = getattr(learn, "model_ema", None)  # fastai names a learner's callbacks so
+    if ema is not None:
+        ckpt["model"] = {k: _snapshot(v) for k, v in ema.averaged.items()}
+        ckpt["ema"] = {"train_model": weights, "updates": ema.updates}
+    return ckpt
+
+
+def training_weights(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The weights training goes on from: with train.ema, not the checkpoint's "model"."""
+    return ckpt["ema"]["train_model"] if "ema" in ckpt else ckpt["model"]
+
+
+def ema_state(ckpt: dict | None) -> dict[str, Any]:
+    """camseg.ema.ModelEMA's arguments that continue a checkpoint's average; none (a fresh
+    average) when the checkpoint was written without train.ema."""
+    if ckpt is None or "ema" not in ckpt:
+        return {}
+    return {"averaged": ckpt["model"], "updates": ckpt["ema"]["updates"]}
 
 
 def rng_state(dls: Any) -> dict[str, Any]:

@@ -258,6 +258,14 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise CamsegError(f"{source}: {_describe(e)}") from None
 
 
+def did_you_mean(name: str, valid: typing.Sequence[str], prefix: str) -> str:
+    """The hint after an unknown key under `prefix`: the nearest valid one, else all of them."""
+    guess = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if guess:
+        return f"did you mean {prefix + '.' if prefix else ''}{guess[0]}?"
+    return f"valid keys{' of ' + prefix if prefix else ''}: {', '.join(valid)}"
+
+
 def _describe(e: ValidationError) -> str:
     errors = e.errors()
     err = errors[0]
@@ -265,13 +273,7 @@ def _describe(e: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         parent, _ = _model_at(loc[:-1])
         valid = sorted(parent.model_fields) if parent is not None else []
-        prefix = _dotted(loc[:-1])
-        guess = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        if guess:
-            hint = f"did you mean {prefix + '.' if prefix else ''}{guess[0]}?"
-        else:
-            hint = f"valid keys{' of ' + prefix if prefix else ''}: {', '.join(valid)}"
-        return f"unknown key {_dotted(loc)}; {hint}"
+        return f"unknown key {_dotted(loc)}; {did_you_mean(str(loc[-1]), valid, _dotted(loc[:-1]))}"
     _, used = _model_at(loc)
     loc = loc[:used]
     key = _dotted(loc) or "config"

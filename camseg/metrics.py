@@ -58,7 +58,9 @@ def class_scores(cm: torch.Tensor, void_index: int | None = None) -> ClassScores
     """Per-class IoU, precision, recall (NaN where undefined) and pixel share of the labels.
 
     With void_index, Void-labelled pixels are not scored (as in acc_camvid and miou): a
-    prediction on them is neither right nor wrong. Pixel shares still count every pixel.
+    prediction on them is neither right nor wrong, and Void's own scores are NaN. Pixel shares
+    still count every pixel. This IoU is the one definition: miou averages it, training's
+    per_class_iou.csv and evaluate's per_class.csv report it.
     """
     cm = cm.double().cpu()
     share_total = cm.sum()
@@ -74,10 +76,13 @@ def class_scores(cm: torch.Tensor, void_index: int | None = None) -> ClassScores
     def div(a: torch.Tensor, b: torch.Tensor) -> list[float]:
         return torch.where(b > 0, a / b.clamp(min=1), torch.full_like(a, float("nan"))).tolist()
 
+    iou, precision, recall = div(tp, union), div(tp, predicted), div(tp, true)
+    if void_index is not None:
+        iou[void_index] = precision[void_index] = recall[void_index] = float("nan")
     return ClassScores(
-        iou=div(tp, union),
-        precision=div(tp, predicted),
-        recall=div(tp, true),
+        iou=iou,
+        precision=precision,
+        recall=recall,
         share=share.tolist(),
         present=(share > 0).tolist() if share_total else [False] * len(tp),
     )
@@ -89,8 +94,7 @@ def miou(cm: torch.Tensor, void_index: int) -> float:
     As in mmsegmentation and torchmetrics: a class that is only predicted scores IoU 0, a class
     in neither labels nor predictions is left out. Void-labelled pixels are not scored.
     """
-    # Void pixels are not scored; a Void prediction on a scored pixel still counts as a miss.
-    # IoU is NaN exactly where the union (after dropping Void-labelled pixels) is empty.
-    scores = class_scores(cm, void_index)
-    ious = [iou for i, iou in enumerate(scores.iou) if i != void_index and not math.isnan(iou)]
+    # A Void prediction on a scored pixel still counts as a miss. IoU is NaN for Void and
+    # exactly where the union (after dropping Void-labelled pixels) is empty.
+    ious = [iou for iou in class_scores(cm, void_index).iou if not math.isnan(iou)]
     return float(sum(ious) / len(ious)) if ious else float("nan")

@@ -122,8 +122,10 @@ def build_learner(
     path: Path,
     wd: float | None,
     moms: tuple[float, float, float],
+    loss_func: Any = None,
 ) -> Any:
-    """fastai unet_learner with the encoder initialised as the config says."""
+    """fastai unet_learner with the encoder initialised as the config says; `loss_func` from
+    camseg.losses, or None for fastai's default for masks (CrossEntropyLossFlat(axis=1))."""
     from fastai.vision.learner import unet_learner
 
     learn = unet_learner(
@@ -131,6 +133,7 @@ def build_learner(
         arch_fn(cfg.arch),
         pretrained=False,  # weights are loaded below, so an offline machine never tries a download
         n_out=len(codes),
+        loss_func=loss_func,
         metrics=metrics,
         path=path,
         model_dir="checkpoints",

@@ -1,8 +1,11 @@
 """Every figure camseg draws (matplotlib, Agg backend): lr finder, lr/momentum schedule, losses,
-image / ground truth / prediction grid, confusion heatmap. Each function writes one PNG."""
+image / ground truth / prediction grid with a legend of the classes shown, confusion heatmap.
+Each function writes one PNG; the results grid also its legend as CSV, for the report."""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.patches import Patch
+from matplotlib.transforms import blended_transform_factory
 
-from camseg.atomic import atomic_write
+from camseg.atomic import atomic_write, atomic_write_text
 from camseg.data.files import camvid_palette as palette
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -76,8 +81,9 @@ def plot_grid(
     codes: list[str],
     path: Path,
     titles: list[str] | None = None,
-) -> None:
-    """Rows of image / ground truth / prediction (paper Fig. 14); uint8 HxWx3 and HxW arrays."""
+) -> list[int]:
+    """Rows of image / ground truth / prediction (paper Fig. 14); uint8 HxWx3 and HxW arrays.
+    Below them a legend of the classes shown, whose indices it returns."""
     pal = palette(codes)
     cols = 3 if truths is not None else 2
     n = len(images)
@@ -92,7 +98,44 @@ def plot_grid(
             if c == 0 and titles:
                 title = f"{title}\n{titles[r]}" if title else titles[r]
             axes[r, c].set_title(title, fontsize=9)
+    shown = present_classes(truths, preds)
+    handles = [Patch(facecolor=pal[i] / 255, edgecolor="0.4", label=codes[i]) for i in shown]
+    # centred under the last row, outside the axes: the saved figure grows to fit it
+    # (bbox_inches="tight"); x in figure, y in the drawn last row's coordinates
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.04),
+        bbox_transform=blended_transform_factory(fig.transFigure, axes[-1, 0].transAxes),
+        ncol=2 * cols,
+        fontsize=9,
+        frameon=False,
+        title="classes shown",
+        title_fontsize=9,
+    )
     _save(fig, path)
+    return shown
+
+
+def present_classes(*masks: np.ndarray | None) -> list[int]:
+    """The class indices that appear in any of the masks (None skipped), in class order."""
+    found = [np.unique(m) for m in masks if m is not None]
+    return [int(i) for i in np.unique(np.concatenate(found))] if found else []
+
+
+def legend_file(png: Path) -> Path:
+    """The CSV (class, colour) that plot_results writes beside its figure: results_legend.csv."""
+    return png.with_name(f"{png.stem}_legend.csv")
+
+
+def _write_legend(path: Path, codes: list[str], classes: list[int]) -> None:
+    pal = palette(codes)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["class", "colour"])
+    for i in classes:
+        writer.writerow([codes[i], "#{:02x}{:02x}{:02x}".format(*pal[i])])
+    atomic_write_text(path, buf.getvalue())
 
 
 def plot_results(learn: Any, codes: list[str], path: Path, n: int = 4) -> None:
@@ -107,7 +150,8 @@ def plot_results(learn: Any, codes: list[str], path: Path, n: int = 4) -> None:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images = ((xb.float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1)
     names = [Path(p).name for p in learn.dls.valid_ds.items[: len(preds)]]
-    plot_grid(images.numpy(), yb.cpu().numpy().astype(np.uint8), preds, codes, path, names)
+    shown = plot_grid(images.numpy(), yb.cpu().numpy().astype(np.uint8), preds, codes, path, names)
+    _write_legend(legend_file(path), codes, shown)
 
 
 def plot_confusion(cm: np.ndarray, codes: list[str], path: Path) -> None:

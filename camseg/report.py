@@ -1,5 +1,6 @@
 """RUN_DIR/report.html: one page with the config, the per-epoch table beside the paper's
-Fig. 13, every plot, and the latest evaluation (per-class IoU, confusion heatmap).
+Fig. 13, every plot (the predictions with a legend of the classes they show), and the latest
+evaluation (per-class IoU, confusion heatmap).
 
 Images are linked relative to the run folder, so the folder can be moved or zipped whole.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from camseg.atomic import atomic_write_text
 from camseg.data.files import resource_path
+from camseg.plots import legend_file
 from camseg.runs import Run
 
 PAPER_SOURCE = (
@@ -29,6 +31,9 @@ th { background: #f2f2f2; } td.l, th.l { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #666; font-size: 0.85em; }
+.legend span { display: inline-block; margin: 0 1.2em 0.3em 0; font-size: 0.9em; }
+.legend i { display: inline-block; width: 1em; height: 1em; margin-right: 0.3em;
+            border: 1px solid #666; vertical-align: middle; }
 """
 
 
@@ -108,6 +113,7 @@ def write_report(run_dir: Path) -> Path:
         parts.append(_img(run_dir, f"plots/{name}.png", alt))
     parts.append("<h2>Image / ground truth / prediction</h2>")
     parts.append(_img(run_dir, "plots/results.png", "validation predictions"))
+    parts.append(_legend(_read_csv(legend_file(run.plots / "results.png"))))
     parts.append(_eval_section(run_dir))
     parts.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
     page = (
@@ -118,6 +124,18 @@ def write_report(run_dir: Path) -> Path:
     )
     atomic_write_text(run.report, page)
     return run.report
+
+
+def _legend(entries: list[dict]) -> str:
+    """Colour swatch and name of each class the predictions figure shows."""
+    if not entries:
+        return ""
+    items = "".join(
+        f"<span><i style='background:{html.escape(e['colour'])}'></i>"
+        f"{html.escape(e['class'])}</span>"
+        for e in entries
+    )
+    return f"<p class='legend'>{items}</p>"
 
 
 def _eval_section(run_dir: Path) -> str:

@@ -1,13 +1,14 @@
 """The run folder: which file is where, making one without clobbering another (with its
-config.yaml, command.txt and env.json), history.csv and summary.json, and finding runs (the
-newest finished one, the newest of a family like half, half-2, half-3, the run a model file
-belongs to). The only module that knows the layout.
+config.yaml, command.txt and env.json), history.csv, per_class_iou.csv and summary.json, and
+finding runs (the newest finished one, the newest of a family like half, half-2, half-3, the run
+a model file belongs to). The only module that knows the layout.
 
-    RUN/config.yaml  command.txt  env.json     written before the first batch
-    RUN/history.csv  checkpoints/last.pth  checkpoints/best.pth   after every epoch
-    RUN/plots/       model.pth  summary.json  report.html         at the end, in that order
-    RUN/eval/<data>-<split>[-k]/              one folder per `camseg evaluate`
-    RUN/predictions/                          `camseg predict` without --out
+    RUN/config.yaml  command.txt  env.json  [class_weights.json]     before the first batch
+    RUN/history.csv  per_class_iou.csv  checkpoints/{last,best}.pth  after every epoch
+    RUN/plots/  model.pth  summary.json  report.html                 at the end, in that order
+    RUN/tensorboard/                                                 train.tensorboard, every epoch
+    RUN/eval/<data>-<split>[-k]/                                     one per `camseg evaluate`
+    RUN/predictions/                                                 `camseg predict` without --out
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -77,12 +79,26 @@ class Run:
         return self.dir / "env.json"
 
     @property
+    def class_weights(self) -> Path:
+        """The loss's weight per class name (train.class_weights other than none)."""
+        return self.dir / "class_weights.json"
+
+    @property
     def history(self) -> Path:
         return self.dir / "history.csv"
 
     @property
+    def class_iou(self) -> Path:
+        return self.dir / "per_class_iou.csv"
+
+    @property
     def report(self) -> Path:
         return self.dir / "report.html"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (train.tensorboard): tensorboard --logdir RUN/tensorboard"""
+        return self.dir / "tensorboard"
 
     @property
     def predictions(self) -> Path:
@@ -205,6 +221,18 @@ def write_history(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_class_iou(path: Path, codes: list[str], rows: list[dict]) -> None:
+    """per_class_iou.csv: stage, epoch, then each class's IoU; empty where the class is not
+    scored (Void, or in neither the labels nor the predictions), as mIoU leaves it out."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["stage", "epoch", *codes])
+    for row in rows:
+        ious = ["" if math.isnan(v) else f"{v:.6g}" for v in row["iou"]]
+        writer.writerow([row["stage"], row["epoch"], *ious])
     atomic_write_text(path, buf.getvalue())
 
 

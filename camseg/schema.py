@@ -224,6 +224,30 @@ def _as_number(v: Any) -> Any:
     return v
 
 
+LossName = Literal["ce", "focal", "dice", "ce_dice"]
+ClassWeights = Literal["none", "median_frequency"] | dict[str, float]
+
+
+class LossConfig(_Section):
+    name: LossName = Field(
+        "ce",
+        description="ce (cross-entropy, fastai's default for masks), focal (fastai FocalLossFlat), "
+        "dice (fastai DiceLoss) or ce_dice (cross-entropy + dice_weight x Dice)",
+    )
+    gamma: float = Field(
+        2.0, ge=0, allow_inf_nan=False, description="focal: focusing parameter (>= 0; 0 is ce)"
+    )
+    smooth: float = Field(
+        1e-6, gt=0, allow_inf_nan=False, description="dice, ce_dice: Dice smoothing term (> 0)"
+    )
+    dice_weight: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="ce_dice: weight of the Dice term (> 0)"
+    )
+    ignore_void: bool = Field(
+        False, description="Void pixels add nothing to the loss (false: Void is a class to learn)"
+    )
+
+
 class TrainConfig(_Section):
     stages: list[StageConfig] = Field(
         default_factory=lambda: [StageConfig()], description="stages run in order"
@@ -260,6 +284,29 @@ class TrainConfig(_Section):
     compile: bool = Field(
         False, description="torch.compile the network (compile time is paid on the first batches)"
     )
+    ema: bool = Field(
+        False,
+        description="keep an exponential moving average of the weights (updated every optimizer "
+        "step); validation, checkpoints and model.pth use it instead of the last weights",
+    )
+    ema_decay: float = Field(
+        0.999,
+        gt=0,
+        lt=1,
+        description="EMA decay per step (0-1); step n uses min(decay, (1+n)/(10+n)), so a short "
+        "run still averages its recent weights",
+    )
+    tensorboard: bool = Field(
+        False,
+        description="write TensorBoard event files into RUN/tensorboard: losses, metrics and lr "
+        "per epoch, validation predictions (pip install 'camseg[tensorboard]')",
+    )
+    loss: LossConfig = Field(default_factory=LossConfig, description="the training loss")
+    class_weights: ClassWeights = Field(
+        "none",
+        description="per-class loss weights: none, median_frequency (SegNet's, from the training "
+        "labels) or a table {ClassName: weight} (other classes 1)",
+    )
 
     @field_validator("moms")
     @classmethod
@@ -274,6 +321,20 @@ class TrainConfig(_Section):
     def _device_valid(cls, v: str) -> str:
         if not DEVICE_PATTERN.match(v):
             raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights_valid(cls, v: Any) -> Any:
+        # checked here so that one message says what is allowed (the union's own errors are two)
+        if isinstance(v, dict):
+            for name, w in v.items():
+                w = _as_number(w)
+                if not isinstance(w, float) or not 0 < w < math.inf:
+                    raise ValueError(f"the weight of {name} must be a finite number > 0")
+            return {str(k): _as_number(w) for k, w in v.items()}
+        if v not in ("none", "median_frequency"):
+            raise ValueError("expected none, median_frequency or a table {ClassName: weight}")
         return v
 
     @model_validator(mode="after")

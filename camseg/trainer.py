@@ -10,6 +10,7 @@ checkpoint format from checkpoint.py; the console table belongs to the CLI, whic
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
-from camseg.atomic import atomic_write_text, require_folder_path
+from camseg.atomic import atomic_write_text
 from camseg.callbacks import (
     AccCamvid,
     BarsOnly,
@@ -33,14 +34,25 @@ from camseg.callbacks import (
     StopOnNaN,
     apply_speed_settings,
 )
-from camseg.checkpoint import CheckpointWriter, RunState, restore_rng
+from camseg.checkpoint import (
+    CheckpointWriter,
+    RunState,
+    ema_state,
+    restore_rng,
+    training_weights,
+)
 from camseg.data import build_dataloaders, check_dataset, find_files, resolve_size
+from camseg.data.cache import default_root
 from camseg.distributed import init_distributed, rank0_first
+from camseg.ema import ModelEMA
 from camseg.errors import CamsegError
+from camseg.losses import build_loss, class_weights
 from camseg.model import build_learner, cuda_kernels, model_meta, resolve_device, write_model_file
 from camseg.precision import validation_precision
+from camseg.preflight import check_batch_norm, check_data_folders, check_same_classes
 from camseg.runs import Run, write_summary
 from camseg.schema import Config, LrSlice, StageConfig, TrainConfig
+from camseg.tensorboard import TensorBoardLog, require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +117,9 @@ class Trainer:
     def __init__(self, cfg: Config, ckpt: dict | None = None, progress: bool = True) -> None:
         self.cfg, self.ckpt = cfg, ckpt
         self.device = resolve_device(cfg.train.device)
-        _check_data_folders(cfg)
+        if cfg.train.tensorboard:
+            require_tensorboard()
+        check_data_folders(cfg)
         state = RunState(**ckpt["state"]) if ckpt else RunState()
         self.state = state
         set_seed(cfg.train.seed, reproducible=cfg.train.deterministic)
@@ -115,12 +129,19 @@ class Trainer:
         with rank0_first():  # rank 0 generates a synthetic set while the others wait
             self.files = find_files(cfg.data)
         if ckpt:
-            _check_same_classes(self.files.root, self.files.codes, ckpt)
+            check_same_classes(self.files.root, self.files.codes, ckpt)
         report = check_dataset(self.files)
         report.raise_if_bad()
         self.n_train = report.n_train
         self.size = resolve_size(cfg.data.size, self.files.images[0])
-        self._check_batch_norm(state.stage)
+        check_batch_norm(cfg, self.size, self.n_train, state.stage)
+        # counts for median_frequency are kept beside data.cache (its default folder when off);
+        # rank 0 counts while the others wait, then they read its cache
+        counts_root = cfg.data.cache if isinstance(cfg.data.cache, Path) else default_root()
+        with rank0_first():
+            self.class_weights = class_weights(
+                cfg.train.class_weights, self.files, self.size, counts_root
+            )
         stages = cfg.train.stages
         first = stages[state.stage] if state.stage < len(stages) else stages[-1]
         self.bs = self._batch_size(first)
@@ -140,6 +161,7 @@ class Trainer:
             path=Path("."),
             wd=cfg.train.wd,
             moms=cfg.train.moms,
+            loss_func=build_loss(cfg.train.loss, self.files.codes, self.class_weights),
         )
         learn.logger = lambda *_: None  # the CLI prints the table
         learn.remove_cb(ProgressCallback)
@@ -147,10 +169,15 @@ class Trainer:
             learn.add_cb(BarsOnly())
         apply_speed_settings(learn, cfg, self.device)
         if ckpt:
-            learn.model.load_state_dict(ckpt["model"])
+            learn.model.load_state_dict(training_weights(ckpt))
         self.nan_guard = StopOnNaN()
         self.writer = CheckpointWriter()
         learn.add_cb(self.nan_guard)
+        self.ema = None
+        if cfg.train.ema:  # from the loaded weights, or on resume the checkpoint's average
+            self.ema = ModelEMA(learn.model, cfg.train.ema_decay, **ema_state(ckpt))
+        # callbacks that every stage's fit_one_cycle gets besides its RunRecorder (not lr_find's)
+        self.stage_cbs: list[Callback] = [self.ema] if self.ema is not None else []
         self.learn = learn
 
     def _batch_size(self, stage: StageConfig) -> int:
@@ -166,32 +193,6 @@ class Trainer:
             )
             return self.n_train
         return bs
-
-    def _check_batch_norm(self, first_stage: int) -> None:
-        """Refuse a size and batch size that leave BatchNorm one value per channel.
-
-        The ResNet encoder halves the frame five times (ceil each time), so its last block and
-        the U-Net's middle block see ceil(H/32) x ceil(W/32) cells; BatchNorm needs more than
-        one value per channel to train. At the smallest size, 32x32, that is one cell, so a
-        batch of one image fails at the first step, after the run folder exists.
-        """
-        h, w = self.size
-        cells = math.ceil(h / 32) * math.ceil(w / 32)
-        for i, stage in enumerate(self.cfg.train.stages):
-            if i < first_stage:
-                continue
-            wanted = stage.batch_size or self.cfg.data.batch_size
-            if min(wanted, self.n_train) * cells > 1:
-                continue
-            key = f"train.stages[{i}].batch_size" if stage.batch_size else "data.batch_size"
-            why = f"{key}=1" if wanted == 1 else "a batch of 1 (the only training image)"
-            size = self.cfg.data.size
-            shown = f"{h}x{w}" if isinstance(size, tuple) else f"{size:g} ({h}x{w} here)"
-            raise CamsegError(
-                f"data.size {shown} with {why}: the U-Net's ResNet encoder reduces {h}x{w} to 1x1,"
-                f" and BatchNorm cannot train on one value per channel; use a batch size of 2 "
-                f"or more, or a data.size with a side over 32 pixels (e.g. [32, 64] or [64, 64])"
-            )
 
     def _distributed(self) -> Any:
         """fastai distrib_ctx (DistributedDataParallel) under torchrun/accelerate, else nothing."""
@@ -215,6 +216,11 @@ class Trainer:
             on_epoch = on_stage = None
         else:
             run.plots.mkdir(parents=True, exist_ok=True)
+            if self.class_weights is not None:
+                table = dict(zip(self.files.codes, self.class_weights, strict=True))
+                atomic_write_text(run.class_weights, json.dumps(table, indent=2) + "\n")
+        if self.cfg.train.tensorboard and rank_distrib() == 0:
+            self.stage_cbs.append(TensorBoardLog(run.tensorboard, self.files.codes, self.state))
         meta = model_meta(
             self.cfg.model,
             self.files.codes,
@@ -245,6 +251,8 @@ class Trainer:
                 f"--set data.batch_size={max(1, self.bs // 2)} (or a smaller data.size). "
                 f"Checkpoints so far are intact: camseg train --resume {run.dir}"
             ) from None
+        if self.ema is not None:  # model.pth, the plots and the report: the weights validated
+            self.ema.copy_to(self.learn.model)
         if rank_distrib() == 0:
             write_model_file(run.model, self.learn.model, meta)
             from camseg.plots import plot_run
@@ -303,7 +311,8 @@ class Trainer:
             self.writer,
             resumed=resumed,
         )
-        fit_stage(learn, stage, lr, self.cfg.train, cbs=[recorder], start_epoch=start_epoch)
+        cbs = [recorder, *self.stage_cbs]
+        fit_stage(learn, stage, lr, self.cfg.train, cbs=cbs, start_epoch=start_epoch)
         if self.nan_guard.where is not None:
             epoch, step = self.nan_guard.where
             last = run.last if run.last.exists() else "none yet"
@@ -334,39 +343,6 @@ class Trainer:
             )
             atomic_write_text(plot.with_suffix(".csv"), "lr,loss\n" + rows)
         return suggestions
-
-
-def _check_data_folders(cfg: Config) -> None:
-    """The folders training writes data into are not blocked by a file (checked before the
-    slow work, so nothing is left half-made)."""
-    if cfg.data.cache is not False:
-        from camseg.data.cache import default_root
-
-        root = default_root() if cfg.data.cache is True else cfg.data.cache
-        require_folder_path(
-            root, "data.cache", "set data.cache to a folder, or true for ~/.cache/camseg"
-        )
-    if cfg.data.layout == "synthetic":
-        require_folder_path(
-            cfg.data.root, "data.root", "the synthetic layout generates its scenes into a folder"
-        )
-
-
-def _check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:
-    """A resumed run's classes are its checkpoint's: its last layer has one output per class."""
-    trained = ckpt.get("meta", {}).get("codes")
-    if trained is None or list(trained) == list(codes):
-        return
-    if len(trained) != len(codes):
-        diff = f"{len(codes)} classes, the checkpoint's {len(trained)}"
-    else:
-        i = next(i for i, (a, b) in enumerate(zip(codes, trained, strict=True)) if a != b)
-        diff = f"class {i} is {codes[i]!r}, the checkpoint's {trained[i]!r}"
-    raise CamsegError(
-        f"--resume: the dataset {root} has other classes than this run was trained on ({diff});"
-        f" the classes cannot change on resume: set data.root and data.layout back to the run's "
-        f"dataset, or start a new run"
-    )
 
 
 def _summary(run: Run, state: RunState, cfg: Config) -> Summary:

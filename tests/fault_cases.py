@@ -107,6 +107,33 @@ CONFIG_FAULTS = [
     ),
     ConfigFault("size too small", "data:\n  size: [10, 20]\n", ("at least 32 pixels",)),
     ConfigFault(
+        "unknown loss",
+        "train:\n  loss:\n    name: bce\n",
+        ("train.loss.name = 'bce'", "'ce', 'focal', 'dice' or 'ce_dice'"),
+    ),
+    ConfigFault(
+        "negative focal gamma",
+        "data: {}\n",
+        ("train.loss.gamma = -1", "greater than or equal to 0"),
+        ("train.loss.gamma=-1",),
+    ),
+    ConfigFault(
+        "Dice smoothing of zero",
+        "train:\n  loss:\n    smooth: 0\n",
+        ("train.loss.smooth = 0", "greater than 0"),
+    ),
+    ConfigFault(
+        "unknown class weighting",
+        "data: {}\n",
+        ("train.class_weights = 'inverse'", "none, median_frequency or a table"),
+        ("train.class_weights=inverse",),
+    ),
+    ConfigFault(
+        "class weight of zero",
+        "train:\n  class_weights:\n    Car: 0\n",
+        ("train.class_weights", "the weight of Car must be a finite number > 0"),
+    ),
+    ConfigFault(
         "--set of a misspelt key",
         "data: {}\n",
         ("did you mean train.stages[0].lr?",),

@@ -7,6 +7,7 @@ Run them alone with ./scripts/faults.sh (pytest -m faults).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -353,6 +354,8 @@ def _resume_and_check(run: Path, expected: list[tuple[str, str]]) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert [(r["stage"], r["epoch"]) for r in history(run)] == expected
+    with (run / "per_class_iou.csv").open() as f:  # rewritten like history.csv: no epoch twice
+        assert [(r["stage"], r["epoch"]) for r in csv.DictReader(f)] == expected
     for name in ("last.pth", "best.pth"):
         torch.load(run / "checkpoints" / name, weights_only=True)  # whole, not torn
     assert (run / "model.pth").is_file()

@@ -1,7 +1,9 @@
-"""report.html: every image it references exists, and a headless browser renders it."""
+"""report.html: every image it references exists, the predictions' legend is there, and a
+headless browser renders it."""
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import subprocess
@@ -9,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # both tests evaluate a copy of trained_run, which trains
+from camseg.data.files import camvid_palette
+from camseg.model import read_model_file
+
+pytestmark = pytest.mark.slow  # every test reads trained_run (or a copy), which trains
 
 
 def test_report_links_resolve_and_tables_are_there(run_copy, cli):
@@ -22,6 +27,19 @@ def test_report_links_resolve_and_tables_are_there(run_copy, cli):
         assert (run_copy / src).is_file(), src
     assert "0.930656" in page  # the paper's Fig. 13 best epoch, from the cited copy
     assert "unfrozen" in page and "acc_camvid" in page and "per class" in page
+
+
+def test_report_shows_the_legend_of_the_predictions_figure(trained_run):
+    with (trained_run / "plots" / "results_legend.csv").open() as f:
+        legend = [(r["colour"], r["class"]) for r in csv.DictReader(f)]
+    codes = read_model_file(trained_run).codes
+    pal = camvid_palette(codes)
+    assert legend and all(
+        colour == "#{:02x}{:02x}{:02x}".format(*pal[codes.index(name)]) for colour, name in legend
+    )
+    page = (trained_run / "report.html").read_text()  # written at the end of training
+    shown = re.findall(r"<span><i style='background:(#[0-9a-f]{6})'></i>([^<]+)</span>", page)
+    assert shown == legend
 
 
 def test_report_renders_in_headless_chromium(run_copy, cli, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -56,6 +57,23 @@ def test_train_writes_every_file_of_the_run(trained_run):
     assert summary["best_acc_camvid"] == pytest.approx(best, abs=1e-5)
     assert summary["epochs"] == 2 and summary["images_per_second"] > 0
     assert summary["lrs"] == {"0": 3e-3, "1": "slice(7.5e-06, 0.00075)"}
+
+
+@pytest.mark.slow
+def test_per_class_iou_is_what_miou_averages(trained_run, camvid_tiny):
+    codes = (camvid_tiny / "codes.txt").read_text().split()
+    with (trained_run / "per_class_iou.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["stage", "epoch", *codes] and len(codes) == 32
+        rows = list(reader)
+    epochs = history(trained_run)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [(h["stage"], h["epoch"]) for h in epochs]
+    for row, epoch in zip(rows, epochs, strict=True):
+        assert row["Void"] == ""  # never scored
+        scored = [float(row[c]) for c in codes if row[c] != ""]
+        assert scored and all(0 <= v <= 1 for v in scored)
+        # both rounded to 6 significant digits in their files
+        assert sum(scored) / len(scored) == pytest.approx(float(epoch["miou"]), abs=2e-6)
 
 
 @pytest.mark.slow

@@ -1,0 +1,148 @@
+"""The training loss: `train.loss` and `train.class_weights` -> the fastai loss function that
+unet_learner trains with (model.build_learner). Counting classes for median-frequency weights is
+camseg.data.frequencies'; the metrics, which always ignore Void, are camseg.metrics'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastai.losses import BaseLoss, CrossEntropyLossFlat, DiceLoss, FocalLoss, FocalLossFlat
+
+from camseg.config import did_you_mean
+from camseg.data.files import VOID
+from camseg.data.frequencies import count_classes, median_frequency_weights
+from camseg.data.layouts import DatasetFiles
+from camseg.errors import CamsegError
+from camseg.schema import ClassWeights, LossConfig
+
+NO_IGNORE = -100  # nn.CrossEntropyLoss's default ignore_index: no label has it
+
+
+class VoidFocalLoss(FocalLoss):
+    """fastai's FocalLoss plus two things it lacks: an ignored class (its pixels are dropped, the
+    mean is over the others, as cross-entropy's ignore_index does) and the class weights as a
+    buffer, so that fastai's `loss_func.to(device)` moves them to the GPU with the model."""
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None, ignore_index: int) -> None:
+        self.register_buffer("weight", weight)  # before FocalLoss stores it as a plain attribute
+        super().__init__(gamma=gamma, weight=weight)
+        self.ignore_index = ignore_index
+
+    def forward(self, inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        if self.ignore_index != NO_IGNORE:
+            keep = targ != self.ignore_index
+            inp, targ = inp[keep], targ[keep]
+        return super().forward(inp, targ)
+
+
+class VoidFocalLossFlat(FocalLossFlat):
+    """fastai's FocalLossFlat (softmax activation, argmax decodes over the class axis) on
+    VoidFocalLoss; FocalLossFlat's own __init__ can only build fastai's FocalLoss."""
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None, ignore_index: int) -> None:
+        BaseLoss.__init__(
+            self, VoidFocalLoss, gamma=gamma, weight=weight, ignore_index=ignore_index, axis=1
+        )
+
+
+class VoidDiceLoss(DiceLoss):
+    """fastai's DiceLoss, averaged over images and classes (fastai sums them, which would grow
+    with the batch size and outweigh cross-entropy in ce_dice). With an ignored class, its pixels
+    are left out of both the predicted and the true areas; fastai's __call__ has no mask, hence
+    the few lines of its formula here.
+
+    No class weights: Dice is already a per-class score, each class counting the same whatever
+    its pixel share."""
+
+    def __init__(self, smooth: float, ignore_index: int) -> None:
+        super().__init__(axis=1, smooth=smooth, reduction="mean")
+        self.ignore_index = ignore_index
+
+    def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        if self.ignore_index == NO_IGNORE:
+            return super().__call__(pred, targ)
+        pred, targ = pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor)
+        keep = (targ != self.ignore_index).unsqueeze(self.axis)
+        probs = self.activation(pred) * keep
+        true = self._one_hot(targ, pred.shape[self.axis], self.axis) * keep
+        dims = list(range(2, pred.ndim))
+        inter = (probs * true).sum(dims)
+        union = ((probs**2 if self.square_in_union else probs) + true).sum(dims)
+        loss = 1 - (2 * inter + self.smooth) / (union + self.smooth)
+        if self.reduction == "mean":
+            return loss.mean()
+        return loss.sum() if self.reduction == "sum" else loss
+
+
+class CrossEntropyDiceLoss(CrossEntropyLossFlat):
+    """Cross-entropy + dice_weight x Dice. A CrossEntropyLossFlat, so fastai finds the same
+    activation (softmax) and decodes (argmax) over the class axis for get_preds and predict, and
+    moves the class weights to the device (it moves a BaseLoss or an nn.Module, nothing else)."""
+
+    def __init__(
+        self, dice: VoidDiceLoss, dice_weight: float, weight: torch.Tensor | None, ignore_index: int
+    ) -> None:
+        super().__init__(axis=1, weight=weight, ignore_index=ignore_index)
+        self.dice, self.dice_weight = dice, dice_weight
+
+    def __call__(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return super().__call__(inp, targ, **kwargs) + self.dice_weight * self.dice(inp, targ)
+
+
+def _ce(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
+    # what unet_learner picks for a MaskBlock by itself, plus the weights and ignore_index
+    return CrossEntropyLossFlat(axis=1, weight=weight, ignore_index=ignore)
+
+
+def _focal(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
+    return VoidFocalLossFlat(gamma=cfg.gamma, weight=weight, ignore_index=ignore)
+
+
+def _dice(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
+    return VoidDiceLoss(smooth=cfg.smooth, ignore_index=ignore)
+
+
+def _ce_dice(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
+    dice = VoidDiceLoss(smooth=cfg.smooth, ignore_index=ignore)
+    return CrossEntropyDiceLoss(dice, cfg.dice_weight, weight=weight, ignore_index=ignore)
+
+
+# train.loss.name -> (config, class weights or None, ignored class index) -> fastai loss
+LOSSES: dict[str, Callable[[LossConfig, torch.Tensor | None, int], Any]] = {
+    "ce": _ce,
+    "focal": _focal,
+    "dice": _dice,
+    "ce_dice": _ce_dice,
+}
+
+
+def build_loss(cfg: LossConfig, codes: list[str], weights: list[float] | None) -> Any:
+    """The loss of `train.loss`; `weights` are one per class in codes order (None: all 1)."""
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+    ignore = codes.index(VOID) if cfg.ignore_void else NO_IGNORE
+    return LOSSES[cfg.name](cfg, weight, ignore)
+
+
+def class_weights(
+    spec: ClassWeights, files: DatasetFiles, size: tuple[int, int], cache_root: Path
+) -> list[float] | None:
+    """`train.class_weights` as one weight per class in codes order, or None for none.
+
+    median_frequency counts the training labels at the training size (cached in cache_root);
+    a table names classes of the dataset's codes, the others weigh 1."""
+    if spec == "median_frequency":
+        return median_frequency_weights(count_classes(files, size, cache_root), files.void_index)
+    if not isinstance(spec, dict):  # none
+        return None
+    unknown = [name for name in spec if name not in files.codes]
+    if unknown:
+        name = unknown[0]
+        raise CamsegError(
+            f"train.class_weights.{name}: no class {name!r} in {files.codes_file}; "
+            f"{did_you_mean(name, files.codes, 'train.class_weights')}"
+        )
+    return [spec.get(code, 1.0) for code in files.codes]

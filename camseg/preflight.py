@@ -1,0 +1,72 @@
+"""The checks training makes on its inputs before anything is written: folders it will write
+into, the classes a resumed run keeps, a batch that BatchNorm can train on. Each raises a
+CamsegError naming the key to change; the data set's own checks are data/check.py's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from camseg.atomic import require_folder_path
+from camseg.data.cache import default_root
+from camseg.errors import CamsegError
+from camseg.schema import Config
+
+
+def check_data_folders(cfg: Config) -> None:
+    """The folders training writes data into are not blocked by a file (checked before the
+    slow work, so nothing is left half-made)."""
+    if cfg.data.cache is not False:
+        root = default_root() if cfg.data.cache is True else cfg.data.cache
+        require_folder_path(
+            root, "data.cache", "set data.cache to a folder, or true for ~/.cache/camseg"
+        )
+    if cfg.data.layout == "synthetic":
+        require_folder_path(
+            cfg.data.root, "data.root", "the synthetic layout generates its scenes into a folder"
+        )
+
+
+def check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:
+    """A resumed run's classes are its checkpoint's: its last layer has one output per class."""
+    trained = ckpt.get("meta", {}).get("codes")
+    if trained is None or list(trained) == list(codes):
+        return
+    if len(trained) != len(codes):
+        diff = f"{len(codes)} classes, the checkpoint's {len(trained)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(codes, trained, strict=True)) if a != b)
+        diff = f"class {i} is {codes[i]!r}, the checkpoint's {trained[i]!r}"
+    raise CamsegError(
+        f"--resume: the dataset {root} has other classes than this run was trained on ({diff});"
+        f" the classes cannot change on resume: set data.root and data.layout back to the run's "
+        f"dataset, or start a new run"
+    )
+
+
+def check_batch_norm(cfg: Config, size: tuple[int, int], n_train: int, first_stage: int) -> None:
+    """Refuse a size and batch size that leave BatchNorm one value per channel.
+
+    The ResNet encoder halves the frame five times (ceil each time), so its last block and
+    the U-Net's middle block see ceil(H/32) x ceil(W/32) cells; BatchNorm needs more than
+    one value per channel to train. At the smallest size, 32x32, that is one cell, so a
+    batch of one image fails at the first step, after the run folder exists.
+    """
+    h, w = size
+    cells = math.ceil(h / 32) * math.ceil(w / 32)
+    for i, stage in enumerate(cfg.train.stages):
+        if i < first_stage:
+            continue
+        wanted = stage.batch_size or cfg.data.batch_size
+        if min(wanted, n_train) * cells > 1:
+            continue
+        key = f"train.stages[{i}].batch_size" if stage.batch_size else "data.batch_size"
+        why = f"{key}=1" if wanted == 1 else "a batch of 1 (the only training image)"
+        size = cfg.data.size
+        shown = f"{h}x{w}" if isinstance(size, tuple) else f"{size:g} ({h}x{w} here)"
+        raise CamsegError(
+            f"data.size {shown} with {why}: the U-Net's ResNet encoder reduces {h}x{w} to 1x1,"
+            f" and BatchNorm cannot train on one value per channel; use a batch size of 2 "
+            f"or more, or a data.size with a side over 32 pixels (e.g. [32, 64] or [64, 64])"
+        )

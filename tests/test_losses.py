@@ -1,0 +1,232 @@
+"""train.loss and train.class_weights: each loss is fastai's with the configured parameters and
+reaches the learner, ignore_void drops exactly the Void pixels, median-frequency weights match a
+hand count of the training labels and are cached, and a run records and resumes with them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, fast_args, small_copy
+from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
+from PIL import Image
+
+import camseg.data.frequencies
+import camseg.trainer
+from camseg.config import load_config
+from camseg.data import build_dataloaders, find_files
+from camseg.data.frequencies import count_classes, median_frequency_weights, training_images
+from camseg.losses import LOSSES, build_loss, class_weights
+from camseg.schema import LossConfig, LossName
+
+CODES = ["Car", "Void", "Road", "Sky"]
+VOID = 1
+
+
+def batch(void: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and a target; with void, Void fills the last 3 of 8 columns (and nowhere else)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, len(CODES), 6, 8, generator=g)
+    target = torch.tensor([0, 2, 3])[torch.randint(0, 3, (2, 6, 8), generator=g)]
+    if void:
+        target[..., 5:] = VOID
+    return logits, target
+
+
+def loss_of(name: str, weights: list[float] | None = None, **kw) -> object:
+    return build_loss(LossConfig(name=name, **kw), CODES, weights)
+
+
+def test_the_table_has_every_choice_of_the_schema():
+    assert set(LOSSES) == set(get_args(LossName))
+
+
+def test_ce_is_fastais_default_for_masks(camvid_tiny, tmp_path):
+    cfg = load_config(None, [f"data.root={small_copy(camvid_tiny, tmp_path / 'd', 2, 2)}"])
+    files = find_files(cfg.data)
+    default = build_dataloaders(cfg.data, files, batch_size=2).train_ds.loss_func  # Learner's
+    ours = build_loss(cfg.train.loss, files.codes, None)
+    assert type(ours) is type(default) is CrossEntropyLossFlat
+    assert (ours.axis, ours.func.ignore_index, ours.func.weight) == (default.axis, -100, None)
+
+
+def test_each_choice_is_the_fastai_loss_with_its_parameters():
+    x, y = batch(void=True)
+    focal = loss_of("focal", gamma=3.5)
+    assert isinstance(focal, FocalLossFlat) and focal.func.gamma == 3.5
+    assert torch.allclose(focal(x, y), FocalLossFlat(axis=1, gamma=3.5)(x, y))
+    assert not torch.allclose(focal(x, y), loss_of("focal", gamma=2.0)(x, y))
+    dice = loss_of("dice", smooth=0.5)
+    assert isinstance(dice, DiceLoss) and dice.smooth == 0.5
+    assert torch.allclose(dice(x, y), DiceLoss(axis=1, smooth=0.5, reduction="mean")(x, y))
+    assert not torch.allclose(dice(x, y), loss_of("dice", smooth=1e-6)(x, y))
+    ce_dice = loss_of("ce_dice", smooth=0.5, dice_weight=0.25)
+    ce, plain_dice = CrossEntropyLossFlat(axis=1)(x, y), DiceLoss(1, 0.5, reduction="mean")(x, y)
+    assert torch.allclose(ce_dice(x, y), ce + 0.25 * plain_dice)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice", "ce_dice"])
+def test_predictions_decode_as_fastai_expects(name):
+    x, _ = batch(void=False)
+    loss = loss_of(name)
+    assert torch.allclose(loss.activation(x), torch.softmax(x, dim=1))
+    assert torch.equal(loss.decodes(x), x.argmax(dim=1))
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice", "ce_dice"])
+def test_ignore_void_leaves_out_exactly_the_void_pixels(name):
+    x, y = batch(void=True)
+    ignoring, counting = loss_of(name, ignore_void=True), loss_of(name)
+    # the same as the loss of the frames cut to their non-Void columns
+    assert torch.allclose(ignoring(x, y), counting(x[..., :5], y[..., :5]))
+    assert not torch.allclose(ignoring(x, y), counting(x, y))
+    x, y = batch(void=False)
+    assert torch.allclose(ignoring(x, y), counting(x, y))
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "ce_dice"])
+def test_class_weights_reach_the_cross_entropy(name):
+    weights = [3.0, 1.0, 0.5, 2.0]
+    loss = loss_of(name, weights)
+    assert loss.func.weight.tolist() == weights
+    x, y = batch(void=False)
+    assert not torch.allclose(loss(x, y), loss_of(name)(x, y))
+    loss.to(torch.device("meta"))  # fastai's loss_func.to(device) takes them to the GPU
+    assert loss.func.weight.device.type == "meta"
+
+
+def test_dice_takes_no_class_weights():
+    x, y = batch(void=False)
+    assert torch.equal(loss_of("dice", [3.0, 1.0, 0.5, 2.0])(x, y), loss_of("dice")(x, y))
+
+
+# ---- class weights from the data ----------------------------------------------------------
+
+
+def _labels(files, images) -> list[np.ndarray]:
+    return [np.asarray(Image.open(files.label_for(p))) for p in images]
+
+
+def _hand_median_frequency(labels: list[np.ndarray], n: int, void: int) -> list[float]:
+    freq = {}
+    for c in range(n):
+        pixels = sum(int((lbl == c).sum()) for lbl in labels)
+        total = sum(lbl.size for lbl in labels if (lbl == c).any())
+        if pixels and c != void:
+            freq[c] = pixels / total
+    median = float(np.median(list(freq.values())))
+    return [median / freq[c] if c in freq else 1.0 for c in range(n)]
+
+
+@pytest.fixture
+def few(camvid_tiny, tmp_path):
+    """3 training and 2 validation frames of camvid_tiny, at their own size (96x128)."""
+    cfg = load_config(None, [f"data.root={small_copy(camvid_tiny, tmp_path / 'd', 2, 3)}"])
+    return find_files(cfg.data)
+
+
+def test_median_frequency_matches_a_hand_count_of_the_training_labels(few, tmp_path):
+    train = training_images(few)
+    assert len(train) == 3
+    n, void = len(few.codes), few.void_index
+    expected = _hand_median_frequency(_labels(few, train), n, void)
+    got = median_frequency_weights(count_classes(few, (96, 128), tmp_path / "c"), void)
+    assert got == pytest.approx(expected)
+    assert got[void] == 1.0 and len(set(np.round(got, 6))) > 5
+    # the validation frames would change them: they are not counted
+    assert _hand_median_frequency(_labels(few, few.images), n, void) != pytest.approx(expected)
+
+
+def test_class_counts_are_cached_and_recounted_when_a_label_changes(few, tmp_path, monkeypatch):
+    real = camseg.data.frequencies.label_reader
+    reads: list[Path] = []
+
+    def spy(files):
+        read = real(files)
+        return lambda image: reads.append(image) or read(image)
+
+    monkeypatch.setattr(camseg.data.frequencies, "label_reader", spy)
+    first = count_classes(few, (96, 128), tmp_path / "c")
+    assert len(reads) == 3
+    assert count_classes(few, (96, 128), tmp_path / "c") == first
+    assert len(reads) == 3  # read from the cache
+    label = few.label_for(training_images(few)[0])
+    arr = np.asarray(Image.open(label)).copy()
+    arr[:10] = few.codes.index("Sky")
+    Image.fromarray(arr).save(label)
+    os.utime(label, ns=(1, 1))  # a different mtime whatever the clock's resolution
+    again = count_classes(few, (96, 128), tmp_path / "c")
+    assert len(reads) == 6 and again != first
+
+
+def test_a_weight_table_names_classes_and_the_rest_weigh_one(few, tmp_path):
+    weights = class_weights({"Pedestrian": 3.0, "Void": 0.5}, few, (96, 128), tmp_path)
+    assert weights[few.codes.index("Pedestrian")] == 3.0
+    assert weights[few.void_index] == 0.5
+    assert sum(w == 1.0 for w in weights) == len(few.codes) - 2
+    assert class_weights("none", few, (96, 128), tmp_path) is None
+
+
+def test_an_unknown_class_in_the_table_is_one_line_and_no_run(camvid_tiny, tmp_path, cli):
+    data = small_copy(camvid_tiny, tmp_path / "d", 2, 2)
+    result = cli("train", *fast_args(data, tmp_path / "runs", "train.class_weights.Pedestrain=3"))
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in result.output
+    assert "train.class_weights.Pedestrain" in line
+    assert "did you mean train.class_weights.Pedestrian?" in line
+    assert str(data / "codes.txt") in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_learner_trains_with_the_configured_loss_and_weights(camvid_tiny, tmp_path):
+    data = small_copy(camvid_tiny, tmp_path / "d", 2, 2)
+    loss_sets = ["train.loss.name=focal", "train.loss.gamma=3", "train.loss.ignore_void=true"]
+    sets = fast_args(data, tmp_path, *loss_sets, "train.class_weights={Pedestrian: 4}")[3::2]
+    trainer = camseg.trainer.Trainer(load_config(TINY, sets), progress=False)
+    loss, codes = trainer.learn.loss_func, trainer.files.codes
+    assert isinstance(loss, FocalLossFlat) and loss.func.gamma == 3.0
+    assert loss.func.ignore_index == codes.index("Void")
+    assert loss.func.weight[codes.index("Pedestrian")] == 4.0 and loss.func.weight.sum() == 35.0
+    preds, _, decoded = trainer.learn.get_preds(with_decoded=True)
+    assert torch.allclose(preds.sum(dim=1), torch.ones(1)) and torch.equal(
+        decoded, preds.argmax(dim=1)
+    )
+
+
+@pytest.mark.slow
+def test_a_ce_dice_median_frequency_run_records_its_weights_and_resumes_with_them(
+    camvid_tiny, tmp_path, cli, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # not the user's cache
+    data = small_copy(camvid_tiny, tmp_path / "d", 2, 6)
+    sets = ["train.loss.name=ce_dice", "train.class_weights=median_frequency"]
+    built: list[object] = []
+    real = camseg.trainer.build_learner
+
+    def build(*args, **kwargs):
+        built.append(kwargs["loss_func"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(camseg.trainer, "build_learner", build)
+    result = cli("train", *fast_args(data, tmp_path / "runs", *sets), "--name", "w")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "w"
+    table = json.loads((run / "class_weights.json").read_text())
+    assert list(table) == (data / "codes.txt").read_text().split()
+    assert table["Void"] == 1.0 and len(set(table.values())) > 5
+    assert list(tmp_path.glob("cache/camseg/class-counts/*.json"))
+    # resume rebuilds the loss from the run's config.yaml: unfinish it and resume
+    (run / "model.pth").unlink()
+    (run / "summary.json").unlink()
+    result = cli("train", "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert len(built) == 2
+    for loss in built:
+        assert type(loss).__name__ == "CrossEntropyDiceLoss"
+        assert loss.func.weight.tolist() == pytest.approx(list(table.values()))
