@@ -1,23 +1,14 @@
-"""ONNX: a model file's network exported as one self-contained .onnx file (the weights, and in
-its metadata the classes, their colours, the input size and the normalisation), and such a file
-run by ONNX Runtime as the module inside camseg.infer's `Network`, so that predict, evaluate and
-`Segmenter` take a model.onnx wherever they take a model.pth.
-
-Running needs onnxruntime (the `onnx` extra) and no fastai; exporting needs onnx, onnxscript and
-onnxruntime (the `export` extra) and fastai, which builds the network.
+"""The .onnx file camseg exports (camseg.onnx_export writes it): its input, output and metadata,
+read without loading the graph, and the graph run by ONNX Runtime as the module of infer's
+`Network`, so a model.onnx goes wherever a model.pth does. Needs onnxruntime, never fastai.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import logging
 import os
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, get_args
 
@@ -27,9 +18,8 @@ import torch
 from camseg import __version__
 from camseg.data.files import camvid_palette
 from camseg.errors import CamsegError
-from camseg.model import ModelFile, read_model_file
+from camseg.model import ModelFile
 from camseg.precision import InferencePolicy, RunPrecision
-from camseg.runs import run_of
 from camseg.schema import EvaluatePrecision, Precision, PredictPrecision
 
 if TYPE_CHECKING:
@@ -38,9 +28,6 @@ if TYPE_CHECKING:
 ONNX_FORMAT = "camseg-onnx"
 ONNX_FORMAT_VERSION = 1
 INPUT, OUTPUT = "image", "scores"
-# The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
-# and reorders the arithmetic); anything past this, relative to the largest score, is a bad export.
-EXPORT_TOLERANCE = 1e-3
 DOC = (
     f"camseg U-Net. Input '{INPUT}': float32 (N, 3, H, W), RGB squished to the metadata's size "
     f"(bilinear), scaled to [0, 1], minus mean, divided by std. Output '{OUTPUT}': float32 "
@@ -50,116 +37,6 @@ DOC = (
 
 def is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
-
-
-# --- export ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Export:
-    """What `export_onnx` wrote, and how closely the written graph reproduces PyTorch."""
-
-    path: Path
-    size: tuple[int, int]
-    n_classes: int
-    max_abs_diff: float  # ONNX Runtime vs PyTorch class scores on the check batch
-    seconds: float
-
-
-def default_onnx_path(source: Path) -> Path:
-    """Where `camseg export` writes without --out: RUN/model.onnx for a run (or a model file in
-    one), else <stem>.onnx beside a lone model file."""
-    run = run_of(source)
-    if run is not None:
-        return run.dir / "model.onnx"
-    return source.with_suffix(".onnx")
-
-
-def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
-    """Export the model at `source` (run folder, model.pth or checkpoint, or one read already)
-    to ONNX.
-
-    The graph is traced at the model's own size with a dynamic batch axis: fastai's U-Net picks
-    its resize steps from the input size when traced, so the file runs at that size only (which
-    is the size camseg resizes every image to anyway). Before anything is written the graph is
-    checked (onnx.checker) and run by ONNX Runtime on a batch at that size against PyTorch.
-
-    `out` None: `default_onnx_path`, or its -2, -3, ... when that exists; an `out` that exists
-    is refused. Either way an existing file is never overwritten.
-    """
-    where = source.path if isinstance(source, ModelFile) else source
-    if is_onnx(where):
-        raise CamsegError(f"{where}: already an ONNX model; export a run folder or model.pth")
-    _require("onnx", "onnxscript", "onnxruntime", extra="export", what="camseg export")
-    if out is not None and out.exists():
-        raise CamsegError(f"--out {out} exists; camseg export never overwrites a file")
-    if out is not None and not out.parent.is_dir():
-        raise CamsegError(f"--out {out}: folder {out.parent} does not exist")
-    start = time.perf_counter()
-    mf = source if isinstance(source, ModelFile) else read_model_file(source)
-    model = _exportable(mf)
-    data = _serialise(model, mf)
-    diff = _check(data, model, mf)
-    path = _write_new(out or default_onnx_path(where), data, number=out is None)
-    return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start)
-
-
-def _exportable(mf: ModelFile) -> torch.nn.Module:
-    """The network in fp32, without fastai's last layer, which only re-types the output tensor
-    (as a fastai TensorBase, which torch.export cannot trace)."""
-    from fastai.layers import ToTensorBase
-
-    model = mf.build().eval()
-    model.layers = torch.nn.ModuleList(
-        torch.nn.Identity() if isinstance(layer, ToTensorBase) else layer for layer in model.layers
-    )
-    return model
-
-
-def _serialise(model: torch.nn.Module, mf: ModelFile) -> bytes:
-    import onnx
-
-    example = torch.zeros(2, 3, *mf.size)
-    try:
-        with _quiet("onnxscript", "onnx_ir", "torch.onnx"):
-            program = torch.onnx.export(
-                model,
-                (example,),
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                dynamo=True,
-                verbose=False,
-            )
-    except Exception as e:
-        raise CamsegError(
-            f"{mf.path}: torch.onnx.export failed ({type(e).__name__}: "
-            f"{_first_line(e)}); torch {torch.__version__}"
-        ) from None
-    proto = program.model_proto
-    proto.producer_name, proto.producer_version = "camseg", __version__
-    proto.doc_string = DOC
-    onnx.helper.set_model_props(proto, metadata(mf))
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise CamsegError(
-            f"{mf.path}: the exported graph fails onnx.checker: {_first_line(e)}"
-        ) from None
-    return proto.SerializeToString()
-
-
-@contextlib.contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
-    """The exporter's graph passes log each step at INFO; they say nothing a user can act on."""
-    before = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in before.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def metadata(mf: ModelFile) -> dict[str, str]:
@@ -180,54 +57,6 @@ def metadata(mf: ModelFile) -> dict[str, str]:
         "precision": mf.precision,  # what training validated in; the graph itself is fp32
         "camseg_version": __version__,
     }
-
-
-def _check(data: bytes, model: torch.nn.Module, mf: ModelFile) -> float:
-    """Run the serialised graph on a batch at the model's size; its largest difference from
-    PyTorch's scores, or an error when that is more than rounding."""
-    import onnxruntime as ort
-
-    x = torch.randn(2, 3, *mf.size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        expected = model(x).float().numpy()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT: x.numpy()})[0]
-    diff = float(np.abs(got - expected).max())
-    if got.shape != expected.shape or not diff <= EXPORT_TOLERANCE * max(
-        1.0, float(np.abs(expected).max())
-    ):
-        raise CamsegError(
-            f"{mf.path}: the exported graph does not reproduce PyTorch at {mf.size[0]}x"
-            f"{mf.size[1]} (shape {got.shape} vs {expected.shape}, max difference {diff:.3g}); "
-            "nothing written"
-        )
-    return diff
-
-
-def _write_new(path: Path, data: bytes, *, number: bool) -> Path:
-    """Write data to path, atomically and never over an existing file: with number, the first
-    free of path, <stem>-2, -3, ...; without, an existing path is an error. (The file is written
-    whole under a temporary name, then hard-linked to its name, which fails if the name is
-    taken, even by another process between the check and the write.)"""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        for k in range(1, 10_000 if number else 2):
-            target = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                continue
-        if number:
-            raise CamsegError(f"{path.parent}: too many {path.stem}-N{path.suffix} files")
-        raise CamsegError(f"--out {path} exists; camseg export never overwrites a file")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # --- reading and running -----------------------------------------------------------------------
@@ -255,7 +84,7 @@ def read_onnx_file(path: Path) -> ModelFile:
             "camseg"
         )
     info = _model_file(path, props)
-    _require("onnxruntime", extra="onnx", what="running an ONNX model")
+    require_modules("onnxruntime", extra="onnx", what="running an ONNX model")
     return info
 
 
@@ -326,13 +155,13 @@ def load_onnx_network(
             "provider); use --device cpu or auto, or the model.pth for a GPU"
         )
     chosen = _precision(precision, info.precision, policy)
-    _require("onnxruntime", extra="onnx", what="running an ONNX model")
+    require_modules("onnxruntime", extra="onnx", what="running an ONNX model")
     import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise CamsegError(f"{info.path}: ONNX Runtime cannot load it: {_first_line(e)}") from None
+        raise CamsegError(f"{info.path}: ONNX Runtime cannot load it: {first_line(e)}") from None
     inputs = session.get_inputs()
     if [i.name for i in inputs] != [INPUT] or list(inputs[0].shape[1:]) != [3, *info.size]:
         found = [(i.name, i.shape) for i in inputs]
@@ -364,7 +193,8 @@ def _precision(choice: str, recorded: Precision, policy: InferencePolicy) -> Run
     return RunPrecision("fp32")
 
 
-def _require(*modules: str, extra: str, what: str) -> None:
+def require_modules(*modules: str, extra: str, what: str) -> None:
+    """An error naming the extra to install when any of `modules` cannot be imported."""
     missing = []
     for name in modules:
         try:
@@ -378,7 +208,7 @@ def _require(*modules: str, extra: str, what: str) -> None:
         )
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
 

@@ -92,3 +92,36 @@ def test_env_names_versions_and_where_camseg_comes_from(tmp_path):
         proc = bench("env", "--device", "cuda", "--out", str(out))
         assert proc.returncode == 1
         assert "sees no CUDA device" in proc.stderr
+
+
+@pytest.mark.slow
+def test_video_benchmark_times_predict_on_a_clip(tmp_path, camvid_tiny):
+    pytest.importorskip("av")
+    out = tmp_path / "results.json"
+    proc = bench("video", "--quick", "--data", str(camvid_tiny), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    video = json.loads(out.read_text())["video_cpu"]
+    assert video["clip"]["frames"] == 6 and video["clip"]["size"] == [64, 96]
+    assert video["overlay"]["segmented"] == 6 and video["overlay"]["frames_per_s"] > 0
+    assert video["stride5"]["frames"] == 6 and video["stride5"]["segmented"] == 2  # 0 and 5
+    assert video["short"]["frames"] == 2 and video["overlay"]["peak_rss_mb"] > 100
+    assert len(video["overlap"]["video_path_frames_per_s"]) == 1
+
+
+@pytest.mark.slow
+def test_backends_benchmark_compares_with_pytorch_fp32(tmp_path, camvid_tiny, trained_run):
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "results.json"
+    skip = "onnxruntime-int8-dynamic,onnxruntime-int8-static,fastai-learn.predict"
+    args = ("--model", str(trained_run), "--skip", skip, "--data", str(camvid_tiny))
+    proc = bench("backends", "--quick", *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())["backends"]
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert set(rows) == {"pytorch-fp32", "pytorch-bf16", "onnxruntime-fp32"}
+    assert result["model"]["run_at"] == [64, 96] and result["frames"] == 6
+    reference = rows["pytorch-fp32"]
+    assert reference["pixel_agreement_vs_pytorch_fp32"] == 1 and reference["acc_camvid_change"] == 0
+    assert rows["onnxruntime-fp32"]["pixel_agreement_vs_pytorch_fp32"] > 0.99
+    assert all(r["images_per_s"] > 0 and 0 <= r["acc_camvid"] <= 1 for r in rows.values())
+    assert bench("backends", "--skip", "nope").returncode == 2

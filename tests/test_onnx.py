@@ -49,7 +49,7 @@ def _frames(camvid_tiny: Path, n: int) -> list[Path]:
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory) -> Path:
     """trained_run's model exported once to a folder of its own (trained_run stays untouched)."""
-    from camseg.onnx import export_onnx
+    from camseg.onnx_export import export_onnx
 
     return export_onnx(trained_run, tmp_path_factory.mktemp("onnx") / "model.onnx").path
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camseg.video import h264_encoder, is_video_source, output_name
+from camseg.video_io import h264_encoder, is_video_source, output_name
 
 RATE = Fraction(15)
 

@@ -1,4 +1,4 @@
-"""`camseg export`: a trained model as one self-contained ONNX file (camseg/onnx.py), which
+"""`camseg export`: a trained model as one self-contained ONNX file (camseg/onnx_export.py), which
 `camseg predict` and `camseg evaluate` take as --model, and ONNX Runtime runs without fastai."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def export(
 ) -> None:
     """Export a trained model to ONNX: weights, classes, colours, input size and normalisation
     in one file."""
-    from camseg.onnx import export_onnx
+    from camseg.onnx_export import export_onnx
 
     result = export_onnx(model_source(run, model), out_file)
     h, w = result.size

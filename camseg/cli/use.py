@@ -3,6 +3,7 @@ run under ./runs)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -157,8 +158,6 @@ def predict(
     ] = 1,
 ) -> None:
     """Write segmentation masks for images at their own resolution."""
-    import json
-
     from rich.progress import Progress
 
     from camseg.predict import expand_inputs
@@ -169,7 +168,7 @@ def predict(
         from camseg.runs import predictions_dir
 
         out_dir = predictions_dir(source)
-    from camseg.video import is_video_source
+    from camseg.video_io import is_video_source
 
     if any(is_video_source(item) for item in inputs):
         _predict_videos(
@@ -202,8 +201,7 @@ def predict(
 
         def on_image(record: dict | None) -> None:
             bar.advance(task)
-            if record is not None and json_lines:
-                out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+            _json_line(record, json_lines)
 
         result = run_predict(
             inputs,
@@ -236,6 +234,12 @@ def predict(
         raise typer.Exit(1)
 
 
+def _json_line(record: dict | None, json_lines: bool) -> None:
+    """With --json, an image's or a segmented frame's record as one line on stdout."""
+    if record is not None and json_lines:
+        out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+
+
 def _formats(text: str) -> tuple[str, ...]:
     formats = tuple(f.strip() for f in text.split(",") if f.strip())
     bad = [f for f in formats if f not in FORMATS]
@@ -255,12 +259,12 @@ def _predict_videos(
 ) -> None:
     """`predict` for video sources: a progress bar with frames/s per video, a summary line each,
     exit 1 when a video could not be read to its end (what was read is written)."""
-    import json
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from camseg.video import VideoInfo, predict_videos
+    from camseg.video import predict_videos
+    from camseg.video_io import VideoInfo
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(
@@ -280,8 +284,7 @@ def _predict_videos(
         def on_frame(index: int, record: dict | None) -> None:
             rate = (index + 1) / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=index + 1, rate=f"{rate:.2f} frames/s")
-            if record is not None and json_lines:
-                out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+            _json_line(record, json_lines)
 
         results = predict_videos(
             inputs,

@@ -1,0 +1,183 @@
+"""`camseg export`: a model file's network traced to one self-contained .onnx file (the file
+camseg.onnx reads and runs), checked against PyTorch, never written over a file. Needs fastai,
+which builds the network, and the `export` extra (onnx, onnxscript, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camseg import __version__
+from camseg.errors import CamsegError
+from camseg.model import ModelFile, read_model_file
+from camseg.onnx import DOC, INPUT, OUTPUT, first_line, is_onnx, metadata, require_modules
+from camseg.runs import run_of
+
+# The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
+# and reorders the arithmetic); anything past this, relative to the largest score, is a bad export.
+EXPORT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Export:
+    """What `export_onnx` wrote, and how closely the written graph reproduces PyTorch."""
+
+    path: Path
+    size: tuple[int, int]
+    n_classes: int
+    max_abs_diff: float  # ONNX Runtime vs PyTorch class scores on the check batch
+    seconds: float
+
+
+def default_onnx_path(source: Path) -> Path:
+    """Where `camseg export` writes without --out: RUN/model.onnx for a run (or a model file in
+    one), else <stem>.onnx beside a lone model file."""
+    run = run_of(source)
+    if run is not None:
+        return run.dir / "model.onnx"
+    return source.with_suffix(".onnx")
+
+
+def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
+    """Export the model at `source` (run folder, model.pth or checkpoint, or one read already)
+    to ONNX.
+
+    The graph is traced at the model's own size with a dynamic batch axis: fastai's U-Net picks
+    its resize steps from the input size when traced, so the file runs at that size only (which
+    is the size camseg resizes every image to anyway). Before anything is written the graph is
+    checked (onnx.checker) and run by ONNX Runtime on a batch at that size against PyTorch.
+
+    `out` None: `default_onnx_path`, or its -2, -3, ... when that exists; an `out` that exists
+    is refused. Either way an existing file is never overwritten.
+    """
+    where = source.path if isinstance(source, ModelFile) else source
+    if is_onnx(where):
+        raise CamsegError(f"{where}: already an ONNX model; export a run folder or model.pth")
+    require_modules("onnx", "onnxscript", "onnxruntime", extra="export", what="camseg export")
+    if out is not None and out.exists():
+        raise CamsegError(f"--out {out} exists; camseg export never overwrites a file")
+    if out is not None and not out.parent.is_dir():
+        raise CamsegError(f"--out {out}: folder {out.parent} does not exist")
+    start = time.perf_counter()
+    mf = source if isinstance(source, ModelFile) else read_model_file(source)
+    model = _exportable(mf)
+    data = _serialise(model, mf)
+    diff = _check(data, model, mf)
+    path = _write_new(out or default_onnx_path(where), data, number=out is None)
+    return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start)
+
+
+def _exportable(mf: ModelFile) -> torch.nn.Module:
+    """The network in fp32, without fastai's last layer, which only re-types the output tensor
+    (as a fastai TensorBase, which torch.export cannot trace)."""
+    from fastai.layers import ToTensorBase
+
+    model = mf.build().eval()
+    model.layers = torch.nn.ModuleList(
+        torch.nn.Identity() if isinstance(layer, ToTensorBase) else layer for layer in model.layers
+    )
+    return model
+
+
+def _serialise(model: torch.nn.Module, mf: ModelFile) -> bytes:
+    import onnx
+
+    example = torch.zeros(2, 3, *mf.size)
+    try:
+        with _quiet("onnxscript", "onnx_ir", "torch.onnx"):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as e:
+        raise CamsegError(
+            f"{mf.path}: torch.onnx.export failed ({type(e).__name__}: "
+            f"{first_line(e)}); torch {torch.__version__}"
+        ) from None
+    proto = program.model_proto
+    proto.producer_name, proto.producer_version = "camseg", __version__
+    proto.doc_string = DOC
+    onnx.helper.set_model_props(proto, metadata(mf))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CamsegError(
+            f"{mf.path}: the exported graph fails onnx.checker: {first_line(e)}"
+        ) from None
+    return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The exporter's graph passes log each step at INFO; they say nothing a user can act on."""
+    before = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _check(data: bytes, model: torch.nn.Module, mf: ModelFile) -> float:
+    """Run the serialised graph on a batch at the model's size; its largest difference from
+    PyTorch's scores, or an error when that is more than rounding."""
+    import onnxruntime as ort
+
+    x = torch.randn(2, 3, *mf.size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(x).float().numpy()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT: x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if got.shape != expected.shape or not diff <= EXPORT_TOLERANCE * max(
+        1.0, float(np.abs(expected).max())
+    ):
+        raise CamsegError(
+            f"{mf.path}: the exported graph does not reproduce PyTorch at {mf.size[0]}x"
+            f"{mf.size[1]} (shape {got.shape} vs {expected.shape}, max difference {diff:.3g}); "
+            "nothing written"
+        )
+    return diff
+
+
+def _write_new(path: Path, data: bytes, *, number: bool) -> Path:
+    """Write data to path, atomically and never over an existing file: with number, the first
+    free of path, <stem>-2, -3, ...; without, an existing path is an error. (The file is written
+    whole under a temporary name, then hard-linked to its name, which fails if the name is
+    taken, even by another process between the check and the write.)"""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        for k in range(1, 10_000 if number else 2):
+            target = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        if number:
+            raise CamsegError(f"{path.parent}: too many {path.stem}-N{path.suffix} files")
+        raise CamsegError(f"--out {path} exists; camseg export never overwrites a file")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
