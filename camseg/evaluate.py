@@ -140,7 +140,7 @@ def confusion_over(net: Network, batches: Iterable[Batch], n: int) -> torch.Tens
     cm = torch.zeros(n, n, dtype=torch.long, device=net.device)
     for xb, labels in batches:
         for lg, y in zip(net.scores(xb), labels, strict=True):
-            label = torch.from_numpy(y).to(net.device)
+            label = torch.tensor(y, device=net.device)  # a copy: decoded labels are read-only
             cm += confusion_matrix(class_mask(lg, *label.shape), label, n)
     return cm
 

@@ -22,9 +22,10 @@ bigphoto: peak RSS and seconds of one `camseg predict` process writing all three
 JPEG photo (a camvid_tiny frame upscaled) of 3000x2000 and of 10000x10000 (100 megapixels), and
 for a frame at the model's size (what the process needs before any big image); the model is a
 ResNet34 U-Net at --size with random weights.
-accuracy: configs/tiny.yaml (the lesson-3 recipe) against configs/tiny-scratch.yaml on the real
-camvid_tiny without ImageNet weights, 2 seeds each; acc_camvid and mIoU of the final epoch
-(no picking the best epoch on the validation frames), and minutes per run.
+accuracy: configs/tiny.yaml (the lesson-3 recipe, `notebook`) against configs/tiny-scratch.yaml
+(`scratch`), or the --recipes given, on the real camvid_tiny without ImageNet weights, 2 seeds
+each; acc_camvid and mIoU of the final epoch (no picking the best epoch on the validation
+frames), and minutes per run.
 precision, cudnn, compile: `camseg train` against itself with one setting changed, alternating:
 fp16 (fastai's mixed precision, loss scaling) vs bf16 autocast (fp32 vs bf16 on a CPU);
 train.deterministic false (cudnn.benchmark on) vs true; train.compile false vs true. Two epochs
@@ -59,7 +60,14 @@ from pathlib import Path
 from benchlib.backends import OPTIONAL, bench_backends
 from benchlib.common import DEFAULT_DATA, REPO, BenchError, Results, bench_env, parse_size
 from benchlib.inference import bench_bigphoto, bench_predict
-from benchlib.training import SETTINGS, bench_accuracy, bench_data, bench_setting, bench_train
+from benchlib.training import (
+    RECIPES,
+    SETTINGS,
+    bench_accuracy,
+    bench_data,
+    bench_setting,
+    bench_train,
+)
 from benchlib.video import bench_video
 
 
@@ -109,12 +117,20 @@ def main(argv: list[str] | None = None) -> None:
         "--model", type=Path, default=None, help="backends: run folder or model.pth"
     )
     parser.add_argument(
+        "--recipes",
+        default="notebook,scratch",
+        help=f"accuracy: comma list of {', '.join(RECIPES)}; later ones are compared to the first",
+    )
+    parser.add_argument(
         "--skip", default="", help=f"backends: comma list to leave out of {', '.join(OPTIONAL)}"
     )
     args = parser.parse_args(argv)
     skip = {name for name in args.skip.split(",") if name}
     if skip - set(OPTIONAL):
         parser.error(f"--skip: unknown {sorted(skip - set(OPTIONAL))}; choose from {OPTIONAL}")
+    recipes = [name for name in args.recipes.split(",") if name]
+    if not recipes or set(recipes) - set(RECIPES):
+        parser.error(f"--recipes: choose from {', '.join(RECIPES)}")
     if args.what == "backends" and args.model is None:
         parser.error("backends needs --model RUN_OR_MODEL (a trained run folder or model.pth)")
     what, data, device, arch, n = args.what, args.data, args.device, args.arch, args.n
@@ -145,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             photos = [(1000, 1500)] if args.quick else [(2000, 3000), (10000, 10000)]
             bench_bigphoto(results, data, big, photos, device, arch)
         if what in ("all", "accuracy"):
-            bench_accuracy(results, data, device, args.quick)
+            bench_accuracy(results, data, device, args.quick, recipes)
         if what == "video":
             bench_video(results, data, big, n or 300, device, arch, rounds)
         if what == "backends":
