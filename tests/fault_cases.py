@@ -134,6 +134,16 @@ CONFIG_FAULTS = [
         ("train.class_weights", "the weight of Car must be a finite number > 0"),
     ),
     ConfigFault(
+        "EMA decay of 1 (the average would never move)",
+        "train:\n  ema: true\n  ema_decay: 1.0\n",
+        ("train.ema_decay = 1.0", "less than 1"),
+    ),
+    ConfigFault(
+        "tensorboard not a boolean",
+        "train:\n  tensorboard: often\n",
+        ("train.tensorboard = 'often'",),
+    ),
+    ConfigFault(
         "--set of a misspelt key",
         "data: {}\n",
         ("did you mean train.stages[0].lr?",),
