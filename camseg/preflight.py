@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from camseg.atomic import require_folder_path
-from camseg.data.cache import default_root
+from camseg.data.cache import cache_root
 from camseg.errors import CamsegError
 from camseg.schema import Config
 
@@ -18,7 +18,7 @@ def check_data_folders(cfg: Config) -> None:
     """The folders training writes data into are not blocked by a file (checked before the
     slow work, so nothing is left half-made)."""
     if cfg.data.cache is not False:
-        root = default_root() if cfg.data.cache is True else cfg.data.cache
+        root = cache_root(cfg.data.cache)
         require_folder_path(
             root, "data.cache", "set data.cache to a folder, or true for ~/.cache/camseg"
         )

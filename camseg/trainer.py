@@ -42,7 +42,7 @@ from camseg.checkpoint import (
     training_weights,
 )
 from camseg.data import build_dataloaders, check_dataset, find_files, resolve_size
-from camseg.data.cache import default_root
+from camseg.data.cache import cache_root
 from camseg.distributed import init_distributed, rank0_first
 from camseg.ema import ModelEMA
 from camseg.errors import CamsegError
@@ -137,7 +137,7 @@ class Trainer:
         check_batch_norm(cfg, self.size, self.n_train, state.stage)
         # counts for median_frequency are kept beside data.cache (its default folder when off);
         # rank 0 counts while the others wait, then they read its cache
-        counts_root = cfg.data.cache if isinstance(cfg.data.cache, Path) else default_root()
+        counts_root = cache_root(cfg.data.cache)
         with rank0_first():
             self.class_weights = class_weights(
                 cfg.train.class_weights, self.files, self.size, counts_root

@@ -28,6 +28,12 @@ def default_root() -> Path:
     return Path(base) / "camseg"
 
 
+def cache_root(cache: bool | Path) -> Path:
+    """The folder of `data.cache`: the one it names, else ~/.cache/camseg (also where class
+    counts go when the frame cache is off)."""
+    return cache if isinstance(cache, Path) else default_root()
+
+
 def _key(path: Path) -> str:
     st = path.stat()
     return f"{path.stem}-{st.st_mtime_ns}-{st.st_size}.npy"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camseg.data.cache import build_cache, default_root
+from camseg.data.cache import build_cache, cache_root
 from camseg.data.files import image_size, load_rgb
 from camseg.data.layouts import ColorMask, DatasetFiles, valid_split
 from camseg.schema import DataConfig
@@ -58,7 +58,7 @@ def build_dataloaders(
     get_x: Callable[[Path], np.ndarray] = load_rgb
     get_y = files.label_for if files.colors is None else ColorMask(files.label_for, files.colors)
     if cfg.cache is not False:
-        root = default_root() if cfg.cache is True else cfg.cache
+        root = cache_root(cfg.cache)
         get_x, get_y = build_cache(files, size, root)
     aug = cfg.augment
     batch_tfms = []
