@@ -4,3 +4,11 @@ model file). The CLI turns it into a single stderr line and exit code 2."""
 
 class CamsegError(Exception):
     """A user-actionable failure: the message names the file or key and what to do."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s request to stop), raised where Ctrl-C's
+    KeyboardInterrupt would be, so that both keep what was finished: training saves and says how
+    to resume, a video's outputs are closed with the frames written so far. Exit code 143."""
+
+    exit_code = 143

@@ -24,6 +24,7 @@ from fastai.callback.core import Callback
 from fault_cases import CONFIG_FAULTS, DATA_FAULTS, broken_copy, paint_unknown_colour
 
 import camseg.trainer
+from camseg.errors import Terminated
 
 pytestmark = pytest.mark.faults
 
@@ -415,7 +416,13 @@ def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path, sig, code, said):
+    """Ctrl-C, and SIGTERM (what `kill` and batch schedulers send) the same way."""
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "c"]
     proc = subprocess.Popen(
         _train_cmd(args),
@@ -428,12 +435,31 @@ def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path):
     )
     run = tmp_path / "c"
     _wait_rows(run, proc, 1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (stdout[-2000:], stderr[-2000:])
-    assert f"camseg train --resume {run}" in stderr and "Traceback" not in stderr
+    assert proc.returncode == code, (stdout[-2000:], stderr[-2000:])
+    assert f"training {said}; resume with: camseg train --resume {run}" in stderr
+    assert "Traceback" not in stderr
     assert torch.load(run / "checkpoints" / "last.pth", weights_only=True)["state"]["epochs_done"]
     _resume_and_check(run, [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0")])
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("raised", "code", "said"),
+    [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stop_signal_in_any_command_is_one_line(cli, monkeypatch, raised, code, said):
+    """Outside training's own message: one line and the shell's code, not typer's bare 130."""
+
+    def stopped(*args: object) -> None:
+        raise raised
+
+    monkeypatch.setattr("camseg.config.load_config", stopped)
+    result = cli("config", "show", "--config", "tiny.yaml")
+    assert result.exit_code == code, result.output
+    assert result.stderr == f"camseg: {said}\n"
 
 
 @pytest.mark.slow

@@ -19,12 +19,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from typer.core import TyperGroup
 
-from camseg.errors import CamsegError
+from camseg.errors import CamsegError, Terminated
 
 
 class _OneLineErrors(TyperGroup):
     """typer's group, with a usage error (an unknown option, `--batch-size abc`, a choice not
-    offered) as one `camseg: error:` line on stderr instead of typer's usage box."""
+    offered) as one `camseg: error:` line on stderr instead of typer's usage box, and Ctrl-C or
+    SIGTERM as one line and exit code 130 or 143."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -42,6 +43,16 @@ class _OneLineErrors(TyperGroup):
             err.print(f"camseg: error: {message}{hint}", markup=False, soft_wrap=True)
             sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
+        # Ctrl-C or SIGTERM (camseg.errors.Terminated) that a command did not turn into its own
+        # message (training does): one line, and the shell's exit code for the signal
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            err.print("camseg: " + ("terminated (SIGTERM)" if terminated else "interrupted"))
+            raise typer.Exit(Terminated.exit_code if terminated else 130) from None
 
 
 app = typer.Typer(

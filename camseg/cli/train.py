@@ -92,7 +92,7 @@ def train(
             )
     except TrainingInterrupted as e:
         err.print(f"camseg: {e}", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(e.exit_code) from None
     if summary.epochs and summary.is_main:
         best = summary.best_acc_camvid
         shown = (
