@@ -103,7 +103,10 @@ def train_resume(
     for stray in run.checkpoints.glob(".*.tmp"):  # a write the crash cut short
         stray.unlink()
     ckpt = load_checkpoint(run.last) if run.last.is_file() else None
-    trainer = Trainer(cfg, ckpt=ckpt, progress=progress)
+    weights = None  # the loss's weights as the run started with them, not counted again
+    if run.class_weights.is_file() and cfg.train.class_weights == saved.train.class_weights:
+        weights = json.loads(run.class_weights.read_text(encoding="utf-8"))
+    trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
     if overrides and rank_distrib() == 0:
         atomic_write_text(run.config, dump_config(absolute_paths(cfg)))
     return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)

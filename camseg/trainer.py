@@ -46,7 +46,8 @@ from camseg.data.cache import cache_root
 from camseg.distributed import init_distributed, rank0_first
 from camseg.ema import ModelEMA
 from camseg.errors import CamsegError, Terminated
-from camseg.losses import build_loss, class_weights
+from camseg.losses import build_loss
+from camseg.losses import class_weights as class_weights_of
 from camseg.model import build_learner, cuda_kernels, model_meta, resolve_device, write_model_file
 from camseg.precision import validation_precision
 from camseg.preflight import check_batch_norm, check_data_folders, check_same_classes
@@ -117,7 +118,15 @@ class Trainer:
     Everything that can fail on bad input happens here, before a run folder exists.
     """
 
-    def __init__(self, cfg: Config, ckpt: dict | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        ckpt: dict | None = None,
+        progress: bool = True,
+        class_weights: dict[str, float] | None = None,
+    ) -> None:
+        """class_weights: a resumed run's class_weights.json, used instead of counting the
+        labels again (which would differ if a label file changed since the run started)."""
         self.cfg, self.ckpt = cfg, ckpt
         self.device = resolve_device(cfg.train.device)
         if cfg.train.tensorboard:
@@ -141,10 +150,13 @@ class Trainer:
         # counts for median_frequency are kept beside data.cache (its default folder when off);
         # rank 0 counts while the others wait, then they read its cache
         counts_root = cache_root(cfg.data.cache)
-        with rank0_first():
-            self.class_weights = class_weights(
-                cfg.train.class_weights, self.files, self.size, counts_root
-            )
+        if class_weights is not None and set(class_weights) == set(self.files.codes):
+            self.class_weights = [float(class_weights[c]) for c in self.files.codes]
+        else:
+            with rank0_first():
+                self.class_weights = class_weights_of(
+                    cfg.train.class_weights, self.files, self.size, counts_root
+                )
         stages = cfg.train.stages
         first = stages[state.stage] if state.stage < len(stages) else stages[-1]
         self.bs = self._batch_size(first)

@@ -221,9 +221,19 @@ def test_a_ce_dice_median_frequency_run_records_its_weights_and_resumes_with_the
     assert list(table) == (data / "codes.txt").read_text().split()
     assert table["Void"] == 1.0 and len(set(table.values())) > 5
     assert list(tmp_path.glob("cache/camseg/class-counts/*.json"))
-    # resume rebuilds the loss from the run's config.yaml: unfinish it and resume
+    # resume rebuilds the loss from the run's config.yaml with the weights the run recorded,
+    # even after a label changed (counting again would give others): unfinish it and resume
     (run / "model.pth").unlink()
     (run / "summary.json").unlink()
+    for label in (data / "labels").glob("*.png"):
+        pixels = np.array(Image.open(label))
+        pixels[:40, :40] = list(table).index("Pedestrian")
+        Image.fromarray(pixels).save(label)
+    files = find_files(load_config(run / "config.yaml").data)
+    recounted = median_frequency_weights(
+        count_classes(files, (64, 96), tmp_path / "c"), files.void_index
+    )
+    assert recounted != pytest.approx(list(table.values()))
     result = cli("train", "--resume", run)
     assert result.exit_code == 0, result.output
     assert len(built) == 2
