@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastai.losses import BaseLoss, CrossEntropyLossFlat, DiceLoss, FocalLoss, FocalLossFlat
 
@@ -93,6 +94,61 @@ class CrossEntropyDiceLoss(CrossEntropyLossFlat):
         return super().__call__(inp, targ, **kwargs) + self.dice_weight * self.dice(inp, targ)
 
 
+class LovaszSoftmaxLoss(CrossEntropyLossFlat):
+    """Cross-entropy + lovasz_weight x the Lovász-softmax loss (Berman, Triki and Blaschko 2018,
+    "The Lovász-Softmax loss: a tractable surrogate for the optimization of the
+    intersection-over-union measure"): the convex extension of 1 - IoU per class, over the
+    batch's pixels, averaged over the classes labelled in the batch. With lovasz_weight alone
+    (name lovasz) the cross-entropy term is dropped. fastai has no Lovász loss; the formula is the
+    paper's. A CrossEntropyLossFlat for the same reasons as CrossEntropyDiceLoss."""
+
+    def __init__(
+        self, ce: bool, lovasz_weight: float, weight: torch.Tensor | None, ignore_index: int
+    ) -> None:
+        super().__init__(axis=1, weight=weight, ignore_index=ignore_index)
+        self.ce, self.lovasz_weight, self.ignore = ce, lovasz_weight, ignore_index
+
+    def __call__(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        lovasz = lovasz_softmax(
+            inp.as_subclass(torch.Tensor).float().softmax(1),
+            targ.as_subclass(torch.Tensor),
+            self.ignore,
+        )
+        if not self.ce:
+            return lovasz
+        return super().__call__(inp, targ, **kwargs) + self.lovasz_weight * lovasz
+
+
+def lovasz_softmax(probs: torch.Tensor, targ: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """probs (N, C, H, W) class probabilities, targ (N, H, W) class indices. With one-hot probs
+    it is 1 - the mean IoU over the classes labelled in the batch."""
+    probs = probs.movedim(1, 0).reshape(probs.shape[1], -1)  # (C, pixels)
+    targ = targ.reshape(-1)
+    if ignore_index != NO_IGNORE:
+        keep = targ != ignore_index
+        probs, targ = probs[:, keep], targ[keep]
+    if not len(targ):  # every pixel ignored: nothing to score
+        return probs.sum() * 0
+    present = torch.unique(targ)
+    probs = probs[present]
+    fg = (targ == present[:, None]).to(probs.dtype)
+    errors = (fg - probs).abs()
+    order = _descending(errors.detach())
+    errors, fg = errors.gather(1, order), fg.gather(1, order)
+    labelled = fg.sum(1, keepdim=True)
+    jaccard = 1 - (labelled - fg.cumsum(1)) / (labelled + (1 - fg).cumsum(1))
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], 1)  # Lovász weights
+    return (errors * grad).sum(1).mean()
+
+
+def _descending(x: torch.Tensor) -> torch.Tensor:
+    """Per row, the indices that sort x from largest to smallest. On a CPU numpy's argsort
+    (SIMD, ~4x torch.sort's speed on one core for a batch of 96x128 frames); elsewhere torch's."""
+    if x.device.type != "cpu":
+        return x.argsort(1, descending=True)
+    return torch.from_numpy(np.argsort(-x.numpy(), axis=1))
+
+
 def _ce(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
     # what unet_learner picks for a MaskBlock by itself, plus the weights and ignore_index
     return CrossEntropyLossFlat(axis=1, weight=weight, ignore_index=ignore)
@@ -111,12 +167,22 @@ def _ce_dice(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
     return CrossEntropyDiceLoss(dice, cfg.dice_weight, weight=weight, ignore_index=ignore)
 
 
+def _lovasz(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
+    return LovaszSoftmaxLoss(False, 1.0, weight=weight, ignore_index=ignore)
+
+
+def _ce_lovasz(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
+    return LovaszSoftmaxLoss(True, cfg.lovasz_weight, weight=weight, ignore_index=ignore)
+
+
 # train.loss.name -> (config, class weights or None, ignored class index) -> fastai loss
 LOSSES: dict[str, Callable[[LossConfig, torch.Tensor | None, int], Any]] = {
     "ce": _ce,
     "focal": _focal,
     "dice": _dice,
     "ce_dice": _ce_dice,
+    "lovasz": _lovasz,
+    "ce_lovasz": _ce_lovasz,
 }
 
 

@@ -224,7 +224,7 @@ def _as_number(v: Any) -> Any:
     return v
 
 
-LossName = Literal["ce", "focal", "dice", "ce_dice"]
+LossName = Literal["ce", "focal", "dice", "ce_dice", "lovasz", "ce_lovasz"]
 ClassWeights = Literal["none", "median_frequency"] | dict[str, float]
 
 
@@ -232,7 +232,9 @@ class LossConfig(_Section):
     name: LossName = Field(
         "ce",
         description="ce (cross-entropy, fastai's default for masks), focal (fastai FocalLossFlat), "
-        "dice (fastai DiceLoss) or ce_dice (cross-entropy + dice_weight x Dice)",
+        "dice (fastai DiceLoss), ce_dice (cross-entropy + dice_weight x Dice), lovasz "
+        "(Lovász-softmax, a surrogate of 1 - IoU) or ce_lovasz (cross-entropy + lovasz_weight x "
+        "Lovász-softmax)",
     )
     gamma: float = Field(
         2.0, ge=0, allow_inf_nan=False, description="focal: focusing parameter (>= 0; 0 is ce)"
@@ -242,6 +244,9 @@ class LossConfig(_Section):
     )
     dice_weight: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="ce_dice: weight of the Dice term (> 0)"
+    )
+    lovasz_weight: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="ce_lovasz: weight of the Lovász term (> 0)"
     )
     ignore_void: bool = Field(
         False, description="Void pixels add nothing to the loss (false: Void is a class to learn)"

@@ -109,7 +109,7 @@ CONFIG_FAULTS = [
     ConfigFault(
         "unknown loss",
         "train:\n  loss:\n    name: bce\n",
-        ("train.loss.name = 'bce'", "'ce', 'focal', 'dice' or 'ce_dice'"),
+        ("train.loss.name = 'bce'", "'ce', 'focal', 'dice', 'ce_dice', 'lovasz' or 'ce_lovasz'"),
     ),
     ConfigFault(
         "negative focal gamma",
@@ -121,6 +121,11 @@ CONFIG_FAULTS = [
         "Dice smoothing of zero",
         "train:\n  loss:\n    smooth: 0\n",
         ("train.loss.smooth = 0", "greater than 0"),
+    ),
+    ConfigFault(
+        "negative Lovász weight",
+        "train:\n  loss:\n    name: ce_lovasz\n    lovasz_weight: -1\n",
+        ("train.loss.lovasz_weight = -1", "greater than 0"),
     ),
     ConfigFault(
         "unknown class weighting",

@@ -21,7 +21,7 @@ import camseg.trainer
 from camseg.config import load_config
 from camseg.data import build_dataloaders, find_files
 from camseg.data.frequencies import count_classes, median_frequency_weights, training_images
-from camseg.losses import LOSSES, build_loss, class_weights
+from camseg.losses import LOSSES, build_loss, class_weights, lovasz_softmax
 from camseg.schema import LossConfig, LossName
 
 CODES = ["Car", "Void", "Road", "Sky"]
@@ -70,7 +70,31 @@ def test_each_choice_is_the_fastai_loss_with_its_parameters():
     assert torch.allclose(ce_dice(x, y), ce + 0.25 * plain_dice)
 
 
-@pytest.mark.parametrize("name", ["ce", "focal", "dice", "ce_dice"])
+ALL = ["ce", "focal", "dice", "ce_dice", "lovasz", "ce_lovasz"]
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_the_iou_of_the_labelled_classes():
+    """The Lovász extension equals the set function on vertices: with one-hot probabilities it is
+    1 - the mean IoU over the classes labelled in the batch (Berman et al. 2018)."""
+    x, y = batch(void=False, seed=3)
+    pred = x.argmax(dim=1)
+    hard = torch.nn.functional.one_hot(pred, len(CODES)).movedim(-1, 1).float()
+    ious = [
+        ((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum()
+        for c in range(len(CODES))
+        if (y == c).any()
+    ]
+    assert float(lovasz_softmax(hard, y, -100)) == pytest.approx(
+        1 - float(torch.stack(ious).mean())
+    )
+    ce_lovasz = loss_of("ce_lovasz", lovasz_weight=0.25)
+    lovasz = lovasz_softmax(x.softmax(dim=1), y, -100)
+    assert torch.allclose(ce_lovasz(x, y), CrossEntropyLossFlat(axis=1)(x, y) + 0.25 * lovasz)
+    assert torch.allclose(loss_of("lovasz")(x, y), lovasz)
+    assert not torch.allclose(ce_lovasz(x, y), loss_of("ce_lovasz")(x, y))
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_predictions_decode_as_fastai_expects(name):
     x, _ = batch(void=False)
     loss = loss_of(name)
@@ -78,7 +102,7 @@ def test_predictions_decode_as_fastai_expects(name):
     assert torch.equal(loss.decodes(x), x.argmax(dim=1))
 
 
-@pytest.mark.parametrize("name", ["ce", "focal", "dice", "ce_dice"])
+@pytest.mark.parametrize("name", ALL)
 def test_ignore_void_leaves_out_exactly_the_void_pixels(name):
     x, y = batch(void=True)
     ignoring, counting = loss_of(name, ignore_void=True), loss_of(name)
@@ -89,7 +113,7 @@ def test_ignore_void_leaves_out_exactly_the_void_pixels(name):
     assert torch.allclose(ignoring(x, y), counting(x, y))
 
 
-@pytest.mark.parametrize("name", ["ce", "focal", "ce_dice"])
+@pytest.mark.parametrize("name", ["ce", "focal", "ce_dice", "ce_lovasz"])
 def test_class_weights_reach_the_cross_entropy(name):
     weights = [3.0, 1.0, 0.5, 2.0]
     loss = loss_of(name, weights)
@@ -100,9 +124,10 @@ def test_class_weights_reach_the_cross_entropy(name):
     assert loss.func.weight.device.type == "meta"
 
 
-def test_dice_takes_no_class_weights():
+@pytest.mark.parametrize("name", ["dice", "lovasz"])
+def test_per_class_scores_take_no_class_weights(name):
     x, y = batch(void=False)
-    assert torch.equal(loss_of("dice", [3.0, 1.0, 0.5, 2.0])(x, y), loss_of("dice")(x, y))
+    assert torch.equal(loss_of(name, [3.0, 1.0, 0.5, 2.0])(x, y), loss_of(name)(x, y))
 
 
 # ---- class weights from the data ----------------------------------------------------------
