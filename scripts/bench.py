@@ -23,9 +23,9 @@ JPEG photo (a camvid_tiny frame upscaled) of 3000x2000 and of 10000x10000 (100 m
 for a frame at the model's size (what the process needs before any big image); the model is a
 ResNet34 U-Net at --size with random weights.
 accuracy: configs/tiny.yaml (the lesson-3 recipe, `notebook`) against configs/tiny-scratch.yaml
-(`scratch`), or the --recipes given, on the real camvid_tiny without ImageNet weights, 2 seeds
-each; acc_camvid and mIoU of the final epoch (no picking the best epoch on the validation
-frames), and minutes per run.
+(`scratch`), or the --recipes given (`rare`: configs/tiny-rare.yaml), on the real camvid_tiny
+without ImageNet weights, 2 seeds each; acc_camvid and mIoU of the final epoch (no picking the
+best epoch on the validation frames), and minutes per run.
 precision, cudnn, compile: `camseg train` against itself with one setting changed, alternating:
 fp16 (fastai's mixed precision, loss scaling) vs bf16 autocast (fp32 vs bf16 on a CPU);
 train.deterministic false (cudnn.benchmark on) vs true; train.compile false vs true. Two epochs

@@ -53,7 +53,7 @@ def test_config_faults_are_one_line_naming_the_file_or_key(case, tmp_path):
         assert str(path) in message
 
 
-@pytest.mark.parametrize("preset", ["half", "full", "tiny", "tiny-scratch", "demo"])
+@pytest.mark.parametrize("preset", ["half", "full", "tiny", "tiny-scratch", "tiny-rare", "demo"])
 def test_presets_load_and_differ_from_defaults(preset):
     path = REPO / "configs" / f"{preset}.yaml"
     cfg = load_config(path)

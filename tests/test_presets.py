@@ -52,7 +52,14 @@ def test_unknown_config_lists_the_presets(cli, tmp_path, monkeypatch):
 def test_config_list_shows_every_preset_with_its_description(cli):
     result = cli("config", "list")
     assert result.exit_code == 0
-    for preset in ("half.yaml", "full.yaml", "tiny.yaml", "tiny-scratch.yaml", "demo.yaml"):
+    for preset in (
+        "half.yaml",
+        "full.yaml",
+        "tiny.yaml",
+        "tiny-scratch.yaml",
+        "tiny-rare.yaml",
+        "demo.yaml",
+    ):
         assert preset in result.stdout
     assert "paper's first phase" in result.stdout
 
@@ -129,7 +136,7 @@ def _wheel(tmp_path: Path) -> Path:
 
 def test_the_wheel_holds_the_presets_and_resources(tmp_path):
     names = zipfile.ZipFile(_wheel(tmp_path)).namelist()
-    for preset in ("half", "full", "tiny", "tiny-scratch", "demo"):
+    for preset in ("half", "full", "tiny", "tiny-scratch", "tiny-rare", "demo"):
         assert f"camseg/presets/{preset}.yaml" in names
     for resource in ("codes.txt", "label_colors.txt", "paper_fig13.csv"):
         assert f"camseg/resources/{resource}" in names

@@ -301,7 +301,11 @@ def bench_data(
 
 
 # bench.py accuracy --recipes: name -> (preset, number of stages, shrunk by --quick)
-RECIPES = {"notebook": ("tiny.yaml", 2), "scratch": ("tiny-scratch.yaml", 1)}
+RECIPES = {
+    "notebook": ("tiny.yaml", 2),
+    "scratch": ("tiny-scratch.yaml", 1),
+    "rare": ("tiny-rare.yaml", 1),
+}
 
 
 def bench_accuracy(
