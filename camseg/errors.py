@@ -12,3 +12,10 @@ class Terminated(KeyboardInterrupt):
     to resume, a video's outputs are closed with the frames written so far. Exit code 143."""
 
     exit_code = 143
+
+
+def stop_signal(e: KeyboardInterrupt) -> tuple[str, int]:
+    """What a Ctrl-C or SIGTERM stop says, and the shell's exit code for it (130 or 143)."""
+    if isinstance(e, Terminated):
+        return "terminated (SIGTERM)", Terminated.exit_code
+    return "interrupted", 130

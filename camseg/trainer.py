@@ -45,7 +45,7 @@ from camseg.data import build_dataloaders, check_dataset, find_files, resolve_si
 from camseg.data.cache import cache_root
 from camseg.distributed import init_distributed, rank0_first
 from camseg.ema import ModelEMA
-from camseg.errors import CamsegError, Terminated
+from camseg.errors import CamsegError, stop_signal
 from camseg.losses import build_loss
 from camseg.losses import class_weights as class_weights_of
 from camseg.model import build_learner, cuda_kernels, model_meta, resolve_device, write_model_file
@@ -62,11 +62,10 @@ class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM: the last finished epoch is saved; `resume` says how to continue.
     exit_code is the shell's for the signal: 130 (SIGINT) or 143 (SIGTERM)."""
 
-    def __init__(self, run_dir: Path, terminated: bool = False) -> None:
-        what = "terminated (SIGTERM)" if terminated else "interrupted"
+    def __init__(self, run_dir: Path, stop: KeyboardInterrupt) -> None:
+        what, self.exit_code = stop_signal(stop)
         super().__init__(f"training {what}; resume with: camseg train --resume {run_dir}")
         self.run_dir = run_dir
-        self.exit_code = Terminated.exit_code if terminated else 130
 
 
 def stage_name(stage: StageConfig, i: int) -> str:
@@ -253,7 +252,7 @@ class Trainer:
             finally:  # Ctrl-C or an error: the last finished epoch still reaches the disk
                 self.writer.wait()
         except KeyboardInterrupt as e:
-            raise TrainingInterrupted(run.dir, isinstance(e, Terminated)) from None
+            raise TrainingInterrupted(run.dir, e) from None
         except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
             raise CamsegError(
                 f"cannot write {e.filename or 'a run file'}: {e.strerror or e}; free space or fix "

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from typer.core import TyperGroup
 
-from camseg.errors import CamsegError, Terminated
+from camseg.errors import CamsegError, stop_signal
 
 
 class _OneLineErrors(TyperGroup):
@@ -50,9 +50,9 @@ class _OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as e:
-            terminated = isinstance(e, Terminated)
-            err.print("camseg: " + ("terminated (SIGTERM)" if terminated else "interrupted"))
-            raise typer.Exit(Terminated.exit_code if terminated else 130) from None
+            what, code = stop_signal(e)
+            err.print(f"camseg: {what}")
+            raise typer.Exit(code) from None
 
 
 app = typer.Typer(
