@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camseg.data.files import resize_rgb
+from camseg.heap import keep_freed_memory
 from camseg.model import ModelFile, cuda_kernels, read_model_file, resolve_device
 from camseg.onnx import is_onnx, load_onnx_network, read_onnx_file
 from camseg.precision import InferencePolicy, RunPrecision, inference_precision
@@ -102,6 +103,7 @@ def load_network(
     train (evaluate: what training validated in) or fp32 / fp16 / bf16; see camseg.precision.
     channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (1.5x on a CPU);
     evaluate turns it off to reproduce the training table's numbers on a CPU to the last pixel.
+    On a CPU the process keeps freed memory for the next pass (camseg.heap, process-wide).
     """
     mf = source if isinstance(source, ModelFile) else read_model(source)
     if is_onnx(mf.path):
@@ -110,6 +112,8 @@ def load_network(
     chosen = inference_precision(precision, mf.precision, dev, policy)
     if dev.type == "cuda":
         cuda_kernels(deterministic=False)  # fixed input sizes: cuDNN's fastest kernels win
+    else:
+        keep_freed_memory()  # no page faults for each pass's activations
     model = mf.build().to(dev).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

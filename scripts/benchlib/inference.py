@@ -5,13 +5,18 @@
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from PIL import Image
+
+if __name__ == "__main__":  # run as a script (one side of bench_predict): find benchlib
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib.common import (
     Results,
@@ -36,9 +41,13 @@ def bench_predict(
     precision: str,
     repeats: int,
 ) -> None:
+    """camseg's predict against the plain per-image `learn.predict` loop, each timed run in a
+    fresh process of its own (alternating), so that neither inherits the other's process
+    settings (camseg.heap) or warm caches. Each process first segments one image untimed (thread
+    pools, first-call kernel choices), then times the whole call on the n images: for camseg
+    that includes loading the model, as `camseg predict` does."""
     from camseg.data.files import read_codes
-    from camseg.model import read_model_file, resolve_device
-    from camseg.predict import predict
+    from camseg.model import resolve_device
 
     device = resolve_device(device_name)
     codes = read_codes(data / "codes.txt")
@@ -46,39 +55,32 @@ def bench_predict(
         tmp = Path(tmp_name)
         images = upscaled_frames(sorted((data / "images").glob("*.png")), tmp / "in", n, size)
         model_path = untrained_model_file(tmp / "model.pth", arch, size, codes)
-        # B: the plain fastai way, one learn.predict per image
-        baseline = learn_predict(read_model_file(model_path), data, size, device)
+        job = {
+            "images": [str(p) for p in images],
+            "model": str(model_path),
+            "data": str(data),
+            "size": list(size),
+            "device": str(device),
+            "batch_size": batch_size,
+            "precision": precision,
+        }
 
-        def run_camseg() -> float:
-            out = tmp / "a"
+        def side(name: str) -> dict:
+            out = tmp / name
             shutil.rmtree(out, ignore_errors=True)
-            t = time.perf_counter()
-            predict(
-                [str(p) for p in images],
-                model_path,
-                out,
-                batch_size=batch_size,
-                device=str(device),
-                precision=precision,  # type: ignore[arg-type]
-                formats=("index",),
-            )
-            return time.perf_counter() - t
+            proc = run([sys.executable, __file__, name, json.dumps(job | {"out": str(out)})])
+            return last_json(proc.stdout)
 
-        def run_loop() -> float:
-            out = tmp / "b"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-            t = time.perf_counter()
-            for p in images:
-                Image.fromarray(baseline(p)).save(out / f"{p.stem}_mask.png")
-            return time.perf_counter() - t
-
-        run_camseg()  # warm-up: first-call allocations, thread pools
         a, b = [], []
         for _ in range(repeats):  # alternate so drift hits both equally
-            a.append(run_camseg())
-            b.append(run_loop())
-    a_ips, b_ips = n / statistics.median(a), n / statistics.median(b)
+            a.append(side("camseg"))
+            b.append(side("learn_predict"))
+    a_ips = n / statistics.median(r["seconds"] for r in a)
+    b_ips = n / statistics.median(r["seconds"] for r in b)
+
+    def per_image(runs: list[dict], key: str) -> float:
+        return round(statistics.median(r[key] for r in runs) / n, 3)
+
     results.save(
         results.section(f"predict_{device.type}", size, (360, 480)),
         {
@@ -91,10 +93,64 @@ def bench_predict(
             "camseg_images_per_s": round(a_ips, 2),
             "learn_predict_images_per_s": round(b_ips, 2),
             "speedup": round(a_ips / b_ips, 2),
-            "camseg_seconds": [round(x, 2) for x in a],
-            "learn_predict_seconds": [round(x, 2) for x in b],
+            "camseg_seconds": [round(r["seconds"], 2) for r in a],
+            "learn_predict_seconds": [round(r["seconds"], 2) for r in b],
+            # what each timed call cost the process, per image (medians over the repeats)
+            "camseg_page_faults_per_image": per_image(a, "page_faults"),
+            "learn_predict_page_faults_per_image": per_image(b, "page_faults"),
+            "camseg_kernel_cpu_s_per_image": per_image(a, "kernel_cpu_s"),
+            "learn_predict_kernel_cpu_s_per_image": per_image(b, "kernel_cpu_s"),
+            "camseg_user_cpu_s_per_image": per_image(a, "user_cpu_s"),
+            "learn_predict_user_cpu_s_per_image": per_image(b, "user_cpu_s"),
         },
     )
+
+
+def _timed_side(name: str, job: dict) -> dict:
+    """One side of bench_predict in this (fresh) process: warm up on one image, then time the
+    n images -> seconds, and the page faults and user / kernel CPU time of the timed part."""
+    images = [Path(p) for p in job["images"]]
+    out = Path(job["out"])
+    if name == "camseg":
+        from camseg.predict import predict
+
+        def call(paths: list[Path], dst: Path) -> None:
+            predict(
+                [str(p) for p in paths],
+                Path(job["model"]),
+                dst,
+                batch_size=job["batch_size"],
+                device=job["device"],
+                precision=job["precision"],
+                formats=("index",),
+            )
+    else:
+        from camseg.model import read_model_file
+
+        baseline = learn_predict(
+            read_model_file(Path(job["model"])),
+            Path(job["data"]),
+            tuple(job["size"]),
+            job["device"],
+        )
+
+        def call(paths: list[Path], dst: Path) -> None:
+            dst.mkdir(parents=True, exist_ok=True)
+            for p in paths:
+                Image.fromarray(baseline(p)).save(dst / f"{p.stem}_mask.png")
+
+    call(images[:1], out / "warmup")
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    call(images, out)
+    seconds = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "seconds": seconds,
+        "page_faults": after.ru_minflt - before.ru_minflt + after.ru_majflt - before.ru_majflt,
+        "kernel_cpu_s": after.ru_stime - before.ru_stime,
+        "user_cpu_s": after.ru_utime - before.ru_utime,
+    }
 
 
 def bench_bigphoto(
@@ -152,3 +208,7 @@ def bench_bigphoto(
             "photos": rows,
         },
     )
+
+
+if __name__ == "__main__":  # one timed side of bench_predict, in a process of its own
+    print(json.dumps(_timed_side(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
