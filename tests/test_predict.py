@@ -148,6 +148,18 @@ def test_rebuilt_network_equals_one_built_at_the_training_size(size, tmp_path, c
         assert torch.equal(rebuilt(x), original(x))
 
 
+def test_model_file_is_rebuilt_around_its_own_tensors(trained_run):
+    """Built on the meta device and given the file's tensors: nothing randomly initialised and
+    then overwritten, and nothing left without a value."""
+    from camseg.model import read_model_file
+
+    mf = read_model_file(trained_run)
+    model = mf.build()
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    ours = model.state_dict()
+    assert all(ours[k].data_ptr() == v.data_ptr() for k, v in mf.state_dict.items())
+
+
 def test_predict_precision_option_sets_the_network_dtype(
     trained_run, camvid_tiny, tmp_path, cli, network_spy
 ):
