@@ -171,10 +171,8 @@ def evaluate(
     check_dataset(files).raise_if_bad()
     items = split_items(files, split)
     eval_size, native = _eval_size(size, mf)
-    # NCHW as in training's validation on a CPU: the table's numbers to the last pixel
-    net = load_network(
-        mf, device=device, precision=precision, policy="evaluate", channels_last=False
-    )
+    # the layers and NCHW layout of training's validation: the table's numbers to the last pixel
+    net = load_network(mf, device=device, precision=precision, policy="evaluate", exact=True)
     dev = net.device
     read_label = label_reader(files)
     n, void = len(files.codes), files.void_index

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camseg.data.files import resize_rgb
+from camseg.fold import fold_for_inference
 from camseg.heap import keep_freed_memory
 from camseg.model import ModelFile, cuda_kernels, read_model_file, resolve_device
 from camseg.onnx import is_onnx, load_onnx_network, read_onnx_file
@@ -94,15 +95,18 @@ def load_network(
     precision: str = "auto",
     policy: InferencePolicy = "predict",
     tta: bool = False,
-    channels_last: bool = True,
+    exact: bool = False,
 ) -> Network:
     """Load a run folder / model.pth / checkpoint / model.onnx (or a ModelFile read already)
     for inference; a model.onnx runs on ONNX Runtime (camseg.onnx.load_onnx_network).
 
     `precision`: one of `policy`'s choices: auto (predict: the fastest the device runs well),
     train (evaluate: what training validated in) or fp32 / fp16 / bf16; see camseg.precision.
-    channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (1.5x on a CPU);
-    evaluate turns it off to reproduce the training table's numbers on a CPU to the last pixel.
+    By default the network runs in NHWC (channels-last: oneDNN and cuDNN both run these
+    convolutions faster, 1.5x on a CPU) with its BatchNorms folded into the convolutions
+    (camseg.fold), which changes float rounding only. `exact` keeps the layers and layout
+    training validated with: evaluate uses it to reproduce the training table's numbers on a
+    CPU to the last pixel.
     On a CPU the process keeps freed memory for the next pass (camseg.heap, process-wide).
     """
     mf = source if isinstance(source, ModelFile) else read_model(source)
@@ -115,10 +119,11 @@ def load_network(
     else:
         keep_freed_memory()  # no page faults for each pass's activations
     model = mf.build().to(dev).eval()
-    if channels_last:
+    if not exact:
+        fold_for_inference(model)
         model = model.to(memory_format=torch.channels_last)
     info = dataclasses.replace(mf, state_dict={})  # the model holds the weights now
-    net = Network(chosen.apply(model, dev), info, dev, chosen, channels_last)
+    net = Network(chosen.apply(model, dev), info, dev, chosen, channels_last=not exact)
     return net.with_flip_tta() if tta else net
 
 
