@@ -134,3 +134,19 @@ def test_rgb_files_read_as_load_rgb_reads_them(camvid_tiny, tmp_path):
     for path in sorted(tmp_path.iterdir()):
         assert np.array_equal(np.asarray(open_rgb(path, MAX_PIXELS)), load_rgb(path)), path.name
     assert open_rgb(tmp_path / "turned6.jpg", MAX_PIXELS).size == (96, 128)
+
+
+@pytest.mark.parametrize("size", [(6, 8), (12, 16)])  # the model's size, and upsampled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_class_mask_takes_the_first_of_tied_classes(size, dtype):
+    """bf16 scores tie often; the mask must take the first class, as argmax does."""
+    from camseg.infer import class_mask
+
+    scores = torch.zeros(1, 32, 6, 8, dtype=dtype)
+    scores[:, [3, 7, 20]] = 1.0  # three classes tie everywhere
+    scores = scores.contiguous(memory_format=torch.channels_last)  # as the network gives them
+    mask = class_mask(scores.float()[0], *size)
+    assert mask.shape == size and bool((mask == 3).all())
+    assert torch.equal(
+        class_mask(torch.zeros(32, 6, 8), *size), torch.zeros(size, dtype=torch.uint8)
+    )
