@@ -97,7 +97,10 @@ def bench_backends(
     `repeats` rounds with the backends alternating within a round so load drift hits all; the
     share of mask pixels equal to PyTorch fp32's; acc_camvid and its change against PyTorch fp32
     on the validation frames at size, scored as evaluate scores them (labels resized nearest).
-    Timings on a shared machine move with its load: the load average goes with the numbers."""
+    Timings on a shared machine move with its load: the load average goes with the numbers.
+    All rows share one process, which keeps freed memory from the first PyTorch load on
+    (camseg.heap), the learn.predict row too; `bench.py predict` times that loop in a process
+    of its own."""
     import onnxruntime
 
     from camseg import Segmenter
