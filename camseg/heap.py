@@ -13,7 +13,6 @@ needed anyway. A no-op where the C library is not glibc (macOS, Windows, musl).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 # mallopt parameters, from glibc's malloc.h
@@ -34,7 +33,7 @@ def keep_freed_memory() -> bool:
         return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL("libc.so.6")  # glibc's soname on every platform it runs on
     # mallopt returns 1 on success; both or neither
     _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)
