@@ -70,8 +70,7 @@ def _foldable(conv: object, bn: object) -> bool:
     return (
         type(conv) is nn.Conv2d
         and type(bn) is nn.BatchNorm2d
-        and bn.track_running_stats
-        and bn.running_mean is not None
+        and bn.running_mean is not None  # None without track_running_stats: batch statistics
         and bn.num_features == conv.out_channels
         and not _hooked(conv)
         and not _hooked(bn)

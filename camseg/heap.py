@@ -18,8 +18,8 @@ import platform
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-# Freed memory kept in the heap before it is returned; above a forward pass's working set at the
-# model sizes camseg uses (a ResNet34 U-Net at 720x960 allocates about 0.7 GB a pass).
+# Freed memory kept in the heap before it is returned: above a forward pass's churn at the model
+# sizes camseg uses (at 360x480 a pass page-faulted ~160 MB; 720x960 has four times the pixels).
 KEEP_BYTES = 1 << 30
 
 _applied = False
