@@ -98,37 +98,49 @@ class LovaszSoftmaxLoss(CrossEntropyLossFlat):
     """Cross-entropy + lovasz_weight x the Lovász-softmax loss (Berman, Triki and Blaschko 2018,
     "The Lovász-Softmax loss: a tractable surrogate for the optimization of the
     intersection-over-union measure"): the convex extension of 1 - IoU per class, over the
-    batch's pixels, averaged over the classes labelled in the batch. With lovasz_weight alone
+    batch's pixels, averaged over the classes labelled in the batch (or all classes, see
+    lovasz_softmax). With lovasz_weight alone
     (name lovasz) the cross-entropy term is dropped. fastai has no Lovász loss; the formula is the
     paper's. A CrossEntropyLossFlat for the same reasons as CrossEntropyDiceLoss."""
 
     def __init__(
-        self, ce: bool, lovasz_weight: float, weight: torch.Tensor | None, ignore_index: int
+        self,
+        ce: bool,
+        lovasz_weight: float,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        classes: str = "present",
     ) -> None:
         super().__init__(axis=1, weight=weight, ignore_index=ignore_index)
         self.ce, self.lovasz_weight, self.ignore = ce, lovasz_weight, ignore_index
+        self.classes = classes
 
     def __call__(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         lovasz = lovasz_softmax(
             inp.as_subclass(torch.Tensor).float().softmax(1),
             targ.as_subclass(torch.Tensor),
             self.ignore,
+            self.classes,
         )
         if not self.ce:
             return lovasz
         return super().__call__(inp, targ, **kwargs) + self.lovasz_weight * lovasz
 
 
-def lovasz_softmax(probs: torch.Tensor, targ: torch.Tensor, ignore_index: int) -> torch.Tensor:
+def lovasz_softmax(
+    probs: torch.Tensor, targ: torch.Tensor, ignore_index: int, classes: str = "present"
+) -> torch.Tensor:
     """probs (N, C, H, W) class probabilities, targ (N, H, W) class indices. With one-hot probs
-    it is 1 - the mean IoU over the classes labelled in the batch."""
+    it is 1 - the mean IoU over the classes labelled in the batch (classes "present"), or over
+    every class but ignore_index ("all": an absent class counts IoU 1 if predicted nowhere, else
+    0; with soft probs its term is its largest probability)."""
     targ = targ.reshape(-1)
     keep = targ != ignore_index if ignore_index != NO_IGNORE else None
     if keep is not None:
         targ = targ[keep]
     if not len(targ):  # every pixel ignored: nothing to score
         return probs.sum() * 0
-    present = torch.unique(targ)
+    present = torch.unique(targ) if classes == "present" else _all_but(probs.shape[1], ignore_index)
     probs = probs[:, present].movedim(1, 0).reshape(len(present), -1)  # (classes, pixels)
     if keep is not None:
         probs = probs[:, keep]
@@ -137,6 +149,10 @@ def lovasz_softmax(probs: torch.Tensor, targ: torch.Tensor, ignore_index: int) -
     with torch.no_grad():  # the Lovász weights are constant between reorderings: no gradient
         weights = _lovasz_weights(errors, fg)
     return (errors * weights).sum(1).mean()
+
+
+def _all_but(n: int, ignore_index: int) -> torch.Tensor:
+    return torch.tensor([c for c in range(n) if c != ignore_index])
 
 
 def _lovasz_weights(errors: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
@@ -183,11 +199,11 @@ def _ce_dice(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
 
 
 def _lovasz(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
-    return LovaszSoftmaxLoss(False, 1.0, weight=weight, ignore_index=ignore)
+    return LovaszSoftmaxLoss(False, 1.0, weight, ignore, cfg.lovasz_classes)
 
 
 def _ce_lovasz(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
-    return LovaszSoftmaxLoss(True, cfg.lovasz_weight, weight=weight, ignore_index=ignore)
+    return LovaszSoftmaxLoss(True, cfg.lovasz_weight, weight, ignore, cfg.lovasz_classes)
 
 
 # train.loss.name -> (config, class weights or None, ignored class index) -> fastai loss

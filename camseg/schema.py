@@ -248,6 +248,12 @@ class LossConfig(_Section):
     lovasz_weight: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="ce_lovasz: weight of the Lovász term (> 0)"
     )
+    lovasz_classes: Literal["present", "all"] = Field(
+        "present",
+        description="lovasz, ce_lovasz: average over the classes labelled in the batch (present) "
+        "or over every class but the ignored one (all: an absent class adds its largest "
+        "predicted probability)",
+    )
     ignore_void: bool = Field(
         False, description="Void pixels add nothing to the loss (false: Void is a class to learn)"
     )

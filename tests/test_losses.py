@@ -94,6 +94,40 @@ def test_lovasz_of_hard_predictions_is_one_minus_the_iou_of_the_labelled_classes
     assert not torch.allclose(ce_lovasz(x, y), loss_of("ce_lovasz")(x, y))
 
 
+@pytest.mark.parametrize("void", [False, True])
+def test_lovasz_over_all_classes_counts_absent_classes_by_whether_they_are_predicted(void):
+    """classes "all" (the paper's code's option): a class absent from the batch scores IoU 1 if
+    predicted nowhere, 0 if predicted anywhere; the ignored class (Void, 1) is never averaged."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.tensor([0, 2, 3])[torch.randint(0, 3, (2, 6, 8), generator=g)]
+    y[0, 0, :2] = VOID  # labelled Void, or ignored with ignore_void
+    pred = y.clone()
+    pred[1, 2:4, 2:5] = 4  # class 4: absent, predicted; class 5: absent, not predicted
+    pred[0, 5, 5:] = 0  # and some mistakes on the labelled classes
+    hard = torch.nn.functional.one_hot(pred, 6).movedim(-1, 1).float()
+    ignore = VOID if void else -100
+    keep = y != ignore
+    ious = []
+    for c in range(6):
+        if c == ignore:
+            continue
+        p, t = (pred == c) & keep, (y == c) & keep
+        ious.append(float((p & t).sum() / (p | t).sum()) if (p | t).any() else 1.0)
+    assert len(ious) == 6 - void and ious[-2:] == [0.0, 1.0]
+    expected = 1 - sum(ious) / len(ious)
+    assert lovasz_softmax(hard, y, ignore, "all").item() == pytest.approx(expected, abs=1e-5)
+    assert lovasz_softmax(hard, y, ignore).item() != pytest.approx(expected, abs=1e-3)
+    # the config key reaches the loss: class 3 (Sky) absent from this batch
+    x, y = batch(void=void, seed=4)
+    y[y == 3] = 2
+    chosen = loss_of("ce_lovasz", lovasz_classes="all", ignore_void=void)
+    ce = CrossEntropyLossFlat(axis=1, ignore_index=ignore)(x, y)
+    assert chosen(x, y).item() == pytest.approx(
+        (ce + lovasz_softmax(x.softmax(dim=1), y, ignore, "all")).item()
+    )
+    assert chosen(x, y).item() != pytest.approx(loss_of("ce_lovasz", ignore_void=void)(x, y).item())
+
+
 def sorted_lovasz(probs: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
     """The paper's form, as its reference code writes it: per class present, the errors sorted
     from largest, dotted with the steps of the Jaccard loss; gradients through the sort by
