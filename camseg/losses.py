@@ -140,19 +140,26 @@ def lovasz_softmax(
         targ = targ[keep]
     if not len(targ):  # every pixel ignored: nothing to score
         return probs.sum() * 0
-    present = torch.unique(targ) if classes == "present" else _all_but(probs.shape[1], ignore_index)
-    probs = probs[:, present].movedim(1, 0).reshape(len(present), -1)  # (classes, pixels)
-    if keep is not None:
-        probs = probs[:, keep]
+    present = torch.unique(targ)
+    rows = _pixels(probs, present, keep)  # (classes, pixels)
     fg = targ == present[:, None]
-    errors = (fg.to(probs.dtype) - probs).abs()
+    errors = (fg.to(rows.dtype) - rows).abs()
     with torch.no_grad():  # the Lovász weights are constant between reorderings: no gradient
         weights = _lovasz_weights(errors, fg)
-    return (errors * weights).sum(1).mean()
+    terms = (errors * weights).sum(1)
+    if classes == "all":
+        labelled = set(present.tolist())
+        absent = [c for c in range(probs.shape[1]) if c != ignore_index and c not in labelled]
+        if absent:  # no labelled pixel: weight 1 for the largest error, 0 elsewhere; no sort
+            absent_rows = _pixels(probs, torch.tensor(absent, device=probs.device), keep)
+            terms = torch.cat([terms, absent_rows.max(1).values])
+    return terms.mean()
 
 
-def _all_but(n: int, ignore_index: int) -> torch.Tensor:
-    return torch.tensor([c for c in range(n) if c != ignore_index])
+def _pixels(probs: torch.Tensor, classes: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """probs (N, C, H, W) -> (len(classes), kept pixels)."""
+    rows = probs[:, classes].movedim(1, 0).reshape(len(classes), -1)
+    return rows if keep is None else rows[:, keep]
 
 
 def _lovasz_weights(errors: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
