@@ -18,7 +18,7 @@ from camseg.data.files import VOID
 from camseg.data.frequencies import count_classes, median_frequency_weights
 from camseg.data.layouts import DatasetFiles
 from camseg.errors import CamsegError
-from camseg.schema import ClassWeights, LossConfig
+from camseg.schema import ClassWeights, LossConfig, LovaszClasses
 
 NO_IGNORE = -100  # nn.CrossEntropyLoss's default ignore_index: no label has it
 
@@ -98,10 +98,10 @@ class LovaszSoftmaxLoss(CrossEntropyLossFlat):
     """Cross-entropy + lovasz_weight x the Lovász-softmax loss (Berman, Triki and Blaschko 2018,
     "The Lovász-Softmax loss: a tractable surrogate for the optimization of the
     intersection-over-union measure"): the convex extension of 1 - IoU per class, over the
-    batch's pixels, averaged over the classes labelled in the batch (or all classes, see
-    lovasz_softmax). With lovasz_weight alone
-    (name lovasz) the cross-entropy term is dropped. fastai has no Lovász loss; the formula is the
-    paper's. A CrossEntropyLossFlat for the same reasons as CrossEntropyDiceLoss."""
+    batch's pixels, averaged over the classes labelled in the batch (or over all classes, see
+    lovasz_softmax). With lovasz_weight alone (name lovasz) the cross-entropy term is dropped.
+    fastai has no Lovász loss; the formula is the paper's. A CrossEntropyLossFlat for the same
+    reasons as CrossEntropyDiceLoss."""
 
     def __init__(
         self,
@@ -109,7 +109,7 @@ class LovaszSoftmaxLoss(CrossEntropyLossFlat):
         lovasz_weight: float,
         weight: torch.Tensor | None,
         ignore_index: int,
-        classes: str = "present",
+        classes: LovaszClasses = "present",
     ) -> None:
         super().__init__(axis=1, weight=weight, ignore_index=ignore_index)
         self.ce, self.lovasz_weight, self.ignore = ce, lovasz_weight, ignore_index
@@ -128,7 +128,7 @@ class LovaszSoftmaxLoss(CrossEntropyLossFlat):
 
 
 def lovasz_softmax(
-    probs: torch.Tensor, targ: torch.Tensor, ignore_index: int, classes: str = "present"
+    probs: torch.Tensor, targ: torch.Tensor, ignore_index: int, classes: LovaszClasses = "present"
 ) -> torch.Tensor:
     """probs (N, C, H, W) class probabilities, targ (N, H, W) class indices. With one-hot probs
     it is 1 - the mean IoU over the classes labelled in the batch (classes "present"), or over
@@ -172,8 +172,8 @@ def _lovasz_weights(errors: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
     inside = fg.cumsum(1)  # labelled pixels among the first k
     seen = torch.arange(1, fg.shape[1] + 1, dtype=errors.dtype, device=errors.device)
     jaccard = 1 - (labelled - inside) / (labelled + seen - inside)
-    jaccard[:, 1:] -= jaccard[:, :-1].clone()
-    return torch.empty_like(jaccard).scatter_(1, order, jaccard)
+    steps = jaccard.diff(dim=1, prepend=jaccard.new_zeros(len(jaccard), 1))
+    return torch.empty_like(steps).scatter_(1, order, steps)
 
 
 def _descending(x: torch.Tensor) -> torch.Tensor:

@@ -226,6 +226,7 @@ def _as_number(v: Any) -> Any:
 
 LossName = Literal["ce", "focal", "dice", "ce_dice", "lovasz", "ce_lovasz"]
 ClassWeights = Literal["none", "median_frequency"] | dict[str, float]
+LovaszClasses = Literal["present", "all"]
 
 
 class LossConfig(_Section):
@@ -248,7 +249,7 @@ class LossConfig(_Section):
     lovasz_weight: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="ce_lovasz: weight of the Lovász term (> 0)"
     )
-    lovasz_classes: Literal["present", "all"] = Field(
+    lovasz_classes: LovaszClasses = Field(
         "present",
         description="lovasz, ce_lovasz: average over the classes labelled in the batch (present) "
         "or over every class but the ignored one (all: an absent class adds its largest "
