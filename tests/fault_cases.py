@@ -128,6 +128,11 @@ CONFIG_FAULTS = [
         ("train.loss.lovasz_weight = -1", "greater than 0"),
     ),
     ConfigFault(
+        "unknown Lovász class set",
+        "train:\n  loss:\n    name: ce_lovasz\n    lovasz_classes: some\n",
+        ("train.loss.lovasz_classes = 'some'", "'present' or 'all'"),
+    ),
+    ConfigFault(
         "unknown class weighting",
         "data: {}\n",
         ("train.class_weights = 'inverse'", "none, median_frequency or a table"),
