@@ -23,6 +23,25 @@ from camseg.schema import ClassWeights, LossConfig, LovaszClasses
 NO_IGNORE = -100  # nn.CrossEntropyLoss's default ignore_index: no label has it
 
 
+def _nothing_scored(
+    inp: torch.Tensor, targ: torch.Tensor, ignore_index: int
+) -> torch.Tensor | None:
+    """0, with inp's graph, when every pixel of the batch is ignored (a frame or a batch all
+    Void with ignore_void): torch's mean over no pixels is NaN, which would stop the stage as a
+    diverged run. None otherwise."""
+    if ignore_index == NO_IGNORE or bool((targ != ignore_index).any()):
+        return None
+    return inp.as_subclass(torch.Tensor).float().sum() * 0
+
+
+class VoidCrossEntropyLossFlat(CrossEntropyLossFlat):
+    """fastai's CrossEntropyLossFlat, except that a batch with every pixel ignored adds 0."""
+
+    def __call__(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        empty = _nothing_scored(inp, targ, self.func.ignore_index)
+        return super().__call__(inp, targ, **kwargs) if empty is None else empty
+
+
 class VoidFocalLoss(FocalLoss):
     """fastai's FocalLoss plus two things it lacks: an ignored class (its pixels are dropped, the
     mean is over the others, as cross-entropy's ignore_index does) and the class weights as a
@@ -35,6 +54,9 @@ class VoidFocalLoss(FocalLoss):
 
     def forward(self, inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         if self.ignore_index != NO_IGNORE:
+            empty = _nothing_scored(inp, targ, self.ignore_index)
+            if empty is not None:
+                return empty
             keep = targ != self.ignore_index
             inp, targ = inp[keep], targ[keep]
         return super().forward(inp, targ)
@@ -79,7 +101,7 @@ class VoidDiceLoss(DiceLoss):
         return loss.sum() if self.reduction == "sum" else loss
 
 
-class CrossEntropyDiceLoss(CrossEntropyLossFlat):
+class CrossEntropyDiceLoss(VoidCrossEntropyLossFlat):
     """Cross-entropy + dice_weight x Dice. A CrossEntropyLossFlat, so fastai finds the same
     activation (softmax) and decodes (argmax) over the class axis for get_preds and predict, and
     moves the class weights to the device (it moves a BaseLoss or an nn.Module, nothing else)."""
@@ -94,7 +116,7 @@ class CrossEntropyDiceLoss(CrossEntropyLossFlat):
         return super().__call__(inp, targ, **kwargs) + self.dice_weight * self.dice(inp, targ)
 
 
-class LovaszSoftmaxLoss(CrossEntropyLossFlat):
+class LovaszSoftmaxLoss(VoidCrossEntropyLossFlat):
     """Cross-entropy + lovasz_weight x the Lovász-softmax loss (Berman, Triki and Blaschko 2018,
     "The Lovász-Softmax loss: a tractable surrogate for the optimization of the
     intersection-over-union measure"): the convex extension of 1 - IoU per class, over the
@@ -189,7 +211,7 @@ def _descending(x: torch.Tensor) -> torch.Tensor:
 
 def _ce(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
     # what unet_learner picks for a MaskBlock by itself, plus the weights and ignore_index
-    return CrossEntropyLossFlat(axis=1, weight=weight, ignore_index=ignore)
+    return VoidCrossEntropyLossFlat(axis=1, weight=weight, ignore_index=ignore)
 
 
 def _focal(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:

@@ -51,8 +51,10 @@ def test_ce_is_fastais_default_for_masks(camvid_tiny, tmp_path):
     files = find_files(cfg.data)
     default = build_dataloaders(cfg.data, files, batch_size=2).train_ds.loss_func  # Learner's
     ours = build_loss(cfg.train.loss, files.codes, None)
-    assert type(ours) is type(default) is CrossEntropyLossFlat
+    assert type(default) is CrossEntropyLossFlat and isinstance(ours, CrossEntropyLossFlat)
     assert (ours.axis, ours.func.ignore_index, ours.func.weight) == (default.axis, -100, None)
+    x, y = batch(void=True)
+    assert torch.equal(ours(x, y), default(x, y))
 
 
 def test_each_choice_is_the_fastai_loss_with_its_parameters():
@@ -176,6 +178,22 @@ def test_ignore_void_leaves_out_exactly_the_void_pixels(name):
     assert not torch.allclose(ignoring(x, y), counting(x, y))
     x, y = batch(void=False)
     assert torch.allclose(ignoring(x, y), counting(x, y))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_batch_all_void_adds_nothing_when_void_is_ignored(name):
+    # torch's cross-entropy mean over no pixels is NaN, which the run would take for divergence
+    x, _ = batch(void=False)
+    x.requires_grad_(True)
+    loss = loss_of(
+        name, [3.0, 1.0, 0.5, 2.0] if name in ("ce", "focal") else None, ignore_void=True
+    )
+    value = loss(x, torch.full((2, 6, 8), VOID))
+    value.backward()
+    assert value.item() == 0 and torch.equal(x.grad, torch.zeros_like(x))
+    one_pixel = torch.full((2, 6, 8), VOID)
+    one_pixel[1, 2, 3] = 2  # one Road pixel: scored as usual
+    assert loss(x, one_pixel).item() > 0
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "ce_dice", "ce_lovasz"])
