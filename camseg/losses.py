@@ -132,10 +132,11 @@ class LovaszSoftmaxLoss(VoidCrossEntropyLossFlat):
         weight: torch.Tensor | None,
         ignore_index: int,
         classes: LovaszClasses = "present",
+        absent_weight: float = 1.0,
     ) -> None:
         super().__init__(axis=1, weight=weight, ignore_index=ignore_index)
         self.ce, self.lovasz_weight, self.ignore = ce, lovasz_weight, ignore_index
-        self.classes = classes
+        self.classes, self.absent_weight = classes, absent_weight
 
     def __call__(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         lovasz = lovasz_softmax(
@@ -143,6 +144,7 @@ class LovaszSoftmaxLoss(VoidCrossEntropyLossFlat):
             targ.as_subclass(torch.Tensor),
             self.ignore,
             self.classes,
+            self.absent_weight,
         )
         if not self.ce:
             return lovasz
@@ -150,12 +152,17 @@ class LovaszSoftmaxLoss(VoidCrossEntropyLossFlat):
 
 
 def lovasz_softmax(
-    probs: torch.Tensor, targ: torch.Tensor, ignore_index: int, classes: LovaszClasses = "present"
+    probs: torch.Tensor,
+    targ: torch.Tensor,
+    ignore_index: int,
+    classes: LovaszClasses = "present",
+    absent_weight: float = 1.0,
 ) -> torch.Tensor:
     """probs (N, C, H, W) class probabilities, targ (N, H, W) class indices. With one-hot probs
     it is 1 - the mean IoU over the classes labelled in the batch (classes "present"), or over
     every class but ignore_index ("all": an absent class counts IoU 1 if predicted nowhere, else
-    0; with soft probs its term is its largest probability)."""
+    0; with soft probs its term is its largest probability). With "all", each absent class
+    weighs absent_weight in the mean against 1 for a labelled one (0: "present"'s mean)."""
     targ = targ.reshape(-1)
     keep = targ != ignore_index if ignore_index != NO_IGNORE else None
     if keep is not None:
@@ -174,7 +181,10 @@ def lovasz_softmax(
         absent = [c for c in range(probs.shape[1]) if c != ignore_index and c not in labelled]
         if absent:  # no labelled pixel: weight 1 for the largest error, 0 elsewhere; no sort
             absent_rows = _pixels(probs, torch.tensor(absent, device=probs.device), keep)
-            terms = torch.cat([terms, absent_rows.max(1).values])
+            absent_sum = absent_rows.max(1).values.sum()
+            return (terms.sum() + absent_weight * absent_sum) / (
+                len(terms) + absent_weight * len(absent)
+            )
     return terms.mean()
 
 
@@ -228,11 +238,15 @@ def _ce_dice(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
 
 
 def _lovasz(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
-    return LovaszSoftmaxLoss(False, 1.0, weight, ignore, cfg.lovasz_classes)
+    return LovaszSoftmaxLoss(
+        False, 1.0, weight, ignore, cfg.lovasz_classes, cfg.lovasz_absent_weight
+    )
 
 
 def _ce_lovasz(cfg: LossConfig, weight: torch.Tensor | None, ignore: int) -> Any:
-    return LovaszSoftmaxLoss(True, cfg.lovasz_weight, weight, ignore, cfg.lovasz_classes)
+    return LovaszSoftmaxLoss(
+        True, cfg.lovasz_weight, weight, ignore, cfg.lovasz_classes, cfg.lovasz_absent_weight
+    )
 
 
 # train.loss.name -> (config, class weights or None, ignored class index) -> fastai loss

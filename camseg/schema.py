@@ -255,6 +255,14 @@ class LossConfig(_Section):
         "or over every class but the ignored one (all: an absent class adds its largest "
         "predicted probability)",
     )
+    lovasz_absent_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="lovasz_classes all: the weight in the mean of each class absent from the "
+        "batch, against 1 for a labelled class (0-1; 0 is present's mean)",
+    )
     ignore_void: bool = Field(
         False, description="Void pixels add nothing to the loss (false: Void is a class to learn)"
     )

@@ -133,6 +133,11 @@ CONFIG_FAULTS = [
         ("train.loss.lovasz_classes = 'some'", "'present' or 'all'"),
     ),
     ConfigFault(
+        "absent-class Lovász weight above 1",
+        "train:\n  loss:\n    name: ce_lovasz\n    lovasz_absent_weight: 2\n",
+        ("train.loss.lovasz_absent_weight = 2", "less than or equal to 1"),
+    ),
+    ConfigFault(
         "unknown class weighting",
         "data: {}\n",
         ("train.class_weights = 'inverse'", "none, median_frequency or a table"),

@@ -119,6 +119,13 @@ def test_lovasz_over_all_classes_counts_absent_classes_by_whether_they_are_predi
     expected = 1 - sum(ious) / len(ious)
     assert lovasz_softmax(hard, y, ignore, "all").item() == pytest.approx(expected, abs=1e-5)
     assert lovasz_softmax(hard, y, ignore).item() != pytest.approx(expected, abs=1e-3)
+    # lovasz_absent_weight: each absent class (4 and 5) weighs 0.3 against 1 for a labelled one
+    present, absent = ious[:-2], ious[-2:]
+    weighted = 1 - (sum(present) + 0.3 * sum(absent)) / (len(present) + 0.3 * len(absent))
+    assert lovasz_softmax(hard, y, ignore, "all", 0.3).item() == pytest.approx(weighted, abs=1e-5)
+    assert lovasz_softmax(hard, y, ignore, "all", 0.0).item() == pytest.approx(
+        lovasz_softmax(hard, y, ignore).item(), abs=1e-6
+    )
     # the config key reaches the loss: class 3 (Sky) absent from this batch
     x, y = batch(void=void, seed=4)
     y[y == 3] = 2
@@ -128,6 +135,12 @@ def test_lovasz_over_all_classes_counts_absent_classes_by_whether_they_are_predi
         (ce + lovasz_softmax(x.softmax(dim=1), y, ignore, "all")).item()
     )
     assert chosen(x, y).item() != pytest.approx(loss_of("ce_lovasz", ignore_void=void)(x, y).item())
+    for name in ("lovasz", "ce_lovasz"):
+        kw = dict(lovasz_classes="all", ignore_void=void)
+        light = loss_of(name, lovasz_absent_weight=0.3, **kw)
+        lovasz = lovasz_softmax(x.softmax(dim=1), y, ignore, "all", 0.3)
+        assert light(x, y).item() == pytest.approx((lovasz + ce * (name == "ce_lovasz")).item())
+        assert light(x, y).item() != pytest.approx(loss_of(name, **kw)(x, y).item())
 
 
 def sorted_lovasz(probs: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
