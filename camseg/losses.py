@@ -23,14 +23,10 @@ from camseg.schema import ClassWeights, LossConfig, LovaszClasses
 NO_IGNORE = -100  # nn.CrossEntropyLoss's default ignore_index: no label has it
 
 
-def _nothing_scored(
-    inp: torch.Tensor, targ: torch.Tensor, ignore_index: int
-) -> torch.Tensor | None:
-    """0, with inp's graph, when every pixel of the batch is ignored (a frame or a batch all
-    Void with ignore_void): torch's mean over no pixels is NaN, which would stop the stage as a
-    diverged run. None otherwise."""
-    if ignore_index == NO_IGNORE or bool((targ != ignore_index).any()):
-        return None
+def _nothing_scored(inp: torch.Tensor) -> torch.Tensor:
+    """The loss of a batch with every pixel ignored (a frame or a batch all Void with
+    ignore_void): 0, with inp's graph so that the backward runs. torch's mean over no pixels
+    would be NaN, which stops the stage as a diverged run."""
     return inp.as_subclass(torch.Tensor).float().sum() * 0
 
 
@@ -38,8 +34,10 @@ class VoidCrossEntropyLossFlat(CrossEntropyLossFlat):
     """fastai's CrossEntropyLossFlat, except that a batch with every pixel ignored adds 0."""
 
     def __call__(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        empty = _nothing_scored(inp, targ, self.func.ignore_index)
-        return super().__call__(inp, targ, **kwargs) if empty is None else empty
+        ignore = self.func.ignore_index
+        if ignore != NO_IGNORE and not bool((targ != ignore).any()):
+            return _nothing_scored(inp)
+        return super().__call__(inp, targ, **kwargs)
 
 
 class VoidFocalLoss(FocalLoss):
@@ -54,10 +52,9 @@ class VoidFocalLoss(FocalLoss):
 
     def forward(self, inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         if self.ignore_index != NO_IGNORE:
-            empty = _nothing_scored(inp, targ, self.ignore_index)
-            if empty is not None:
-                return empty
             keep = targ != self.ignore_index
+            if not bool(keep.any()):
+                return _nothing_scored(inp)
             inp, targ = inp[keep], targ[keep]
         return super().forward(inp, targ)
 
@@ -167,8 +164,8 @@ def lovasz_softmax(
     keep = targ != ignore_index if ignore_index != NO_IGNORE else None
     if keep is not None:
         targ = targ[keep]
-    if not len(targ):  # every pixel ignored: nothing to score
-        return probs.sum() * 0
+    if not len(targ):
+        return _nothing_scored(probs)
     present = torch.unique(targ)
     rows = _pixels(probs, present, keep)  # (classes, pixels)
     fg = targ == present[:, None]
@@ -179,7 +176,8 @@ def lovasz_softmax(
     if classes == "all":
         labelled = set(present.tolist())
         absent = [c for c in range(probs.shape[1]) if c != ignore_index and c not in labelled]
-        if absent:  # no labelled pixel: weight 1 for the largest error, 0 elsewhere; no sort
+        if absent and absent_weight:
+            # no labelled pixel: Lovász weight 1 for the largest error, 0 elsewhere; no sort
             absent_rows = _pixels(probs, torch.tensor(absent, device=probs.device), keep)
             absent_sum = absent_rows.max(1).values.sum()
             return (terms.sum() + absent_weight * absent_sum) / (
