@@ -135,7 +135,7 @@ class ModelConfig(_Section):
     )
     last_cross: bool = Field(
         True,
-        description="fastai's last ResBlock at full resolution; false trains ~2x faster on a CPU",
+        description="fastai's last ResBlock at full resolution; false trains 1.3-2x faster on CPU",
     )
 
 
