@@ -173,11 +173,10 @@ def lovasz_softmax(
     with torch.no_grad():  # the Lovász weights are constant between reorderings: no gradient
         weights = _lovasz_weights(errors, fg)
     terms = (errors * weights).sum(1)
-    if classes == "all":
+    if classes == "all" and absent_weight:  # at weight 0 the absent classes drop out
         labelled = set(present.tolist())
         absent = [c for c in range(probs.shape[1]) if c != ignore_index and c not in labelled]
-        if absent and absent_weight:
-            # no labelled pixel: Lovász weight 1 for the largest error, 0 elsewhere; no sort
+        if absent:  # no labelled pixel: Lovász weight 1 for the largest error, 0 elsewhere; no sort
             absent_rows = _pixels(probs, torch.tensor(absent, device=probs.device), keep)
             absent_sum = absent_rows.max(1).values.sum()
             return (terms.sum() + absent_weight * absent_sum) / (
