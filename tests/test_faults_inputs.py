@@ -83,7 +83,10 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
         ),
         "~ in a --set path is the home folder": (
             train("data.root=~/camvid"),
-            [f"dataset folder not found: {tmp / 'home' / 'camvid'}"],
+            [
+                f"dataset folder not found: {tmp / 'home' / 'camvid'} (data.root)",
+                f"camseg data download camvid --out {tmp / 'home'}",
+            ],
         ),
     }
 

@@ -132,8 +132,24 @@ def _require_dir(path: Path, what: str) -> None:
         raise CamsegError(f"{what} not found: {path}")
 
 
+def _require_root(root: Path, layout: str) -> None:
+    """A missing data.root says where to point it, or how to download the set when online."""
+    if root.is_dir():
+        return
+    name = "camvid-tiny" if layout == "camvid" and root.name == "camvid_tiny" else layout
+    folder = name.replace("-", "_")
+    if root.name == folder:
+        get = f"camseg data download {name} --out {root.parent}"
+    else:
+        get = f"camseg data download {name} --out DIR (it makes DIR/{folder})"
+    raise CamsegError(
+        f"dataset folder not found: {root} (data.root); point data.root at your copy"
+        f" (--set data.root=PATH) or, online, {get}"
+    )
+
+
 def camvid_files(root: Path, valid_file: str) -> DatasetFiles:
-    _require_dir(root, "dataset folder")
+    _require_root(root, "camvid")
     _require_dir(root / "images", "images folder (camvid layout: images/, labels/, codes.txt)")
     _require_dir(root / "labels", "labels folder (camvid layout: labels/<stem>_P.png)")
     return DatasetFiles(
@@ -156,7 +172,7 @@ def camseq01_folders(root: Path) -> tuple[Path, Path]:
 
 
 def camseq01_files(root: Path, valid_file: str) -> DatasetFiles:
-    _require_dir(root, "dataset folder")
+    _require_root(root, "camseq01")
     raw, labelled = camseq01_folders(root)
     colors = read_label_colors(root / "label_colors.txt")
     codes = list(colors.names)
