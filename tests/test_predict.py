@@ -52,24 +52,31 @@ def test_predict_odd_inputs_and_a_broken_file(trained_run, camvid_tiny, tmp_path
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(src).save(inputs / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(src).convert("CMYK").save(inputs / "print.jpg")
+    Image.fromarray(src).save(inputs / "scan.tif")
+    Image.fromarray(src).save(inputs / "web.webp")
+    Image.fromarray(src).save(inputs / "anim.gif")  # not an image suffix predict takes
     good = (inputs / "rgba.png").read_bytes()
     (inputs / "broken.png").write_bytes(good[: len(good) // 3])
 
     out = tmp_path / "out"
     result = cli("predict", inputs, "--run", trained_run, "--out", out, "--json")
     assert result.exit_code == 1  # something was skipped
-    assert "broken.png" in result.stderr and "1 of 6 input(s) could not be read" in result.stderr
+    assert "broken.png" in result.stderr and "1 of 9 input(s) could not be read" in result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["image"].rsplit("/", 1)[-1] for r in records) == [
         "grey.png",
         "photo.jpg",
+        "print.jpg",
         "rgba.png",
         "rotated.jpg",
+        "scan.tif",
         "sixteen.png",
+        "web.webp",
     ]
     for r in records:
         assert abs(sum(r["shares"].values()) - 1) < 1e-3
-    for stem in ("rgba", "grey", "sixteen", "photo"):
+    for stem in ("rgba", "grey", "sixteen", "photo", "print", "scan", "web"):
         assert Image.open(out / f"{stem}_mask.png").size == (128, 96)
     assert Image.open(out / "rotated_mask.png").size == (96, 128)  # EXIF rotation applied
     assert not (out / "broken_mask.png").exists()

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from camseg.errors import CamsegError
 
 VOID = "Void"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def resource_path(name: str) -> Path:
