@@ -81,6 +81,14 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
             ["data", "check", "--root", "typo", "--layout", "synthetic"],
             ["data.root typo: no synthetic scenes", "camseg data synth --out typo"],
         ),
+        "camvid layout given a CamSeq01 folder": (
+            ["data", "check", "--root", str(camseq01_sample)],
+            ["no images/ folder", "looks like a CamSeq01 folder", "--layout camseq01"],
+        ),
+        "camseq01 layout given a camvid folder": (
+            train("data.layout=camseq01"),
+            ["no label_colors.txt", "looks like a camvid-layout folder", "data.layout=camvid"],
+        ),
         "~ in a --set path is the home folder": (
             train("data.root=~/camvid"),
             [
@@ -105,6 +113,8 @@ CASES = [
     "synth --valid-fraction 0",
     "synth --valid-fraction -2",
     "check of a synthetic root that does not exist",
+    "camvid layout given a CamSeq01 folder",
+    "camseq01 layout given a camvid folder",
     "~ in a --set path is the home folder",
 ]
 

@@ -148,8 +148,26 @@ def _require_root(root: Path, layout: str) -> None:
     )
 
 
+def _other_layout(root: Path, layout: str) -> None:
+    """A folder in the other layout says which layout it looks like, not only what it lacks."""
+    camseq01 = (root / "label_colors.txt").is_file() or (root / "CamSeq01_Raw").is_dir()
+    camvid = (root / "images").is_dir() and (root / "labels").is_dir()
+    if layout == "camvid" and camseq01 and not (root / "images").is_dir():
+        raise CamsegError(
+            f"{root}: no images/ folder; it looks like a CamSeq01 folder (label_colors.txt):"
+            " use layout camseq01 (--layout camseq01 or --set data.layout=camseq01), or"
+            f" convert it once with camseg data prepare {root} --out DIR"
+        )
+    if layout == "camseq01" and camvid and not (root / "label_colors.txt").is_file():
+        raise CamsegError(
+            f"{root}: no label_colors.txt; it looks like a camvid-layout folder (images/,"
+            " labels/): use layout camvid (--layout camvid or --set data.layout=camvid)"
+        )
+
+
 def camvid_files(root: Path, valid_file: str) -> DatasetFiles:
     _require_root(root, "camvid")
+    _other_layout(root, "camvid")
     _require_dir(root / "images", "images folder (camvid layout: images/, labels/, codes.txt)")
     _require_dir(root / "labels", "labels folder (camvid layout: labels/<stem>_P.png)")
     return DatasetFiles(
@@ -173,6 +191,7 @@ def camseq01_folders(root: Path) -> tuple[Path, Path]:
 
 def camseq01_files(root: Path, valid_file: str) -> DatasetFiles:
     _require_root(root, "camseq01")
+    _other_layout(root, "camseq01")
     raw, labelled = camseq01_folders(root)
     colors = read_label_colors(root / "label_colors.txt")
     codes = list(colors.names)
