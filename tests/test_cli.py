@@ -19,6 +19,18 @@ def test_help_lists_every_verb(cli):
         assert verb in result.stdout
 
 
+def test_version_names_camseg_and_its_libraries(cli):
+    from importlib.metadata import version
+
+    import camseg
+
+    result = cli("--version")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert line.startswith(f"camseg {camseg.__version__} (torch {version('torch')}, ")
+    assert f"fastai {version('fastai')}" in line and "Python 3." in line
+
+
 def test_python_dash_m_works():
     proc = subprocess.run(
         [sys.executable, "-m", "camseg", "config", "show", "--config", "configs/tiny.yaml"],

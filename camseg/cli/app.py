@@ -134,9 +134,35 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    """`camseg --version`: camseg's version and the libraries' a bug report needs, read from the
+    installed packages' metadata (nothing is imported, so it answers at once)."""
+    if not value:
+        return
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from camseg import __version__
+
+    libs = []
+    for name in ("torch", "torchvision", "fastai"):
+        try:
+            libs.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            libs.append(f"{name} not installed")
+    out.print(f"camseg {__version__} ({', '.join(libs)}, Python {platform.python_version()})")
+    raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the versions and exit."
+        ),
+    ] = False,
 ) -> None:
     # fastai's own import-time deprecation chatter is not something a user can act on
     warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")

@@ -34,8 +34,7 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a trained model to ONNX: weights, classes, colours, input size and normalisation
-    in one file."""
+    """Export a trained model to ONNX: weights, classes, colours, size and normalisation."""
     from camseg.onnx_export import export_onnx
 
     result = export_onnx(model_source(run, model), out_file)
