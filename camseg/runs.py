@@ -266,6 +266,26 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def describe_device(device: torch.device, cfg: Config) -> str:
+    """The line a run prints before its first batch: where it trains and in what precision, so
+    a GPU machine whose torch sees no CUDA is noticed before hours on the CPU, not after."""
+    from fastai.torch_core import num_distrib
+
+    from camseg.precision import training_precision
+
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    elif device.type == "cpu":
+        why = "" if cfg.train.device == "cpu" else f"; torch {torch.__version__} sees no CUDA GPU"
+        where = f"cpu ({torch.get_num_threads()} threads{why})"
+    else:
+        where = str(device)
+    precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
+    how = {"fp16": "fp16 mixed precision", "bf16": "bf16 autocast", "fp32": "fp32"}[precision]
+    processes = max(1, num_distrib())
+    return f"training on {where}, {how}" + (f", {processes} processes" if processes > 1 else "")
+
+
 def start_run(
     cfg: Config, config_path: Path | None, name: str | None, command: str, device: torch.device
 ) -> Run:

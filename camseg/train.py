@@ -17,7 +17,14 @@ from camseg.checkpoint import load_checkpoint
 from camseg.config import absolute_paths, dump_config, load_config
 from camseg.distributed import share_path
 from camseg.errors import CamsegError
-from camseg.runs import Run, create_run_dir, resolve_init_from, run_name, start_run
+from camseg.runs import (
+    Run,
+    create_run_dir,
+    describe_device,
+    resolve_init_from,
+    run_name,
+    start_run,
+)
 from camseg.schema import Config, ModelConfig
 from camseg.trainer import EpochRow, Summary, Trainer, TrainingInterrupted
 
@@ -59,10 +66,11 @@ def train_new(
     command: str,
     progress: bool = True,
     on_epoch: Callable[[EpochRow], None] | None = None,
-    on_start: Callable[[Path], None] | None = None,
+    on_start: Callable[[Path, str], None] | None = None,
     on_stage: Callable[[int, str, Any], None] | None = None,
 ) -> Summary:
-    """A new run: check and build everything, then make the run folder and train."""
+    """A new run: check and build everything, then make the run folder and train. on_start gets
+    the run folder and the device line (runs.describe_device) before the first batch."""
     cfg = _init_file_resolved(absolute_paths(cfg))  # config.yaml names the exact file taken
     _check_output_dir(cfg.output.dir)
     trainer = Trainer(cfg, progress=progress)
@@ -71,7 +79,7 @@ def train_new(
         run_dir = start_run(cfg, config_path, name, command, trainer.device).dir
     run_dir = share_path(run_dir)
     if on_start is not None and rank_distrib() == 0:
-        on_start(run_dir)
+        on_start(run_dir, describe_device(trainer.device, cfg))
     return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
 
 
@@ -81,6 +89,7 @@ def train_resume(
     overrides: list[str] | None = None,
     progress: bool = True,
     on_epoch: Callable[[EpochRow], None] | None = None,
+    on_start: Callable[[Path, str], None] | None = None,
     on_stage: Callable[[int, str, Any], None] | None = None,
 ) -> Summary:
     """Continue a run from its last checkpoint (or from the start if none was written).
@@ -109,6 +118,8 @@ def train_resume(
     trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
     if overrides and rank_distrib() == 0:
         atomic_write_text(run.config, dump_config(absolute_paths(cfg)))
+    if on_start is not None and rank_distrib() == 0:
+        on_start(run.dir, describe_device(trainer.device, cfg))
     return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
 
 

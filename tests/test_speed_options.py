@@ -1,5 +1,6 @@
 """The speed settings of train: cuDNN's kernel choice (train.deterministic) and torch.compile
-(train.compile) reach the process and the learner; inference asks for cuDNN's fastest kernels."""
+(train.compile) reach the process and the learner; inference asks for cuDNN's fastest kernels;
+the device line a run prints says where and in what precision it trains."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from conftest import TINY, small_copy
 
 from camseg.config import load_config
 from camseg.model import cuda_kernels
+from camseg.runs import describe_device
 from camseg.trainer import Trainer
 
 
@@ -67,3 +69,18 @@ def test_train_compile_compiles_the_model_in_place(camvid_tiny, tmp_path):
     assert getattr(compiled, "_compiled_call_impl", None) is not None
     # in place: the weights keep the names checkpoints, model.pth and resume use
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+def test_device_line_says_where_and_in_what_precision(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    auto = load_config(TINY, [])
+    line = describe_device(torch.device("cpu"), auto)
+    assert line.startswith(f"training on cpu ({torch.get_num_threads()} threads; torch ")
+    assert line.endswith("sees no CUDA GPU), fp32")
+    asked = load_config(TINY, ["train.device=cpu", "train.bf16=true"])
+    line = describe_device(torch.device("cpu"), asked)  # asked for: no excuse given
+    assert line == f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "NVIDIA H200")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    line = describe_device(torch.device("cuda", 1), auto)  # train.fp16 auto: fp16 on CUDA
+    assert line == "training on cuda:1 (NVIDIA H200), fp16 mixed precision, 2 processes"

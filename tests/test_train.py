@@ -109,6 +109,7 @@ def test_init_from_carries_weights(trained_run, camvid_tiny, tmp_path, cli):
         "second",
     )
     assert result.exit_code == 0, result.output
+    assert "\ntraining on " in result.stdout  # the device line, after the run folder's
     second_valid = float(history(tmp_path / "second")[0]["valid_loss"])
     assert second_valid == pytest.approx(first_valid, rel=0.1)
     assert abs(second_valid - first_valid) < 0.5 * abs(3.4657 - first_valid)  # ln(32): scratch
@@ -209,6 +210,7 @@ def test_resume_after_kill_9_mid_stage(camvid_tiny, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    assert "training on " in done.stdout  # a resume prints the device line too
     rows = history(run)
     assert [(r["stage"], r["epoch"]) for r in rows] == [
         ("0", "0"),

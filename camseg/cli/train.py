@@ -73,6 +73,7 @@ def train(
                 overrides=list(set_ or []),
                 progress=progress,
                 on_epoch=_print_epoch,
+                on_start=lambda _, device: out.print(device),
                 on_stage=_print_stage,
             )
         else:
@@ -87,7 +88,7 @@ def train(
                 ),
                 progress=progress,
                 on_epoch=_print_epoch,
-                on_start=lambda d: out.print(f"run folder [bold]{d}[/]"),
+                on_start=lambda d, device: out.print(f"run folder [bold]{d}[/]\n{device}"),
                 on_stage=_print_stage,
             )
     except TrainingInterrupted as e:
