@@ -72,10 +72,9 @@ def load_config(path: Path | None, overrides: typing.Sequence[str] = ()) -> Conf
         raw = read_yaml(path)
         source = str(path)
         _resolve_paths(raw, Path.cwd() if is_preset(path) else path.parent)
-    for item in overrides:
-        _apply_override(raw, item)
+    keys = [_apply_override(raw, item) for item in overrides]
     _expand_user(raw)
-    return validate_config(raw, source)
+    return validate_config(raw, source, keys)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -160,7 +159,8 @@ def _parse_key(key: str) -> list[str | int]:
     return parts
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str) -> list[str | int]:
+    """Put one `key=value` into the raw mapping; returns the key's parts."""
     if "=" not in item:
         raise CamsegError(f"--set {item}: expected key=value, e.g. data.batch_size=4")
     key, _, text = item.partition("=")
@@ -189,6 +189,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     elif not isinstance(node, dict):
         raise CamsegError(f"--set {key}: {_dotted(parts[:-1])} is not a section")
     node[last] = value
+    return parts
 
 
 def _default_at(parts: list[str | int]) -> Any:
@@ -250,11 +251,22 @@ def _field_description(loc: typing.Sequence[str | int]) -> str:
     return desc or ""
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a raw mapping; the first problem becomes a one-line CamsegError."""
+def validate_config(
+    raw: dict[str, Any],
+    source: str = "config",
+    overridden: typing.Sequence[typing.Sequence[str | int]] = (),
+) -> Config:
+    """Validate a raw mapping; the first problem becomes a one-line CamsegError, named after
+    the `--set` that put the bad value there (the last one that reached it), else `source`."""
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
+        loc = tuple(e.errors()[0]["loc"])
+        for parts in reversed(overridden):
+            n = min(len(parts), len(loc))
+            if n and tuple(parts)[:n] == loc[:n]:
+                source = f"--set {_dotted(parts)}"
+                break
         raise CamsegError(f"{source}: {_describe(e)}") from None
 
 
@@ -286,6 +298,8 @@ def _describe(e: ValidationError) -> str:
         )
     value = err.get("input")
     desc = _field_description(loc)
+    if isinstance(value, dict) and err["type"] == "value_error":
+        return f"{key}: {msg}"  # a rule across a section's keys: its message names them
     shown = "missing" if err["type"] == "missing" else repr(value)
     line = f"{key} = {shown} is not valid: {msg}"
     return f"{line}. Allowed: {desc}" if desc and desc not in line else line

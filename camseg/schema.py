@@ -59,6 +59,8 @@ class SynthConfig(_Section):
         0.2, gt=0, lt=1, description="fraction of scenes (the last ones) put in valid.txt (0-1)"
     )
 
+    _size_text = field_validator("size", mode="before")(lambda v: _size_from_text(v))
+
     @field_validator("size")
     @classmethod
     def _size_positive(cls, v: tuple[int, int]) -> tuple[int, int]:
@@ -97,6 +99,8 @@ class DataConfig(_Section):
     synthetic: SynthConfig = Field(
         default_factory=SynthConfig, description="how the synthetic layout generates its scenes"
     )
+
+    _size_text = field_validator("size", mode="before")(lambda v: _size_from_text(v))
 
     @field_validator("size")
     @classmethod
@@ -379,6 +383,13 @@ class Config(_Section):
 
 
 _SIZE = re.compile(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*")
+
+
+def _size_from_text(v: Any) -> Any:
+    """A size written as on the command line ("96x128", "96,128") is [H, W] in a config too."""
+    if isinstance(v, str) and (m := _SIZE.fullmatch(v)):
+        return int(m.group(1)), int(m.group(2))
+    return v
 
 
 def parse_size(text: str, key: str = "--size") -> tuple[int, int]:

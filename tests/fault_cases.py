@@ -48,6 +48,18 @@ CONFIG_FAULTS = [
         ("unknown key data.batchsize; did you mean data.batch_size?",),
     ),
     ConfigFault("unknown section", "trian:\n  wd: 1\n", ("did you mean train?",)),
+    ConfigFault(
+        "a bad --set is named as the source",
+        "data:\n  batch_size: 4\n",
+        ("--set data.batch_size: data.batch_size = 0 is not valid",),
+        ("train.wd=0.1", "data.batch_size=0"),
+    ),
+    ConfigFault(
+        "a rule across a section's keys, without the section's dump",
+        "train:\n  fp16: true\n  bf16: true\n",
+        (": train: fp16 and bf16 are both true: choose one mixed precision",),
+    ),
+    ConfigFault("a size smaller than 32 written HxW", "data:\n  size: 16x128\n", ("at least 32",)),
     ConfigFault("wrong type", "data:\n  batch_size: many\n", ("data.batch_size = 'many'",)),
     ConfigFault("negative batch size", "data:\n  batch_size: -1\n", ("data.batch_size = -1",)),
     ConfigFault(

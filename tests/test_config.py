@@ -40,6 +40,29 @@ def test_override_dotted_index_form_and_yaml_values(tmp_path):
     assert cfg.model.weights == Path("w.pth")
 
 
+def test_a_size_can_be_written_hxw_as_on_the_command_line(tmp_path):
+    path = write(tmp_path, "data:\n  size: 96x128\n")
+    assert load_config(path).data.size == (96, 128)
+    assert load_config(None, ["data.size=360x480"]).data.size == (360, 480)
+    assert load_config(None, ["data.synthetic.size=64,96"]).data.synthetic.size == (64, 96)
+    assert load_config(None, ["data.size=0.5"]).data.size == 0.5  # a scale stays a scale
+
+
+def test_a_bad_value_in_the_file_names_the_file_whatever_else_is_set(tmp_path):
+    path = write(tmp_path, "data:\n  batch_size: 0\n")
+    with pytest.raises(CamsegError) as exc:
+        load_config(path, ["train.wd=0.1", "data.size=[64, 96]"])
+    assert str(exc.value).startswith(f"{path}: data.batch_size = 0 is not valid")
+    with pytest.raises(CamsegError) as exc:
+        load_config(path, ["data={batch_size: 0}"])  # a --set that replaces the whole section
+    assert str(exc.value).startswith("--set data: data.batch_size = 0")
+    with pytest.raises(CamsegError) as exc:
+        load_config(None, ["train.fp16=true", "train.bf16=true"])
+    assert str(exc.value) == (
+        "--set train.bf16: train: fp16 and bf16 are both true: choose one mixed precision"
+    )
+
+
 @pytest.mark.parametrize("case", CONFIG_FAULTS, ids=lambda case: case.name)
 def test_config_faults_are_one_line_naming_the_file_or_key(case, tmp_path):
     path = case.write(tmp_path)
