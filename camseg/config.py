@@ -257,17 +257,31 @@ def validate_config(
     overridden: typing.Sequence[typing.Sequence[str | int]] = (),
 ) -> Config:
     """Validate a raw mapping; the first problem becomes a one-line CamsegError, named after
-    the `--set` that put the bad value there (the last one that reached it), else `source`."""
+    the `--set` that put the bad value there (the last one that did), else `source`."""
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        loc = tuple(e.errors()[0]["loc"])
-        for parts in reversed(overridden):
-            n = min(len(parts), len(loc))
-            if n and tuple(parts)[:n] == loc[:n]:
-                source = f"--set {_dotted(parts)}"
-                break
-        raise CamsegError(f"{source}: {_describe(e)}") from None
+        blamed = _blamed_override(e, overridden)
+        raise CamsegError(
+            f"{f'--set {_dotted(blamed)}' if blamed else source}: {_describe(e)}"
+        ) from None
+
+
+def _blamed_override(
+    e: ValidationError, overridden: typing.Sequence[typing.Sequence[str | int]]
+) -> typing.Sequence[str | int] | None:
+    """The `--set` key behind a validation error: one that set the bad value or a section above
+    it; for a rule across a section's keys (fp16 with bf16), one that set a key the rule's
+    message names. None when the value came from the file (or the defaults)."""
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    for parts in reversed(overridden):
+        if len(parts) <= len(loc) and tuple(parts) == loc[: len(parts)]:
+            return parts
+        below = len(loc) < len(parts) and tuple(parts)[: len(loc)] == loc
+        if below and len(loc) and str(parts[len(loc)]) in err["msg"]:
+            return parts
+    return None
 
 
 def did_you_mean(name: str, valid: typing.Sequence[str], prefix: str) -> str:

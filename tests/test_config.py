@@ -56,6 +56,11 @@ def test_a_bad_value_in_the_file_names_the_file_whatever_else_is_set(tmp_path):
     with pytest.raises(CamsegError) as exc:
         load_config(path, ["data={batch_size: 0}"])  # a --set that replaces the whole section
     assert str(exc.value).startswith("--set data: data.batch_size = 0")
+    both = write(tmp_path, "train:\n  fp16: true\n  bf16: true\n")
+    for unrelated in ("train.wd=0.1", "train.stages.0.epochs=2"):  # the rule is the file's
+        with pytest.raises(CamsegError) as exc:
+            load_config(both, [unrelated])
+        assert str(exc.value).startswith(f"{both}: train: fp16 and bf16 are both true")
     with pytest.raises(CamsegError) as exc:
         load_config(None, ["train.fp16=true", "train.bf16=true"])
     assert str(exc.value) == (
