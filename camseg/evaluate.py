@@ -24,7 +24,7 @@ from camseg.atomic import atomic_write_text
 from camseg.config import load_config
 from camseg.data import check_dataset, find_files
 from camseg.data.files import load_rgb, resize_label
-from camseg.data.layouts import DatasetFiles, label_reader, valid_split
+from camseg.data.layouts import EVALUATE_OPTIONS, DatasetFiles, label_reader, valid_split
 from camseg.errors import CamsegError
 from camseg.infer import Network, class_mask, load_network, read_model, to_model_input
 from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
@@ -162,7 +162,7 @@ def evaluate(
     mf = read_model(source)
     run = run_of(source)
     data_cfg = _data_config(run, data, layout)
-    files = find_files(data_cfg)
+    files = find_files(data_cfg, EVALUATE_OPTIONS)
     if files.codes != mf.codes:
         raise CamsegError(
             f"the model's classes differ from {files.root}'s: "

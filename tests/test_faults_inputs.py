@@ -81,6 +81,25 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
             ["data", "check", "--root", "typo", "--layout", "synthetic"],
             ["data.root typo: no synthetic scenes", "camseg data synth --out typo"],
         ),
+        "a missing camseq01 root names its download": (
+            train("data.layout=camseq01", "data.root=nowhere/camseq01"),
+            [
+                f"dataset folder not found: {tmp / 'nowhere' / 'camseq01'}; point data.root",
+                f"camseg data download camseq01 --out {tmp / 'nowhere'} (it writes the camvid",
+            ],
+        ),
+        "data check of a missing --root names --root": (
+            ["data", "check", "--root", "nowhere/camvid_tiny"],
+            ["point --root at your copy", "camseg data download camvid-tiny --out nowhere"],
+        ),
+        "prepare of a missing folder": (
+            ["data", "prepare", "nowhere", "--out", "x"],
+            ["CamSeq01 folder not found: nowhere", "camseg data download camseq01 --out DIR"],
+        ),
+        "prepare of a camvid-layout folder": (
+            ["data", "prepare", str(small), "--out", "x"],
+            ["is already in the camvid layout", "nothing to convert"],
+        ),
         "camvid layout given a CamSeq01 folder": (
             ["data", "check", "--root", str(camseq01_sample)],
             ["no images/ folder", "looks like a CamSeq01 folder", "--layout camseq01"],
@@ -92,7 +111,7 @@ def _cases(camseq01_sample: Path, small: Path, tmp: Path) -> dict[str, tuple[lis
         "~ in a --set path is the home folder": (
             train("data.root=~/camvid"),
             [
-                f"dataset folder not found: {tmp / 'home' / 'camvid'} (data.root)",
+                f"dataset folder not found: {tmp / 'home' / 'camvid'}; point data.root",
                 f"camseg data download camvid --out {tmp / 'home'}",
             ],
         ),
@@ -113,6 +132,10 @@ CASES = [
     "synth --valid-fraction 0",
     "synth --valid-fraction -2",
     "check of a synthetic root that does not exist",
+    "a missing camseq01 root names its download",
+    "data check of a missing --root names --root",
+    "prepare of a missing folder",
+    "prepare of a camvid-layout folder",
     "camvid layout given a CamSeq01 folder",
     "camseq01 layout given a camvid folder",
     "~ in a --set path is the home folder",

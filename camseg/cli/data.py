@@ -57,6 +57,7 @@ def data_check(
     """Check a dataset: pairs, sizes, label values, codes, valid.txt, unreadable files."""
     from camseg.config import load_config
     from camseg.data import check_dataset, find_files
+    from camseg.data.layouts import CHECK_OPTIONS, CONFIG_OPTIONS
 
     if config is None and root is None:
         raise CamsegError("give --config FILE or --root DIR")
@@ -73,7 +74,7 @@ def data_check(
             f"--size {s.size[0]}x{s.size[1]} --seed {s.seed} --valid-fraction "
             f"{s.valid_fraction:g} (training on the synthetic layout also makes them)"
         )
-    files = find_files(cfg.data)
+    files = find_files(cfg.data, CHECK_OPTIONS if root is not None else CONFIG_OPTIONS)
     report = check_dataset(files)
     out.print(
         f"[bold]{files.root}[/] ({files.layout}): {report.n_images} images, "

@@ -132,42 +132,62 @@ def _require_dir(path: Path, what: str) -> None:
         raise CamsegError(f"{what} not found: {path}")
 
 
-def _require_root(root: Path, layout: str) -> None:
-    """A missing data.root says where to point it, or how to download the set when online."""
+@dataclass(frozen=True)
+class DataOptions:
+    """How the command at hand names the data folder and its layout, for the hints of errors."""
+
+    root: str = "data.root (--set data.root=PATH)"
+    layout: str = "--set data.layout={}"
+
+
+CONFIG_OPTIONS = DataOptions()
+CHECK_OPTIONS = DataOptions("--root", "--layout {}")
+EVALUATE_OPTIONS = DataOptions("--data", "--layout {}")
+
+# what `camseg data download NAME --out DIR` makes: DIR/<folder>, always in the camvid layout
+_DOWNLOADS = {"camvid": "camvid", "camvid_tiny": "camvid-tiny", "camseq01": "camseq01"}
+
+
+def download_hint(root: Path) -> str:
+    """The `camseg data download` line that makes `root`, or the general form."""
+    name = _DOWNLOADS.get(root.name)
+    if name is None:
+        return "camseg data download camvid|camvid-tiny|camseq01 --out DIR (it makes DIR/<name>)"
+    layout = " (it writes the camvid layout)" if name == "camseq01" else ""
+    return f"camseg data download {name} --out {root.parent}{layout}"
+
+
+def _require_root(root: Path, opts: DataOptions) -> None:
+    """A missing data folder says where to point the command, or how to download the set."""
     if root.is_dir():
         return
-    name = "camvid-tiny" if layout == "camvid" and root.name == "camvid_tiny" else layout
-    folder = name.replace("-", "_")
-    if root.name == folder:
-        get = f"camseg data download {name} --out {root.parent}"
-    else:
-        get = f"camseg data download {name} --out DIR (it makes DIR/{folder})"
+    what = "is a file, not a folder" if root.exists() else "not found"
     raise CamsegError(
-        f"dataset folder not found: {root} (data.root); point data.root at your copy"
-        f" (--set data.root=PATH) or, online, {get}"
+        f"dataset folder {what}: {root}; point {opts.root} at your copy or, online,"
+        f" {download_hint(root)}"
     )
 
 
-def _other_layout(root: Path, layout: str) -> None:
+def _other_layout(root: Path, layout: str, opts: DataOptions) -> None:
     """A folder in the other layout says which layout it looks like, not only what it lacks."""
-    camseq01 = (root / "label_colors.txt").is_file() or (root / "CamSeq01_Raw").is_dir()
+    seen = [n for n in ("label_colors.txt", "CamSeq01_Raw") if (root / n).exists()]
     camvid = (root / "images").is_dir() and (root / "labels").is_dir()
-    if layout == "camvid" and camseq01 and not (root / "images").is_dir():
+    if layout == "camvid" and seen and not (root / "images").is_dir():
         raise CamsegError(
-            f"{root}: no images/ folder; it looks like a CamSeq01 folder (label_colors.txt):"
-            " use layout camseq01 (--layout camseq01 or --set data.layout=camseq01), or"
-            f" convert it once with camseg data prepare {root} --out DIR"
+            f"{root}: no images/ folder; it looks like a CamSeq01 folder ({', '.join(seen)}):"
+            f" read it as layout camseq01 ({opts.layout.format('camseq01')}), or convert it"
+            f" once with camseg data prepare {root} --out DIR"
         )
     if layout == "camseq01" and camvid and not (root / "label_colors.txt").is_file():
         raise CamsegError(
             f"{root}: no label_colors.txt; it looks like a camvid-layout folder (images/,"
-            " labels/): use layout camvid (--layout camvid or --set data.layout=camvid)"
+            f" labels/): read it as layout camvid ({opts.layout.format('camvid')})"
         )
 
 
-def camvid_files(root: Path, valid_file: str) -> DatasetFiles:
-    _require_root(root, "camvid")
-    _other_layout(root, "camvid")
+def camvid_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
+    _require_root(root, opts)
+    _other_layout(root, "camvid", opts)
     _require_dir(root / "images", "images folder (camvid layout: images/, labels/, codes.txt)")
     _require_dir(root / "labels", "labels folder (camvid layout: labels/<stem>_P.png)")
     return DatasetFiles(
@@ -189,9 +209,9 @@ def camseq01_folders(root: Path) -> tuple[Path, Path]:
     return root, root
 
 
-def camseq01_files(root: Path, valid_file: str) -> DatasetFiles:
-    _require_root(root, "camseq01")
-    _other_layout(root, "camseq01")
+def camseq01_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
+    _require_root(root, opts)
+    _other_layout(root, "camseq01", opts)
     raw, labelled = camseq01_folders(root)
     colors = read_label_colors(root / "label_colors.txt")
     codes = list(colors.names)
@@ -209,7 +229,7 @@ def camseq01_files(root: Path, valid_file: str) -> DatasetFiles:
     )
 
 
-def synthetic_files(cfg: DataConfig) -> DatasetFiles:
+def synthetic_files(cfg: DataConfig, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
     """The synthetic set is generated into `root` the first time it is asked for."""
     from camseg.data.synth import generate
 
@@ -217,22 +237,23 @@ def synthetic_files(cfg: DataConfig) -> DatasetFiles:
         s = cfg.synthetic
         log.info("generating %d synthetic scenes into %s", s.n, cfg.root)
         generate(cfg.root, n=s.n, size=s.size, seed=s.seed, valid_fraction=s.valid_fraction)
-    return camvid_files(cfg.root, cfg.valid_file)
+    return camvid_files(cfg.root, cfg.valid_file, opts)
 
 
-LAYOUTS: dict[str, Callable[[DataConfig], DatasetFiles]] = {
-    "camvid": lambda cfg: camvid_files(cfg.root, cfg.valid_file),
-    "camseq01": lambda cfg: camseq01_files(cfg.root, cfg.valid_file),
+LAYOUTS: dict[str, Callable[[DataConfig, DataOptions], DatasetFiles]] = {
+    "camvid": lambda cfg, opts: camvid_files(cfg.root, cfg.valid_file, opts),
+    "camseq01": lambda cfg, opts: camseq01_files(cfg.root, cfg.valid_file, opts),
     "synthetic": synthetic_files,
 }
 
 
-def find_files(cfg: DataConfig) -> DatasetFiles:
-    """List a dataset's files with the layout the config names."""
+def find_files(cfg: DataConfig, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
+    """List a dataset's files with the layout the config names; `opts` says how the command
+    sets the folder and layout, for the hints of its errors."""
     try:
         make = LAYOUTS[cfg.layout]
     except KeyError:
         raise CamsegError(
             f"unknown data.layout {cfg.layout!r}; valid layouts: {', '.join(LAYOUTS)}"
         ) from None
-    return make(cfg)
+    return make(cfg, opts)

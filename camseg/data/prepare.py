@@ -88,6 +88,17 @@ def prepare_camseq01(
     Without `valid`, the tail of the video validates and the `gap` frames before it are not
     written at all (the camvid layout trains on every image not in valid.txt); see split_tail.
     """
+    if not src.is_dir():
+        raise CamsegError(
+            f"CamSeq01 folder not found: {src}; give the unpacked download (frames and *_L.png"
+            " labels), or, online, camseg data download camseq01 --out DIR (downloads and"
+            " converts it)"
+        )
+    if (src / "images").is_dir() and not (src / "label_colors.txt").is_file():
+        raise CamsegError(
+            f"{src} is already in the camvid layout (images/, no label_colors.txt): nothing to"
+            " convert; train or evaluate it as it is"
+        )
     files = camseq01_files(src, "valid.txt")
     if not files.images:
         raise CamsegError(f"{src}: no CamSeq01 frames found (<stem>.png beside <stem>_L.png)")
