@@ -22,12 +22,19 @@ def test_help_lists_every_verb(cli):
 def test_version_names_camseg_and_its_libraries(cli):
     from importlib.metadata import version
 
+    import torch
+    import torchvision
+
     import camseg
 
     result = cli("--version")
     assert result.exit_code == 0, result.output
     line = result.stdout.strip()
-    assert line.startswith(f"camseg {camseg.__version__} (torch {version('torch')}, ")
+    # torch's own version string: its build tag (+cpu, +cu130) tells a CPU-only install apart
+    assert line.startswith(
+        f"camseg {camseg.__version__} (torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, "
+    )
     assert f"fastai {version('fastai')}" in line and "Python 3." in line
 
 

@@ -147,11 +147,29 @@ def _version(value: bool) -> None:
     libs = []
     for name in ("torch", "torchvision", "fastai"):
         try:
-            libs.append(f"{name} {version(name)}")
+            libs.append(f"{name} {_build_version(name) or version(name)}")
         except PackageNotFoundError:
             libs.append(f"{name} not installed")
-    out.print(f"camseg {__version__} ({', '.join(libs)}, Python {platform.python_version()})")
+    line = f"camseg {__version__} ({', '.join(libs)}, Python {platform.python_version()})"
+    out.print(line, markup=False, soft_wrap=True)
     raise typer.Exit()
+
+
+def _build_version(name: str) -> str | None:
+    """torch's and torchvision's version with the build tag (2.14.1+cu130, 2.14.1+cpu), which
+    the package metadata leaves out, read from their version.py without importing them."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return m.group(1) if m else None
 
 
 @app.callback()

@@ -73,7 +73,7 @@ def train(
                 overrides=list(set_ or []),
                 progress=progress,
                 on_epoch=_print_epoch,
-                on_start=lambda _, device: out.print(device),
+                on_start=lambda _, device: out.print(device, markup=False, soft_wrap=True),
                 on_stage=_print_stage,
             )
         else:
@@ -88,7 +88,10 @@ def train(
                 ),
                 progress=progress,
                 on_epoch=_print_epoch,
-                on_start=lambda d, device: out.print(f"run folder [bold]{d}[/]\n{device}"),
+                on_start=lambda d, device: (
+                    out.print(f"run folder [bold]{d}[/]", soft_wrap=True),
+                    out.print(device, markup=False, soft_wrap=True),
+                ),
                 on_stage=_print_stage,
             )
     except TrainingInterrupted as e:
