@@ -38,6 +38,18 @@ def test_version_names_camseg_and_its_libraries(cli):
     assert f"fastai {version('fastai')}" in line and "Python 3." in line
 
 
+def test_paths_and_help_with_brackets_print_as_they_are(cli, tmp_path):
+    """rich would read [old] in a path as a style tag and drop it; [video] in a help text too."""
+    folder = tmp_path / "scenes[old]"
+    result = cli("data", "synth", "--out", folder, "--n", "4", "--size", "32x32")
+    assert result.exit_code == 0, result.output
+    assert f"wrote 4 synthetic scenes to {folder}" in result.stdout
+    result = cli("data", "check", "--root", folder)
+    assert result.exit_code == 0, result.output
+    assert f"{folder} (camvid): 4 images" in result.stdout
+    assert "camseg[video]" in cli("predict", "--help").stdout
+
+
 def test_python_dash_m_works():
     proc = subprocess.run(
         [sys.executable, "-m", "camseg", "config", "show", "--config", "configs/tiny.yaml"],

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from camseg.cli.app import (
@@ -77,13 +78,13 @@ def data_check(
     files = find_files(cfg.data, CHECK_OPTIONS if root is not None else CONFIG_OPTIONS)
     report = check_dataset(files)
     out.print(
-        f"[bold]{files.root}[/] ({files.layout}): {report.n_images} images, "
+        f"[bold]{escape(str(files.root))}[/] ({files.layout}): {report.n_images} images, "
         f"{report.n_train} train / {report.n_valid} valid, {len(report.codes)} classes",
         soft_wrap=True,
     )
     table = Table("index", "class", "pixel share", title="Pixels per class", min_width=40)
     for i, (name, share) in enumerate(report.pixel_shares().items()):
-        table.add_row(str(i), name, f"{share:.4f}")
+        table.add_row(str(i), escape(name), f"{share:.4f}")
     out.print(table)
     if not report.ok:
         for problem in report.problems:
@@ -131,10 +132,11 @@ def data_prepare(
     out.print(
         f"wrote {res.n_images} frames ({res.n_images - res.n_valid} train / {res.n_valid} valid) "
         f"to {res.out}",
+        markup=False,
         soft_wrap=True,
     )
     gap_note = f"; left out as the gap: {frames(res.gap_names)}" if res.gap_names else ""
-    out.print(f"valid: {frames(res.valid_names)}{gap_note}", soft_wrap=True)
+    out.print(f"valid: {frames(res.valid_names)}{gap_note}", markup=False, soft_wrap=True)
 
 
 @data_app.command("synth")
@@ -150,7 +152,7 @@ def data_synth(
     from camseg.data.synth import generate
 
     generate(out_dir, n=n, size=parse_size(size), seed=seed, valid_fraction=valid_fraction)
-    out.print(f"wrote {n} synthetic scenes to {out_dir}")
+    out.print(f"wrote {n} synthetic scenes to {out_dir}", markup=False, soft_wrap=True)
 
 
 @data_app.command("download")
@@ -165,4 +167,4 @@ def data_download(
     from camseg.data.prepare import download
 
     path = download(name, out_dir)
-    out.print(f"{name} is ready at {path}")
+    out.print(f"{name} is ready at {path}", markup=False, soft_wrap=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from camseg.cli.app import (
     NoProgressOpt,
@@ -42,7 +43,7 @@ def _print_epoch(row: Any) -> None:
 
 def _print_stage(index: int, name: str, lr: Any) -> None:
     shown = f"{lr:.2e}" if isinstance(lr, float) else str(lr)
-    out.print(f"[bold]stage {index} ({name})[/]: lr {shown}")
+    out.print(f"[bold]stage {index} ({escape(name)})[/]: lr {escape(shown)}")
     out.print(
         _TABLE.format("stage", "epoch", "train_loss", "valid_loss", "acc_camvid", "miou", "time"),
         markup=False,
@@ -67,7 +68,7 @@ def train(
     progress = not no_progress and out.is_terminal
     try:
         if resume is not None:
-            out.print(f"resuming [bold]{resume}[/]")
+            out.print(f"resuming [bold]{escape(str(resume))}[/]", soft_wrap=True)
             summary = train_resume(
                 resume,
                 overrides=list(set_ or []),
@@ -89,7 +90,7 @@ def train(
                 progress=progress,
                 on_epoch=_print_epoch,
                 on_start=lambda d, device: (
-                    out.print(f"run folder [bold]{d}[/]", soft_wrap=True),
+                    out.print(f"run folder [bold]{escape(str(d))}[/]", soft_wrap=True),
                     out.print(device, markup=False, soft_wrap=True),
                 ),
                 on_stage=_print_stage,
@@ -107,6 +108,7 @@ def train(
         out.print(
             f"{shown}; {summary.epochs} epochs in {fmt_time(summary.seconds)}, "
             f"{summary.images_per_second:.1f} images/s; model: {summary.run_dir / 'model.pth'}",
+            markup=False,
             soft_wrap=True,
         )
 
@@ -147,4 +149,8 @@ def lr_find(
         cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, start_from
     )
     out.print(json.dumps(suggestions, indent=2), markup=False)
-    out.print(f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}")
+    out.print(
+        f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}",
+        markup=False,
+        soft_wrap=True,
+    )

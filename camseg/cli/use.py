@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from camseg.cli.app import (
@@ -90,7 +91,7 @@ def evaluate(
     for row in result.per_class:
         if row["present"] and row["scored"]:
             table.add_row(
-                row["class"],
+                escape(row["class"]),
                 *(f"{row[k]:.4f}" for k in ("iou", "precision", "recall", "pixel_share")),
             )
     out.print(table)
@@ -114,7 +115,7 @@ def evaluate(
             soft_wrap=True,
             style="dim",
         )
-    out.print(f"wrote {result.out_dir}", soft_wrap=True)
+    out.print(f"wrote {result.out_dir}", markup=False, soft_wrap=True)
 
 
 @app.command("predict")
@@ -124,7 +125,7 @@ def predict(
         list[str],
         typer.Argument(
             help="Image files, folders or glob patterns; or videos: files, image-sequence "
-            "patterns (frames/f_%05d.png) or stream URLs (needs camseg[video])."
+            "patterns (frames/f_%05d.png) or stream URLs (needs camseg\\[video])."
         ),
     ],
     run: RunOpt = None,
@@ -226,7 +227,9 @@ def predict(
     for path, reason in result.skipped:
         err.print(f"camseg: skipped {path}: {reason}", markup=False, soft_wrap=True)
     if not json_lines:
-        out.print(f"wrote {len(result.written)} image(s) to {out_dir}", soft_wrap=True)
+        out.print(
+            f"wrote {len(result.written)} image(s) to {out_dir}", markup=False, soft_wrap=True
+        )
     if result.skipped:
         err.print(
             f"camseg: error: {len(result.skipped)} of {n} input(s) could not be read", markup=False
