@@ -40,7 +40,7 @@ class _OneLineErrors(TyperGroup):
         except _click.exceptions.ClickException as e:
             hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
             message = " ".join(e.format_message().split())
-            err.print(f"camseg: error: {message}{hint}", markup=False, soft_wrap=True)
+            err.print(f"camseg: error: {message}{hint}", soft_wrap=True)
             sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -67,8 +67,10 @@ data_app = typer.Typer(help="Check, prepare, download and generate datasets.", n
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# no markup: paths, class names and messages print as they are ("runs/[old]" stays whole);
+# a styled line passes rich Text or style=
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,7 +116,7 @@ def model_source(run: Path | None, model: Path | None) -> Path:
         from camseg.runs import latest_run
 
         source = latest_run(Path("runs")).dir
-        err.print(f"using the newest finished run: {source}", markup=False, soft_wrap=True)
+        err.print(f"using the newest finished run: {source}", soft_wrap=True)
     if not source.exists():
         raise CamsegError(f"{source}: no such file or folder")
     return source
@@ -128,7 +130,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CamsegError as e:
-            err.print(f"camseg: error: {e}", markup=False, soft_wrap=True)
+            err.print(f"camseg: error: {e}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -151,7 +153,7 @@ def _version(value: bool) -> None:
         except PackageNotFoundError:
             libs.append(f"{name} not installed")
     line = f"camseg {__version__} ({', '.join(libs)}, Python {platform.python_version()})"
-    out.print(line, markup=False, soft_wrap=True)
+    out.print(line, soft_wrap=True)
     raise typer.Exit()
 
 

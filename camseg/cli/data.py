@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from camseg.cli.app import (
     ConfigOpt,
@@ -44,7 +44,7 @@ def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults + file + --set) as YAML."""
     from camseg.config import dump_config, load_config
 
-    out.print(dump_config(load_config(config, set_ or [])), markup=False, end="", soft_wrap=True)
+    out.print(dump_config(load_config(config, set_ or [])), end="", soft_wrap=True)
 
 
 @data_app.command("check")
@@ -78,20 +78,23 @@ def data_check(
     files = find_files(cfg.data, CHECK_OPTIONS if root is not None else CONFIG_OPTIONS)
     report = check_dataset(files)
     out.print(
-        f"[bold]{escape(str(files.root))}[/] ({files.layout}): {report.n_images} images, "
-        f"{report.n_train} train / {report.n_valid} valid, {len(report.codes)} classes",
+        Text.assemble(
+            (str(files.root), "bold"),
+            f" ({files.layout}): {report.n_images} images, "
+            f"{report.n_train} train / {report.n_valid} valid, {len(report.codes)} classes",
+        ),
         soft_wrap=True,
     )
     table = Table("index", "class", "pixel share", title="Pixels per class", min_width=40)
     for i, (name, share) in enumerate(report.pixel_shares().items()):
-        table.add_row(str(i), escape(name), f"{share:.4f}")
+        table.add_row(str(i), name, f"{share:.4f}")
     out.print(table)
     if not report.ok:
         for problem in report.problems:
-            err.print(f"camseg: problem: {problem}", markup=False, soft_wrap=True)
-        err.print(f"camseg: error: {len(report.problems)} problem(s) in {files.root}", markup=False)
+            err.print(f"camseg: problem: {problem}", soft_wrap=True)
+        err.print(f"camseg: error: {len(report.problems)} problem(s) in {files.root}")
         raise typer.Exit(2)
-    out.print("[green]dataset OK[/]")
+    out.print("dataset OK", style="green")
 
 
 @data_app.command("prepare")
@@ -132,11 +135,10 @@ def data_prepare(
     out.print(
         f"wrote {res.n_images} frames ({res.n_images - res.n_valid} train / {res.n_valid} valid) "
         f"to {res.out}",
-        markup=False,
         soft_wrap=True,
     )
     gap_note = f"; left out as the gap: {frames(res.gap_names)}" if res.gap_names else ""
-    out.print(f"valid: {frames(res.valid_names)}{gap_note}", markup=False, soft_wrap=True)
+    out.print(f"valid: {frames(res.valid_names)}{gap_note}", soft_wrap=True)
 
 
 @data_app.command("synth")
@@ -152,7 +154,7 @@ def data_synth(
     from camseg.data.synth import generate
 
     generate(out_dir, n=n, size=parse_size(size), seed=seed, valid_fraction=valid_fraction)
-    out.print(f"wrote {n} synthetic scenes to {out_dir}", markup=False, soft_wrap=True)
+    out.print(f"wrote {n} synthetic scenes to {out_dir}", soft_wrap=True)
 
 
 @data_app.command("download")
@@ -167,4 +169,4 @@ def data_download(
     from camseg.data.prepare import download
 
     path = download(name, out_dir)
-    out.print(f"{name} is ready at {path}", markup=False, soft_wrap=True)
+    out.print(f"{name} is ready at {path}", soft_wrap=True)

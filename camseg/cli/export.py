@@ -44,6 +44,5 @@ def export(
         f"wrote {result.path} ({size_mb:.0f} MB; {h}x{w} input, batch of any size, "
         f"{result.n_classes} classes; ONNX Runtime's scores within {result.max_abs_diff:.1e} "
         f"of PyTorch's; {result.seconds:.0f} s)",
-        markup=False,
         soft_wrap=True,
     )

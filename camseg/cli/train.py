@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from camseg.cli.app import (
     NoProgressOpt,
@@ -36,17 +36,15 @@ def _print_epoch(row: Any) -> None:
             f"{row.miou:.4f}",
             fmt_time(row.seconds),
         ),
-        markup=False,
         highlight=False,
     )
 
 
 def _print_stage(index: int, name: str, lr: Any) -> None:
     shown = f"{lr:.2e}" if isinstance(lr, float) else str(lr)
-    out.print(f"[bold]stage {index} ({escape(name)})[/]: lr {escape(shown)}")
+    out.print(Text.assemble((f"stage {index} ({name})", "bold"), f": lr {shown}"))
     out.print(
         _TABLE.format("stage", "epoch", "train_loss", "valid_loss", "acc_camvid", "miou", "time"),
-        markup=False,
     )
 
 
@@ -68,13 +66,13 @@ def train(
     progress = not no_progress and out.is_terminal
     try:
         if resume is not None:
-            out.print(f"resuming [bold]{escape(str(resume))}[/]", soft_wrap=True)
+            out.print(Text.assemble("resuming ", (str(resume), "bold")), soft_wrap=True)
             summary = train_resume(
                 resume,
                 overrides=list(set_ or []),
                 progress=progress,
                 on_epoch=_print_epoch,
-                on_start=lambda _, device: out.print(device, markup=False, soft_wrap=True),
+                on_start=lambda _, device: out.print(device, soft_wrap=True),
                 on_stage=_print_stage,
             )
         else:
@@ -90,13 +88,13 @@ def train(
                 progress=progress,
                 on_epoch=_print_epoch,
                 on_start=lambda d, device: (
-                    out.print(f"run folder [bold]{escape(str(d))}[/]", soft_wrap=True),
-                    out.print(device, markup=False, soft_wrap=True),
+                    out.print(Text.assemble("run folder ", (str(d), "bold")), soft_wrap=True),
+                    out.print(device, soft_wrap=True),
                 ),
                 on_stage=_print_stage,
             )
     except TrainingInterrupted as e:
-        err.print(f"camseg: {e}", markup=False, soft_wrap=True)
+        err.print(f"camseg: {e}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     if summary.epochs and summary.is_main:
         best = summary.best_acc_camvid
@@ -108,7 +106,6 @@ def train(
         out.print(
             f"{shown}; {summary.epochs} epochs in {fmt_time(summary.seconds)}, "
             f"{summary.images_per_second:.1f} images/s; model: {summary.run_dir / 'model.pth'}",
-            markup=False,
             soft_wrap=True,
         )
 
@@ -142,15 +139,14 @@ def lr_find(
 
     if config is None:
         config = Path("half.yaml")
-        err.print("no --config: using the paper's first phase, half.yaml", markup=False)
+        err.print("no --config: using the paper's first phase, half.yaml")
     cfg = load_config(config, set_ or [])
     progress = not no_progress and out.is_terminal
     out_dir, suggestions = find(
         cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, start_from
     )
-    out.print(json.dumps(suggestions, indent=2), markup=False)
+    out.print(json.dumps(suggestions, indent=2))
     out.print(
         f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}",
-        markup=False,
         soft_wrap=True,
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from camseg.cli.app import (
     DeviceOpt,
@@ -79,7 +79,7 @@ def evaluate(
     )
     ev = result.evaluated
     if ev["precision_note"]:
-        err.print(f"camseg: note: {ev['precision_note']}", markup=False, soft_wrap=True)
+        err.print(f"camseg: note: {ev['precision_note']}", soft_wrap=True)
     table = Table(
         "class",
         "IoU",
@@ -91,14 +91,17 @@ def evaluate(
     for row in result.per_class:
         if row["present"] and row["scored"]:
             table.add_row(
-                escape(row["class"]),
+                row["class"],
                 *(f"{row[k]:.4f}" for k in ("iou", "precision", "recall", "pixel_share")),
             )
     out.print(table)
     s = result.scores
     out.print(
-        f"acc_camvid [bold]{s.acc_camvid:.4f}[/]  pixel accuracy (Void counted) "
-        f"{s.pixel_acc:.4f}  mIoU {s.miou:.4f}",
+        Text.assemble(
+            "acc_camvid ",
+            (f"{s.acc_camvid:.4f}", "bold"),
+            f"  pixel accuracy (Void counted) {s.pixel_acc:.4f}  mIoU {s.miou:.4f}",
+        ),
         soft_wrap=True,
     )
     if result.without_tta is not None:
@@ -115,7 +118,7 @@ def evaluate(
             soft_wrap=True,
             style="dim",
         )
-    out.print(f"wrote {result.out_dir}", markup=False, soft_wrap=True)
+    out.print(f"wrote {result.out_dir}", soft_wrap=True)
 
 
 @app.command("predict")
@@ -194,7 +197,6 @@ def predict(
         err.print(
             f"camseg: note: left out {len(expanded.own_outputs)} file(s) that camseg predict "
             f"wrote earlier (e.g. {expanded.own_outputs[0]}); name a file to segment it",
-            markup=False,
             soft_wrap=True,
         )
     with Progress(console=err, disable=n <= 5 or json_lines or not err.is_terminal) as bar:
@@ -221,26 +223,21 @@ def predict(
         err.print(
             f"camseg: note: {len(result.renamed)} input(s) share a name with an earlier one; "
             f"their outputs are named {shown}{more}",
-            markup=False,
             soft_wrap=True,
         )
     for path, reason in result.skipped:
-        err.print(f"camseg: skipped {path}: {reason}", markup=False, soft_wrap=True)
+        err.print(f"camseg: skipped {path}: {reason}", soft_wrap=True)
     if not json_lines:
-        out.print(
-            f"wrote {len(result.written)} image(s) to {out_dir}", markup=False, soft_wrap=True
-        )
+        out.print(f"wrote {len(result.written)} image(s) to {out_dir}", soft_wrap=True)
     if result.skipped:
-        err.print(
-            f"camseg: error: {len(result.skipped)} of {n} input(s) could not be read", markup=False
-        )
+        err.print(f"camseg: error: {len(result.skipped)} of {n} input(s) could not be read")
         raise typer.Exit(1)
 
 
 def _json_line(record: dict | None, json_lines: bool) -> None:
     """With --json, an image's or a segmented frame's record as one line on stdout."""
     if record is not None and json_lines:
-        out.print(json.dumps(record), markup=False, highlight=False, soft_wrap=True)
+        out.print(json.dumps(record), highlight=False, soft_wrap=True)
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -305,14 +302,11 @@ def _predict_videos(
         (err if json_lines else out).print(
             f"{r.info.source}: {r.frames} frames ({r.segmented} segmented) in {r.seconds:.1f} s, "
             f"{r.frames_per_second:.2f} frames/s; wrote {wrote} to {out_dir}",
-            markup=False,
             soft_wrap=True,
         )
         if r.error is not None:
             failed += 1
             kept = f"wrote the {r.frames} frame(s) before it" if r.frames else "nothing written"
-            err.print(
-                f"camseg: error: {r.info.source}: {r.error}; {kept}", markup=False, soft_wrap=True
-            )
+            err.print(f"camseg: error: {r.info.source}: {r.error}; {kept}", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
