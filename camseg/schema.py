@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -30,6 +31,21 @@ Split = Literal["valid", "train", "all"]
 Format = Literal["index", "color", "overlay"]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*")
+
+
+def _size_from_text(v: Any) -> Any:
+    """ "HxW" (or "H,W") -> (H, W), else `v` as it is: the one parser of sizes written as text,
+    on the command line (parse_size) and in a config (a Size field)."""
+    if isinstance(v, str) and (m := _SIZE.fullmatch(v)):
+        return int(m.group(1)), int(m.group(2))
+    return v
+
+
+Size = Annotated[tuple[int, int], BeforeValidator(_size_from_text)]
+SizeOrScale = Annotated[tuple[int, int] | float, BeforeValidator(_size_from_text)]
 
 
 class _Section(BaseModel):
@@ -53,13 +69,11 @@ class AugConfig(_Section):
 
 class SynthConfig(_Section):
     n: int = Field(200, ge=4, description="number of synthetic scenes (>= 4)")
-    size: tuple[int, int] = Field((96, 128), description="scene size [H, W] in pixels")
+    size: Size = Field((96, 128), description="scene size [H, W] in pixels")
     seed: int = Field(0, description="random seed; the same seed gives the same bytes")
     valid_fraction: float = Field(
         0.2, gt=0, lt=1, description="fraction of scenes (the last ones) put in valid.txt (0-1)"
     )
-
-    _size_text = field_validator("size", mode="before")(lambda v: _size_from_text(v))
 
     @field_validator("size")
     @classmethod
@@ -80,7 +94,7 @@ class DataConfig(_Section):
     )
     root: Path = Field(Path("data/camvid"), description="dataset folder (relative to the config)")
     valid_file: str = Field("valid.txt", description="file in root listing validation image names")
-    size: tuple[int, int] | float = Field(
+    size: SizeOrScale = Field(
         1.0, description="training size: [H, W] in pixels, or a scale of the source size (0-1]"
     )
     batch_size: int = Field(64, ge=1, description="batch size (>= 1); a stage may override it")
@@ -99,8 +113,6 @@ class DataConfig(_Section):
     synthetic: SynthConfig = Field(
         default_factory=SynthConfig, description="how the synthetic layout generates its scenes"
     )
-
-    _size_text = field_validator("size", mode="before")(lambda v: _size_from_text(v))
 
     @field_validator("size")
     @classmethod
@@ -382,19 +394,9 @@ class Config(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig, description="where runs go")
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*")
-
-
-def _size_from_text(v: Any) -> Any:
-    """A size written as on the command line ("96x128", "96,128") is [H, W] in a config too."""
-    if isinstance(v, str) and (m := _SIZE.fullmatch(v)):
-        return int(m.group(1)), int(m.group(2))
-    return v
-
-
 def parse_size(text: str, key: str = "--size") -> tuple[int, int]:
-    """ "HxW" (or "H,W") -> (H, W): the one parser of sizes typed on a command line."""
-    m = _SIZE.fullmatch(text)
-    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+    """ "HxW" (or "H,W") -> (H, W): a size option typed on a command line."""
+    size = _size_from_text(text)
+    if not isinstance(size, tuple) or min(size) < 1:
         raise CamsegError(f"{key} {text!r}: expected HxW, e.g. 96x128")
-    return int(m.group(1)), int(m.group(2))
+    return size
