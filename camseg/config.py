@@ -262,9 +262,8 @@ def validate_config(
         return Config.model_validate(raw)
     except ValidationError as e:
         blamed = _blamed_override(e, overridden)
-        raise CamsegError(
-            f"{f'--set {_dotted(blamed)}' if blamed else source}: {_describe(e)}"
-        ) from None
+        where = f"--set {_dotted(blamed)}" if blamed else source
+        raise CamsegError(f"{where}: {_describe(e)}") from None
 
 
 def _blamed_override(
