@@ -35,15 +35,24 @@ def _count(model: nn.Module, kind: type) -> int:
 @pytest.mark.parametrize("arch", [resnet18, resnet50])  # BasicBlock and Bottleneck
 def test_folded_unet_computes_the_same(arch):
     model = _unet(arch)
-    folded = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 96)
+    # The same function, checked in float64 (folded in float64 too): fp32 rounding through 50
+    # layers moves the scores by an amount that depends on the CPU's kernels (AVX2 or AVX512).
+    exact = copy.deepcopy(model).double()
+    folded = copy.deepcopy(exact)
     n = fold_for_inference(folded)
     assert n > 0 and _count(folded, nn.BatchNorm2d) == _count(model, nn.BatchNorm2d) - n
     assert any(isinstance(m, nn.ReLU) and m.inplace for m in folded.modules())
-    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = exact(x.double()), folded(x.double())
+    assert (got - expected).abs().max() <= 1e-9 * expected.abs().max()
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    # In fp32, as predict runs it: the same masks but for a rare near-tie.
+    folded = copy.deepcopy(model)
+    fold_for_inference(folded)
     with torch.no_grad():
         expected, got = model(x), folded(x)
-    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.999
 
 
 def test_hooked_modules_are_left_alone():
