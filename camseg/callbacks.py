@@ -214,7 +214,10 @@ def apply_speed_settings(learn: Any, cfg: Config, device: torch.device) -> None:
     """train.fp16/bf16 (camseg.precision), channels_last and torch.compile on a learner."""
     precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        log.warning("train.bf16 on a CPU without native bfloat16: it is emulated and slower")
+        log.warning(
+            "train.bf16=true on a CPU without native bfloat16: it is emulated, several times "
+            "slower than fp32; train.bf16=auto picks fp32 here"
+        )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CamsegError("train.bf16=true: this GPU has no bfloat16; use train.fp16 instead")
     channels_last = (

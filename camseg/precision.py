@@ -22,19 +22,51 @@ PREDICT_DEFAULT: PredictPrecision = "auto"
 EVALUATE_DEFAULT: EvaluatePrecision = "train"
 
 
-def training_precision(fp16: bool | Literal["auto"], bf16: bool, device: torch.device) -> Precision:
+def training_precision(
+    fp16: bool | Literal["auto"], bf16: bool | Literal["auto"], device: torch.device
+) -> Precision:
     """What train.fp16 / train.bf16 run as: fp16 is fastai's to_fp16 (fp16 autocast, loss
-    scaling; auto = on for CUDA unless bf16), bf16 is camseg's BF16Autocast, else fp32."""
-    use_fp16 = (device.type == "cuda" and not bf16) if fp16 == "auto" else fp16
+    scaling; auto = on for CUDA unless bf16 is true), bf16 is camseg's BF16Autocast, else fp32.
+    bf16 auto is bf16 where the hardware runs it natively (`native_bf16`) and fp16 is not
+    chosen: on a CPU without AVX512-BF16 or AMX, emulated bf16 trains 3-5x slower than fp32."""
+    use_fp16 = (device.type == "cuda" and bf16 is not True) if fp16 == "auto" else fp16
     if use_fp16:
         if device.type != "cuda":
             raise CamsegError("train.fp16=true needs a CUDA device; set train.fp16=auto or false")
         return "fp16"
+    if bf16 == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     return "bf16" if bf16 else "fp32"
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bfloat16 arithmetic in hardware: a CUDA GPU that supports it (Ampere or newer), a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def training_precision_reason(
+    fp16: bool | Literal["auto"], bf16: bool | Literal["auto"], device: torch.device
+) -> str:
+    """Why train.fp16 / train.bf16 run as they do on `device`, for the device line: empty when
+    the config asked for that precision by name."""
+    precision = training_precision(fp16, bf16, device)
+    if precision == "fp16" and fp16 == "auto":
+        return "train.fp16 auto: on for CUDA"
+    if bf16 != "auto" or precision == "fp16":
+        if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            return "train.bf16 true, but this CPU has no native bf16: emulated, slower than fp32"
+        return ""
+    where = "this GPU" if device.type == "cuda" else "this CPU"
+    if precision == "bf16":
+        return f"train.bf16 auto: {where} has native bf16"
+    return f"train.bf16 auto: {where} has no native bf16"
+
+
 def validation_precision(
-    fp16: bool | Literal["auto"], bf16: bool, device: torch.device
+    fp16: bool | Literal["auto"], bf16: bool | Literal["auto"], device: torch.device
 ) -> Literal["fp16", "fp32"]:
     """What the training table's validation ran in, for model.pth to record: fastai's
     MixedPrecision autocasts validation batches too, BF16Autocast only training batches."""

@@ -271,7 +271,7 @@ def describe_device(device: torch.device, cfg: Config) -> str:
     a GPU machine whose torch sees no CUDA is noticed before hours on the CPU, not after."""
     from fastai.torch_core import num_distrib
 
-    from camseg.precision import training_precision
+    from camseg.precision import training_precision, training_precision_reason
 
     if device.type == "cuda":
         where = f"{device} ({torch.cuda.get_device_name(device)})"
@@ -282,6 +282,8 @@ def describe_device(device: torch.device, cfg: Config) -> str:
         where = str(device)
     precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
     how = {"fp16": "fp16 mixed precision", "bf16": "bf16 autocast", "fp32": "fp32"}[precision]
+    reason = training_precision_reason(cfg.train.fp16, cfg.train.bf16, device)
+    how += f" ({reason})" if reason else ""
     processes = max(1, num_distrib())
     return f"training on {where}, {how}" + (f", {processes} processes" if processes > 1 else "")
 

@@ -303,11 +303,14 @@ class TrainConfig(_Section):
         100, ge=30, description="iterations of lr_find for a stage whose lr is find (>= 30)"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    fp16: bool | Literal["auto"] = Field("auto", description="mixed precision; auto = on for CUDA")
-    bf16: bool = Field(
-        False,
-        description="bfloat16 mixed precision instead (no loss scaling): CPUs with AVX512-BF16 or"
-        " AMX, Ampere or newer GPUs",
+    fp16: bool | Literal["auto"] = Field(
+        "auto", description="fp16 mixed precision; auto = on for CUDA unless bf16 is true"
+    )
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bfloat16 mixed precision (no loss scaling); auto = on where the hardware has "
+        "it natively (CPUs with AVX512-BF16 or AMX; Ampere or newer GPUs when fp16 is off), fp32 "
+        "elsewhere; true forces it (emulated and slower on other CPUs)",
     )
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="channels_last memory format; auto = on for CUDA"
@@ -377,7 +380,7 @@ class TrainConfig(_Section):
     def _has_stages(self) -> TrainConfig:
         if not self.stages:
             raise ValueError("train.stages is empty: give at least one stage")
-        if self.bf16 and self.fp16 is True:
+        if self.bf16 is True and self.fp16 is True:
             raise ValueError("fp16 and bf16 are both true: choose one mixed precision")
         return self
 

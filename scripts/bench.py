@@ -6,6 +6,7 @@
     python scripts/bench.py data [--n 100] [--size 360x480]
     python scripts/bench.py bigphoto [--device cpu] [--size 360x480]
     python scripts/bench.py precision|cudnn|compile [--device cuda] [--size 360x480] [--repeats 1]
+    python scripts/bench.py bf16 [--repeats 1]
     python scripts/bench.py video [--device cpu] [--n 300] [--size 360x480] [--rounds 3]
     python scripts/bench.py backends --model RUN [--size 360x480] [--n 20] [--repeats 3]
                                      [--skip BACKEND,...]
@@ -30,6 +31,10 @@ precision, cudnn, compile: `camseg train` against itself with one setting change
 fp16 (fastai's mixed precision, loss scaling) vs bf16 autocast (fp32 vs bf16 on a CPU);
 train.deterministic false (cudnn.benchmark on) vs true; train.compile false vs true. Two epochs
 a run: images/s of the second, after compiling and cuDNN's kernel search, and the first's seconds.
+bf16: configs/tiny-scratch.yaml as shipped (train.bf16 auto) against train.bf16 true and false on
+the CPU, two epochs a run: the last epoch's seconds and the device line saying what auto chose
+(every row also names the CPU, its vector flags, and ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA
+when set, which make an AVX512 machine run AVX2 kernels).
 video (needs PyAV): an H.264 clip of --n camvid_tiny frames upscaled to --size at 30 frames/s and
 a U-Net at --size with random weights; frames/s, seconds and peak RSS of `camseg predict CLIP.mp4`
 writing the overlay, the same with --stride 5, and a clip of n/5 frames (memory that does not
@@ -64,6 +69,7 @@ from benchlib.training import (
     RECIPES,
     SETTINGS,
     bench_accuracy,
+    bench_bf16,
     bench_data,
     bench_setting,
     bench_train,
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             "bigphoto",
             "accuracy",
             *SETTINGS,
+            "bf16",
             "video",
             "backends",
             "env",
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_bigphoto(results, data, big, photos, device, arch)
         if what in ("all", "accuracy"):
             bench_accuracy(results, data, device, args.quick, recipes)
+        if what == "bf16":
+            bench_bf16(results, data, repeats or 1)
         if what == "video":
             bench_video(results, data, big, n or 300, device, arch, rounds)
         if what == "backends":

@@ -45,6 +45,20 @@ def test_training_precision_names_the_mixed_precision_used():
         training_precision(True, False, CPU)
 
 
+def test_bf16_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert training_precision("auto", "auto", CPU) == "fp32"  # emulated bf16: 3-5x slower
+    assert training_precision("auto", True, CPU) == "bf16"  # asked for by name: still honoured
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert training_precision("auto", "auto", CPU) == "bf16"
+    assert training_precision("auto", "auto", CUDA) == "fp16"  # the notebook's to_fp16 on CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert training_precision(False, "auto", CUDA) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert training_precision(False, "auto", CUDA) == "bf16"
+
+
 def test_evaluate_follows_the_recorded_training_precision():
     # A model validated in fp32 (bf16 or fp32 training) is scored in fp32 on CUDA too; before
     # the shared policy, evaluate autocast every CUDA evaluation to fp16.

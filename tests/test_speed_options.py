@@ -72,15 +72,45 @@ def test_train_compile_compiles_the_model_in_place(camvid_tiny, tmp_path):
 
 
 def test_device_line_says_where_and_in_what_precision(monkeypatch):
+    import camseg.precision
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(camseg.precision, "cpu_has_bf16", lambda: False)
     auto = load_config(TINY, [])
     line = describe_device(torch.device("cpu"), auto)
     assert line.startswith(f"training on cpu ({torch.get_num_threads()} threads; torch ")
-    assert line.endswith("sees no CUDA GPU), fp32")
+    assert line.endswith("sees no CUDA GPU), fp32 (train.bf16 auto: this CPU has no native bf16)")
     asked = load_config(TINY, ["train.device=cpu", "train.bf16=true"])
-    line = describe_device(torch.device("cpu"), asked)  # asked for: no excuse given
+    line = describe_device(torch.device("cpu"), asked)
+    assert line == (
+        f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast (train.bf16 true, "
+        "but this CPU has no native bf16: emulated, slower than fp32)"
+    )
+    monkeypatch.setattr(camseg.precision, "cpu_has_bf16", lambda: True)
+    line = describe_device(torch.device("cpu"), asked)  # asked for and native: no excuse given
     assert line == f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast"
+    line = describe_device(torch.device("cpu"), load_config(TINY, ["train.device=cpu"]))
+    assert line.endswith("bf16 autocast (train.bf16 auto: this CPU has native bf16)")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "NVIDIA H200")
     monkeypatch.setenv("WORLD_SIZE", "2")
     line = describe_device(torch.device("cuda", 1), auto)  # train.fp16 auto: fp16 on CUDA
-    assert line == "training on cuda:1 (NVIDIA H200), fp16 mixed precision, 2 processes"
+    assert line == (
+        "training on cuda:1 (NVIDIA H200), fp16 mixed precision (train.fp16 auto: on for CUDA), "
+        "2 processes"
+    )
+
+@pytest.mark.parametrize("native", [False, True])
+def test_tiny_scratch_trains_in_bf16_only_where_the_cpu_has_it(
+    camvid_tiny, tmp_path, monkeypatch, native
+):
+    import camseg.precision
+    from camseg.callbacks import BF16Autocast
+
+    monkeypatch.setattr(camseg.precision, "cpu_has_bf16", lambda: native)
+    root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
+    cfg = load_config(
+        Path("tiny-scratch.yaml"), [f"data.root={root}", "data.num_workers=0", "train.device=cpu"]
+    )
+    assert cfg.train.bf16 == "auto"  # the preset no longer forces it
+    learn = Trainer(cfg, progress=False).learn
+    assert any(isinstance(cb, BF16Autocast) for cb in learn.cbs) == native

@@ -50,12 +50,35 @@ class BenchError(Exception):
     """A benchmark could not run; main prints the message and exits 1."""
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
+# Set to run a faster CPU's kernels as a slower kind's (e.g. AVX2 on an AVX512 machine)
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_kind() -> dict:
+    """The CPU's model name and the vector flags that decide which kernels run, and any
+    environment variable that limits the kernels torch and oneDNN use."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    kind = {"cpu": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+    limits = {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}
+    return kind | ({"isa_limits": limits} if limits else {})
+
+
 def machine() -> dict:
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
+        **cpu_kind(),
         "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():

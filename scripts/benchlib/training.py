@@ -53,6 +53,7 @@ class TrainRun:
     process_seconds: float
     peak_rss_mb: float
     peak_gpu_mb: float
+    device_line: str  # "training on cpu (...), fp32 (train.bf16 auto: ...)"
 
 
 def camseg_train(config: Path, name: str, out: Path, sets: Sequence[str]) -> TrainRun:
@@ -80,6 +81,9 @@ def camseg_train(config: Path, name: str, out: Path, sets: Sequence[str]) -> Tra
         process_seconds=seconds,
         peak_rss_mb=measured["peak_rss_mb"],
         peak_gpu_mb=measured.get("peak_gpu_mb", 0.0),
+        device_line=next(
+            (line for line in proc.stdout.splitlines() if line.startswith("training on ")), ""
+        ),
     )
 
 
@@ -224,6 +228,39 @@ def bench_setting(
                     "second_epoch_seconds": [round(r.epoch_seconds[-1], 2) for r in rs],
                     "peak_rss_mb": round(max(r.peak_rss_mb for r in rs)),
                     **({"peak_gpu_mb": round(max(r.peak_gpu_mb for r in rs))} if cuda else {}),
+                }
+                for name, rs in runs.items()
+            },
+        },
+    )
+
+
+BF16_VARIANTS = {"auto": [], "true": ["train.bf16=true"], "false": ["train.bf16=false"]}
+
+
+def bench_bf16(results: Results, data: Path, repeats: int, epochs: int = 2) -> None:
+    """configs/tiny-scratch.yaml as shipped (train.bf16 auto) against train.bf16 true and false:
+    seconds of the last of `epochs` epochs (median of `repeats`, the variants alternating), and
+    the precision each ran in, as its device line says."""
+    stage = f"train.stages=[{{epochs: {epochs}, freeze: false, lr: 3.0e-3, pct_start: 0.3}}]"
+    base = [f"data.root={data}", "train.device=cpu", stage]
+    runs: dict[str, list[TrainRun]] = {name: [] for name in BF16_VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(repeats):
+            for name, sets in BF16_VARIANTS.items():
+                config = REPO / "configs" / "tiny-scratch.yaml"
+                runs[name].append(camseg_train(config, f"{name}{k}", Path(tmp), base + sets))
+    results.save(
+        "bf16_tiny_scratch",
+        {
+            "config": "configs/tiny-scratch.yaml",
+            "epochs": epochs,
+            "train_images": train_frames(data),
+            **{
+                f"bf16_{name}": {
+                    "set": BF16_VARIANTS[name],
+                    "epoch_seconds": round(statistics.median(r.epoch_seconds[-1] for r in rs), 2),
+                    "device_line": rs[0].device_line,
                 }
                 for name, rs in runs.items()
             },
