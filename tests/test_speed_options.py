@@ -99,6 +99,7 @@ def test_device_line_says_where_and_in_what_precision(monkeypatch):
         "2 processes"
     )
 
+
 @pytest.mark.parametrize("native", [False, True])
 def test_tiny_scratch_trains_in_bf16_only_where_the_cpu_has_it(
     camvid_tiny, tmp_path, monkeypatch, native
