@@ -92,13 +92,11 @@ def _data_config(run: Run | None, data: Path | None, layout: Layout | None) -> D
 
 
 def split_items(files: DatasetFiles, split: Split) -> list[Path]:
-    in_valid = valid_split(files)  # training's own split
-    if split == "valid":
-        items = [p for p in files.images if in_valid(p)]
-    elif split == "train":
-        items = [p for p in files.images if not in_valid(p)]
-    else:
+    if split == "all":  # every frame: no validation list needed
         items = list(files.images)
+    else:
+        in_valid = valid_split(files)  # training's own split
+        items = [p for p in files.images if in_valid(p) == (split == "valid")]
     if not items:
         raise CamsegError(f"split {split!r} of {files.root} has no images")
     return items
@@ -168,7 +166,7 @@ def evaluate(
             f"the model's classes differ from {files.root}'s: "
             f"model {mf.codes} vs data {files.codes}"
         )
-    check_dataset(files).raise_if_bad()
+    check_dataset(files, needs_split=split != "all").raise_if_bad()
     items = split_items(files, split)
     eval_size, native = _eval_size(size, mf)
     # the layers and NCHW layout of training's validation: the table's numbers to the last pixel

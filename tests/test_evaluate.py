@@ -75,6 +75,18 @@ def test_evaluate_native_size_on_prepared_camseq01(run_copy, camseq01_sample, tm
     assert 0 <= metrics["acc_camvid"] <= 1 and not math.isnan(metrics["miou"])
 
 
+def test_evaluate_split_all_needs_no_validation_list(run_copy, camseq01_sample, cli):
+    # a CamSeq01 download as it comes: labelled frames, no valid.txt
+    model = run_copy / "model.pth"
+    args = ("evaluate", "--model", model, "--data", camseq01_sample, "--layout", "camseq01")
+    result = cli(*args, "--split", "all")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
+    assert metrics["evaluated"]["n_images"] == 4 and 0 <= metrics["acc_camvid"] <= 1
+    result = cli(*args)  # the valid split still needs its list
+    assert result.exit_code == 2 and "validation list missing" in result.output
+
+
 def test_evaluate_errors(trained_run, tiny_copy, cli):
     codes = tiny_copy / "codes.txt"
     codes.write_text(codes.read_text().replace("Animal", "Beast"))

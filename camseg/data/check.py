@@ -106,8 +106,9 @@ def _read_label(
     return size, counts, []
 
 
-def check_dataset(files: DatasetFiles, workers: int = 4) -> CheckReport:
-    """Read every image and label once and report all problems found."""
+def check_dataset(files: DatasetFiles, workers: int = 4, needs_split: bool = True) -> CheckReport:
+    """Read every image and label once and report all problems found. With needs_split False
+    (scoring every frame), a missing validation list is not a problem."""
     n = len(files.codes)
     report = CheckReport(root=files.root, codes=files.codes, class_pixels=np.zeros(n, np.int64))
     problems = report.problems
@@ -148,7 +149,8 @@ def check_dataset(files: DatasetFiles, workers: int = 4) -> CheckReport:
             if in_valid is not None and in_valid(img):
                 valid_read += 1
                 valid_scored += int(counts.sum() - counts[files.void_index])
-    problems.extend(split_problems)
+    if needs_split or files.valid_file.is_file():
+        problems.extend(split_problems)
     if report.n_valid and valid_read == report.n_valid and valid_scored == 0:
         problems.append(
             f"{files.valid_file}: every pixel of the {report.n_valid} validation labels is Void, "
