@@ -9,8 +9,6 @@ Needs only model.pth (or an exported model.onnx): no training config, no pickle.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,75 +21,18 @@ from PIL import Image, PngImagePlugin
 
 from camseg.api import MAX_PIXELS, Segmenter
 from camseg.atomic import atomic_write
-from camseg.data.files import IMAGE_SUFFIXES, natural_key, open_rgb
+from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
 from camseg.infer import read_model
+from camseg.inputs import OUTPUT_SUFFIX, SOFTWARE, expand_inputs, pixel_limit_checked_here
 from camseg.model import resolve_device
 from camseg.precision import PREDICT_DEFAULT, predict_precision
 from camseg.schema import Format, PredictPrecision
 
 FORMATS: tuple[str, ...] = get_args(Format)
-_SUFFIX = {"index": "mask", "color": "color", "overlay": "overlay"}
 
 # Decode the next batch while the network runs this one, unless this one is already this big.
 AHEAD_PIXELS = 50_000_000
-# PNG text on every file predict writes, so that a later folder expansion can tell them apart.
-SOFTWARE = "camseg"
-
-
-@dataclass
-class Inputs:
-    images: list[Path]
-    own_outputs: list[Path]  # camseg's own earlier outputs that a folder or pattern held
-
-
-def expand_inputs(inputs: list[str]) -> Inputs:
-    """Files as given; a folder -> its images; a glob pattern -> its matches (sorted). A folder
-    or pattern leaves out what predict wrote there before (see `_is_own_output`); a file named
-    on its own is always taken. A path that does not exist is an error."""
-    found: list[Path] = []
-    own: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(
-                (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                key=lambda p: natural_key(p.name),
-            )
-            if not files:
-                raise CamsegError(f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-        elif path.exists():
-            found.append(path)
-            continue
-        elif not any(c in item for c in "*?["):
-            raise CamsegError(f"{item}: no such file or folder")
-        else:
-            files = [p for p in sorted(map(Path, glob.glob(item, recursive=True))) if p.is_file()]
-            if not files:
-                raise CamsegError(f"{item}: pattern matches no files")
-        mine = {p for p in files if _is_own_output(p)}
-        own += sorted(mine, key=files.index)
-        found += [p for p in files if p not in mine]
-    if not found:
-        raise CamsegError(
-            f"no input images given (left out {len(own)} earlier camseg output(s); name one "
-            "to segment it)"
-            if own
-            else "no input images given"
-        )
-    return Inputs(found, own)
-
-
-def _is_own_output(path: Path) -> bool:
-    """A `<name>_mask|_color|_overlay.png` that predict wrote: it carries camseg's PNG text. The
-    name alone is not enough, a user's own `x_color.png` is an input like any other."""
-    if not path.name.endswith(tuple(f"_{s}.png" for s in _SUFFIX.values())):
-        return False
-    try:
-        with _pixel_limit_checked_here(), Image.open(path) as im:
-            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
-    except Exception:  # not readable as an image: an input, and reported as unreadable later
-        return False
 
 
 @dataclass
@@ -122,18 +63,6 @@ def _save_png(path: Path, im: Image.Image) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", SOFTWARE)
     atomic_write(path, lambda f: im.save(f, format="PNG", pnginfo=info))
-
-
-@contextlib.contextmanager
-def _pixel_limit_checked_here() -> Iterator[None]:
-    """Pillow's decompression-bomb check off (its warning would reach the user raw): `_read`
-    checks MAX_PIXELS itself, from the header, before decoding."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
 
 
 def _decode(path: Path) -> tuple[Image.Image | None, str | None]:
@@ -205,7 +134,7 @@ def predict(
     inputs_resolved = {p.resolve() for p in images}
     for name in names:
         for fmt in formats:
-            target = (out / f"{name}_{_SUFFIX[fmt]}.png").resolve()
+            target = (out / f"{name}_{OUTPUT_SUFFIX[fmt]}.png").resolve()
             if target in inputs_resolved:
                 raise CamsegError(f"output {target} would overwrite an input; choose another --out")
     try:
@@ -239,7 +168,7 @@ def predict(
 
     # On a CPU the network's own threads use every core; more decoding threads only preempt them.
     workers = 4 if dev.type == "cuda" else 1
-    with _pixel_limit_checked_here():
+    with pixel_limit_checked_here():
         for batch in _batches(images, batch_size, workers):
             segment(batch)
             batch.clear()  # its photos go before the next batch is decoded (400 MB at 100 MP)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from camseg.atomic import require_folder_path
 from camseg.data.cache import cache_root
+from camseg.data.layouts import find_files
 from camseg.errors import CamsegError
 from camseg.schema import Config
 
@@ -26,6 +27,18 @@ def check_data_folders(cfg: Config) -> None:
         require_folder_path(
             cfg.data.root, "data.root", "the synthetic layout generates its scenes into a folder"
         )
+
+
+def check_inputs(cfg: Config) -> None:
+    """What a config names on disk, checked in a second before torch and fastai are imported
+    (which takes 5-10 s): the data folders, and the dataset's own folders and files for a
+    layout that is not generated. The full label check is the Trainer's, after this."""
+    check_data_folders(cfg)
+    require_folder_path(
+        cfg.output.dir, "output.dir", "set output.dir to a folder, e.g. --set output.dir=runs"
+    )
+    if cfg.data.layout != "synthetic":
+        find_files(cfg.data)
 
 
 def check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:

@@ -18,16 +18,11 @@ import io
 import json
 import logging
 import math
-import os
-import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from camseg import __version__
 from camseg.atomic import atomic_write_text
 from camseg.config import dump_config
 from camseg.errors import CamsegError
@@ -127,6 +122,21 @@ class Run:
     @property
     def finished_at(self) -> float:
         return self.summary.stat().st_mtime
+
+
+def resumable_run(run_dir: Path) -> Run:
+    """The run that `train --resume run_dir` continues: a run folder that did not finish."""
+    run = Run(run_dir.absolute())  # summary.json names it as a new run's: absolute
+    if not run.config.is_file():
+        raise CamsegError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+    if run.finished:
+        raise CamsegError(
+            f"--resume {run_dir}: this run is finished (it has model.pth and summary.json); "
+            f"nothing to resume, nothing changed. To train it further, start a new run from "
+            f"its weights: camseg train --config {run_dir / 'config.yaml'} "
+            f"--set model.init_from={run_dir / 'model.pth'}"
+        )
+    return run
 
 
 def create_run_dir(parent: Path, name: str) -> Path:
@@ -243,59 +253,15 @@ def run_name(cfg: Config, config_path: Path | None, name: str | None) -> str:
     return name
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    import fastai
-    import torchvision
-    from fastai.torch_core import num_distrib
-
-    env: dict[str, Any] = {
-        "camseg": __version__,
-        "fastai": fastai.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "cpu_count": os.cpu_count(),
-        "world_size": max(1, num_distrib()),
-    }
-    if device.type == "cuda":
-        env["cuda"] = torch.version.cuda
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["gpu_count"] = torch.cuda.device_count()
-    return env
-
-
-def describe_device(device: torch.device, cfg: Config) -> str:
-    """The line a run prints before its first batch: where it trains and in what precision, so
-    a GPU machine whose torch sees no CUDA is noticed before hours on the CPU, not after."""
-    from fastai.torch_core import num_distrib
-
-    from camseg.precision import training_precision, training_precision_reason
-
-    if device.type == "cuda":
-        where = f"{device} ({torch.cuda.get_device_name(device)})"
-    elif device.type == "cpu":
-        why = "" if cfg.train.device == "cpu" else f"; torch {torch.__version__} sees no CUDA GPU"
-        where = f"cpu ({torch.get_num_threads()} threads{why})"
-    else:
-        where = str(device)
-    precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
-    how = {"fp16": "fp16 mixed precision", "bf16": "bf16 autocast", "fp32": "fp32"}[precision]
-    reason = training_precision_reason(cfg.train.fp16, cfg.train.bf16, device)
-    how += f" ({reason})" if reason else ""
-    processes = max(1, num_distrib())
-    return f"training on {where}, {how}" + (f", {processes} processes" if processes > 1 else "")
-
-
 def start_run(
-    cfg: Config, config_path: Path | None, name: str | None, command: str, device: torch.device
+    cfg: Config, config_path: Path | None, name: str | None, command: str, env: dict[str, Any]
 ) -> Run:
-    """Make the run folder and write config.yaml, command.txt, env.json before any batch."""
+    """Make the run folder and write config.yaml, command.txt, env.json (`env`: the versions
+    and machine, camseg.machine.environment) before any batch."""
     run = Run(create_run_dir(cfg.output.dir, run_name(cfg, config_path, name)))
     atomic_write_text(run.config, dump_config(cfg))
     atomic_write_text(run.command, command + "\n")
-    atomic_write_text(run.env, json.dumps(environment(device), indent=2) + "\n")
+    atomic_write_text(run.env, json.dumps(env, indent=2) + "\n")
     return run
 
 

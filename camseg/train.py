@@ -17,11 +17,12 @@ from camseg.checkpoint import load_checkpoint
 from camseg.config import absolute_paths, dump_config, load_config
 from camseg.distributed import share_path
 from camseg.errors import CamsegError
+from camseg.machine import describe_device, environment
 from camseg.runs import (
     Run,
     create_run_dir,
-    describe_device,
     resolve_init_from,
+    resumable_run,
     run_name,
     start_run,
 )
@@ -70,13 +71,13 @@ def train_new(
     on_stage: Callable[[int, str, Any], None] | None = None,
 ) -> Summary:
     """A new run: check and build everything, then make the run folder and train. on_start gets
-    the run folder and the device line (runs.describe_device) before the first batch."""
+    the run folder and the device line (camseg.machine.describe_device) before the first batch."""
     cfg = _init_file_resolved(absolute_paths(cfg))  # config.yaml names the exact file taken
     _check_output_dir(cfg.output.dir)
     trainer = Trainer(cfg, progress=progress)
     run_dir = None
     if rank_distrib() == 0:
-        run_dir = start_run(cfg, config_path, name, command, trainer.device).dir
+        run_dir = start_run(cfg, config_path, name, command, environment(trainer.device)).dir
     run_dir = share_path(run_dir)
     if on_start is not None and rank_distrib() == 0:
         on_start(run_dir, describe_device(trainer.device, cfg))
@@ -96,16 +97,7 @@ def train_resume(
 
     A finished run is left as it is, and the model settings cannot change: the checkpoint
     holds that network's weights."""
-    run = Run(run_dir.absolute())  # summary.json names it as a new run's: absolute
-    if not run.config.is_file():
-        raise CamsegError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-    if run.finished:
-        raise CamsegError(
-            f"--resume {run_dir}: this run is finished (it has model.pth and summary.json); "
-            f"nothing to resume, nothing changed. To train it further, start a new run from "
-            f"its weights: camseg train --config {run_dir / 'config.yaml'} "
-            f"--set model.init_from={run_dir / 'model.pth'}"
-        )
+    run = resumable_run(run_dir)
     saved = load_config(run.config)
     cfg = load_config(run.config, overrides or [])
     _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)

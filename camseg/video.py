@@ -17,9 +17,10 @@ from PIL import Image, PngImagePlugin
 from camseg.api import Segmenter
 from camseg.atomic import atomic_write
 from camseg.errors import CamsegError
+from camseg.inputs import SOFTWARE
 from camseg.model import resolve_device
 from camseg.precision import PREDICT_DEFAULT, predict_precision
-from camseg.predict import FORMATS, SOFTWARE, auto_batch_size
+from camseg.predict import FORMATS, auto_batch_size
 from camseg.schema import PredictPrecision
 from camseg.video_io import (
     Frame,

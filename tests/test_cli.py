@@ -171,3 +171,49 @@ def test_usage_errors_are_one_line(cli, args, needles):
     assert len(lines) == 1 and lines[0].startswith("camseg: error: "), lines
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+_WITHOUT_TORCH = """
+import sys
+from camseg.cli import main
+sys.argv = ["camseg", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print("exit", code, "torch" in sys.modules, "fastai" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--config", "nope.yaml"], "config file not found: nope.yaml"),
+        (["train", "--set", "x=1"], "give either --config FILE"),
+        (["train", "--config", "tiny.yaml", "--set", "data.root=nowhere"], "nowhere"),
+        (["train", "--config", "tiny.yaml", "--set", "train.epochs=3"], "train.epochs"),
+        (["train", "--resume", "."], "not a run folder"),
+        (["lr-find", "--config", "tiny.yaml", "--set", "data.root=nowhere"], "nowhere"),
+        (["predict", "missing.png", "--run", "run"], "missing.png: no such file"),
+        (["predict", "x.png", "--run", "empty"], "no model.pth"),
+        (["evaluate", "--run", "nope"], "nope: no such file or folder"),
+        (["evaluate", "--run", "empty"], "no model.pth"),
+        (["evaluate", "--run", "run", "--data", "nowhere"], "nowhere"),
+    ],
+)
+def test_mistakes_are_answered_before_torch_is_imported(tmp_path, args, needle):
+    """torch and fastai take 5-10 s to import: a mistake in the arguments, config or paths is
+    answered without them."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pth").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.png").write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert needle in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "exit 2 False False", proc.stdout + proc.stderr

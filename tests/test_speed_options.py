@@ -11,8 +11,8 @@ import torch
 from conftest import TINY, small_copy
 
 from camseg.config import load_config
+from camseg.machine import describe_device
 from camseg.model import cuda_kernels
-from camseg.runs import describe_device
 from camseg.trainer import Trainer
 
 

@@ -119,6 +119,10 @@ def model_source(run: Path | None, model: Path | None) -> Path:
         err.print(f"using the newest finished run: {source}", soft_wrap=True)
     if not source.exists():
         raise CamsegError(f"{source}: no such file or folder")
+    if source.is_dir():
+        from camseg.runs import model_file
+
+        model_file(source)  # a folder without a model is named before torch is imported
     return source
 
 

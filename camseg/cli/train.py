@@ -58,11 +58,20 @@ def train(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train a U-Net with the staged recipe of a config (or resume a run)."""
-    from camseg.config import load_config
-    from camseg.train import TrainingInterrupted, describe_command, train_new, train_resume
+    from camseg.config import absolute_paths, load_config
+    from camseg.preflight import check_inputs
+    from camseg.runs import resumable_run
 
     if (config is None) == (resume is None):
         raise CamsegError("give either --config FILE (a new run) or --resume RUN_DIR")
+    # mistakes are answered before torch and fastai are imported (5-10 s)
+    if resume is not None:
+        resumable_run(resume)
+    else:
+        cfg = load_config(config, set_ or [])
+        check_inputs(absolute_paths(cfg))
+    from camseg.train import TrainingInterrupted, describe_command, train_new, train_resume
+
     progress = not no_progress and out.is_terminal
     try:
         if resume is not None:
@@ -77,7 +86,7 @@ def train(
             )
         else:
             summary = train_new(
-                load_config(config, set_ or []),
+                cfg,
                 config_path=config,
                 name=name,
                 command=describe_command(
@@ -134,13 +143,16 @@ def lr_find(
     import json
 
     from camseg.config import load_config
-    from camseg.train import lr_find as find
-    from camseg.train import run_name
+    from camseg.preflight import check_inputs
 
     if config is None:
         config = Path("half.yaml")
         err.print("no --config: using the paper's first phase, half.yaml")
     cfg = load_config(config, set_ or [])
+    check_inputs(cfg)  # before torch and fastai are imported (5-10 s)
+    from camseg.train import lr_find as find
+    from camseg.train import run_name
+
     progress = not no_progress and out.is_terminal
     out_dir, suggestions = find(
         cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, start_from

@@ -59,15 +59,21 @@ def evaluate(
     ] = "train",  # type: ignore[assignment]
 ) -> None:
     """Score a trained model on a dataset split: acc_camvid, pixel accuracy, mIoU, per class."""
-    from camseg.evaluate import REFERENCES
-    from camseg.evaluate import evaluate as run_eval
-
     if size not in ("model", "native"):
         size = parse_size(size)  # type: ignore[assignment]
     if batch_size < 1:
         raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
+    source = model_source(run, model)
+    if data is not None:
+        from camseg.data.layouts import EVALUATE_OPTIONS, require_root
+
+        require_root(data, EVALUATE_OPTIONS)
+    # mistakes above are answered before torch is imported (5 s)
+    from camseg.evaluate import REFERENCES
+    from camseg.evaluate import evaluate as run_eval
+
     result = run_eval(
-        model_source(run, model),
+        source,
         data=data,
         layout=layout.value if layout else None,  # type: ignore[arg-type]
         split=split.value,  # type: ignore[arg-type]
@@ -164,8 +170,7 @@ def predict(
     """Write segmentation masks for images at their own resolution."""
     from rich.progress import Progress
 
-    from camseg.predict import expand_inputs
-    from camseg.predict import predict as run_predict
+    from camseg.inputs import expand_inputs
 
     source = model_source(run, model)
     if out_dir is None:
@@ -191,7 +196,9 @@ def predict(
     if stride != 1:
         raise CamsegError("--stride is for video inputs; give a video, or leave --stride out")
     formats = _formats(format_ or "index,color,overlay")
-    expanded = expand_inputs(inputs)
+    expanded = expand_inputs(inputs)  # a mistyped path is answered before torch is imported
+    from camseg.predict import predict as run_predict
+
     n = len(expanded.images)
     if expanded.own_outputs:
         err.print(
@@ -207,7 +214,7 @@ def predict(
             _json_line(record, json_lines)
 
         result = run_predict(
-            inputs,
+            [str(p) for p in expanded.images],
             source,
             out_dir,
             batch_size=batch_size,

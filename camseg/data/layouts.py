@@ -157,7 +157,7 @@ def download_hint(root: Path) -> str:
     return f"camseg data download {name} --out {root.parent}{layout}"
 
 
-def _require_root(root: Path, opts: DataOptions) -> None:
+def require_root(root: Path, opts: DataOptions) -> None:
     """A missing data folder says where to point the command, or how to download the set."""
     if root.is_dir():
         return
@@ -186,7 +186,7 @@ def _other_layout(root: Path, layout: str, opts: DataOptions) -> None:
 
 
 def camvid_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
-    _require_root(root, opts)
+    require_root(root, opts)
     _other_layout(root, "camvid", opts)
     _require_dir(root / "images", "images folder (camvid layout: images/, labels/, codes.txt)")
     _require_dir(root / "labels", "labels folder (camvid layout: labels/<stem>_P.png)")
@@ -210,7 +210,7 @@ def camseq01_folders(root: Path) -> tuple[Path, Path]:
 
 
 def camseq01_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
-    _require_root(root, opts)
+    require_root(root, opts)
     _other_layout(root, "camseq01", opts)
     raw, labelled = camseq01_folders(root)
     colors = read_label_colors(root / "label_colors.txt")
