@@ -192,12 +192,14 @@ def _contents(run: Path) -> dict[str, tuple[int, int]]:
 def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path, cli):
     run = _copy(finished_run, tmp_path / "r")
     before = _contents(run)
+    result = cli("train", "--resume", run)
     one_line_error(
-        cli("train", "--resume", run),
+        result,
         f"--resume {run}: this run is finished",
         "nothing changed",
         f"model.init_from={run / 'model.pth'}",
     )
+    assert "resuming" not in result.stdout  # it said so, then refused
     assert _contents(run) == before
 
 
