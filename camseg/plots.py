@@ -20,6 +20,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from camseg.atomic import atomic_write, atomic_write_text
 from camseg.data.files import camvid_palette as palette
+from camseg.lrfind import MEANINGS, Suggestions
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -29,17 +30,27 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_lr_find(recorder: Any, suggestions: dict[str, float], path: Path) -> None:
-    """Loss against learning rate (paper Fig. 9/10) with fastai's suggestions marked."""
+def plot_lr_find(recorder: Any, found: Suggestions, path: Path) -> None:
+    """Loss against learning rate (paper Fig. 9/10) with fastai's suggestions marked: a line at
+    each suggested lr and a marker where it sits on the curve, each in its own style, so two
+    suggestions at the same lr both stay visible."""
     lrs = [float(x) for x in recorder.lrs]
     losses = [float(x) for x in recorder.losses]
     skip = 5 if len(lrs) > 10 else 0  # the last steps diverge and squash the plot
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs[: len(lrs) - skip], losses[: len(losses) - skip])
-    for (name, lr), colour in zip(suggestions.items(), ("C1", "C2", "C3", "C4"), strict=False):
-        ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2e}")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="lr finder")
-    ax.legend()
+    ax.plot(lrs[: len(lrs) - skip], losses[: len(losses) - skip], color="C0")
+    styles = zip(("C1", "C2", "C3", "C4"), ("--", ":", "-.", (0, (6, 2))), "osD^", strict=True)
+    for (name, lr), (colour, dash, marker) in zip(found.lrs.items(), styles, strict=True):
+        label = MEANINGS.get(name, name)
+        if lr is None:
+            ax.plot([], [], " ", label=f"{label}: not computed")
+            continue
+        ax.axvline(lr, color=colour, linestyle=dash, linewidth=1.2, label=f"{label}: {lr:.2e}")
+        if name in found.points:
+            x, y = found.points[name]
+            ax.plot(x, y, marker=marker, color=colour, markersize=7, fillstyle="none")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="lr finder")
+    ax.legend(fontsize="small")
     _save(fig, path)
 
 

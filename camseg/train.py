@@ -6,6 +6,7 @@ Trainer (trainer.py).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from camseg.checkpoint import load_checkpoint
 from camseg.config import absolute_paths, dump_config, load_config
 from camseg.distributed import share_path
 from camseg.errors import CamsegError
+from camseg.lrfind import OnIter, Suggestions
 from camseg.machine import describe_device, environment
 from camseg.runs import (
     Run,
@@ -129,12 +131,14 @@ def lr_find(
     name: str,
     progress: bool = True,
     start_from: Path | None = None,
-) -> tuple[Path, dict[str, float]]:
+    on_iter: OnIter | None = None,
+) -> tuple[Path, Suggestions]:
     """fastai's lr_find for one stage, from the weights that stage starts from: the config's
     (ImageNet or init_from) for stage 0; for a later stage, `start_from` (a run or checkpoint
     that finished the stages before it), because a fresh decoder is not what that stage sees.
 
-    Writes lr_find.png and lr_find.json to a new folder out_parent/<name>-lr_find[-k].
+    Writes lr_find.png, lr_find.csv and lr_find.json to a new folder
+    out_parent/<name>-lr_find[-k]; a failure or an interruption leaves no folder behind.
     """
     if not 0 <= stage_index < len(cfg.train.stages):
         raise CamsegError(
@@ -166,11 +170,15 @@ def lr_find(
     else:
         learn.unfreeze()
     out_dir = create_run_dir(out_parent, f"{name}-lr_find")
-    learn.path = out_dir
-    suggestions = trainer.find_lr(out_dir / "lr_find.png")
-    Run(out_dir).checkpoints.rmdir()  # lr_find's temporary weights went there
-    atomic_write_text(out_dir / "lr_find.json", json.dumps(suggestions, indent=2) + "\n")
-    return out_dir, suggestions
+    try:
+        learn.path = out_dir
+        found = trainer.find_lr(out_dir / "lr_find.png", on_iter)
+        Run(out_dir).checkpoints.rmdir()  # lr_find's temporary weights went there
+        atomic_write_text(out_dir / "lr_find.json", json.dumps(found.lrs, indent=2) + "\n")
+    except BaseException:  # an error or Ctrl-C: no half-made folder is left
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return out_dir, found
 
 
 def describe_command(argv: list[str]) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
 from camseg.atomic import atomic_write_text
@@ -48,6 +47,7 @@ from camseg.ema import ModelEMA
 from camseg.errors import CamsegError, stop_signal
 from camseg.losses import build_loss
 from camseg.losses import class_weights as class_weights_of
+from camseg.lrfind import LrFindProgress, OnIter, Suggestions, suggest
 from camseg.model import build_learner, cuda_kernels, model_meta, resolve_device, write_model_file
 from camseg.precision import validation_precision
 from camseg.preflight import check_batch_norm, check_data_folders, check_same_classes
@@ -310,7 +310,7 @@ class Trainer:
         if stage.lr != "find":  # as configured (a --set on resume takes effect here)
             lr: float | LrSlice = stage.lr
         else:  # found once: a resumed stage keeps the lr it started with
-            lr = state.lrs.get(str(i)) or self.find_lr(run.plots / f"lr_find_{name}.png")["valley"]
+            lr = state.lrs.get(str(i)) or self._found_lr(run, i, name)
         state.lrs[str(i)] = str(lr) if isinstance(lr, LrSlice) else lr
         if on_stage is not None:
             on_stage(i, name, lr)
@@ -337,26 +337,38 @@ class Trainer:
             )
         state.stage, state.epochs_done = i + 1, 0
 
-    def find_lr(self, plot: Path) -> dict[str, float]:
-        """fastai lr_find: its four suggestions (valley, slide, minimum, steep), plotted, and
-        the curve itself (lr, smoothed loss per iteration) as CSV beside the plot."""
+    def _found_lr(self, run: Run, i: int, name: str) -> float:
+        """The valley suggestion of lr_find for a stage whose lr is find."""
+        found = self.find_lr(run.plots / f"lr_find_{name}.png")
+        lr = found.lrs["valley"]
+        if lr is None:
+            raise CamsegError(
+                f"stage {name} (train.stages[{i}]): lr_find could not suggest a learning rate "
+                f"({found.missing['valley']}); see {run.plots / f'lr_find_{name}.png'} and set "
+                f"train.stages[{i}].lr to a number"
+            )
+        return lr
+
+    def find_lr(self, plot: Path, on_iter: OnIter | None = None) -> Suggestions:
+        """fastai lr_find: its four suggestions (valley, slide, minimum, steep; one the curve
+        cannot give is None, with why), plotted, and the curve itself (lr, smoothed loss per
+        iteration) as CSV beside the plot. on_iter hears of the progress (LrFindProgress)."""
         from camseg.plots import plot_lr_find
 
-        found = self.learn.lr_find(
-            num_it=self.cfg.train.lr_find_iters,
-            show_plot=False,
-            suggest_funcs=(valley, slide, minimum, steep),
-        )
-        suggestions = {k: float(v) for k, v in found._asdict().items()}
+        num_it = self.cfg.train.lr_find_iters
+        cbs = [LrFindProgress(num_it, on_iter)] if on_iter is not None else []
+        with self.learn.added_cbs(cbs):
+            self.learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
+        rec = self.learn.recorder
+        found = suggest(rec.lrs, rec.losses, num_it)
         if rank_distrib() == 0:
-            plot_lr_find(self.learn.recorder, suggestions, plot)
-            rec = self.learn.recorder
+            plot_lr_find(rec, found, plot)
             rows = "".join(
                 f"{float(lr):.6g},{float(loss):.6g}\n"
                 for lr, loss in zip(rec.lrs, rec.losses, strict=True)
             )
             atomic_write_text(plot.with_suffix(".csv"), "lr,loss\n" + rows)
-        return suggestions
+        return found
 
 
 def _summary(run: Run, state: RunState, cfg: Config) -> Summary:

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, fast_args, history, written_dir
+from conftest import TINY, fast_args, history, small_copy, written_dir
 
 from camseg.config import load_config
+from camseg.errors import CamsegError
 from camseg.model import read_model_file
 from camseg.runs import HISTORY_COLUMNS, create_run_dir
 
@@ -235,10 +236,48 @@ def test_lr_find_writes_plot_and_suggestions(camvid_tiny, tmp_path, cli):
     [out] = tmp_path.iterdir()
     found = json.loads((out / "lr_find.json").read_text())
     assert set(found) == {"valley", "slide", "minimum", "steep"}
-    assert all(1e-8 < v < 10 for v in found.values())
+    assert all(v is None or 1e-8 < v < 10 for v in found.values())
+    assert found["valley"] is not None
     assert (out / "lr_find.png").stat().st_size > 1000
     curve = (out / "lr_find.csv").read_text().splitlines()
     assert curve[0] == "lr,loss" and len(curve) > 20
+    # no bar on a non-terminal: plain progress lines, the first iteration and the last
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("lr_find: iteration ")]
+    assert lines[0].startswith("lr_find: iteration 1/30, smoothed loss ")
+    assert lines[-1].startswith(f"lr_find: iteration {len(curve) - 1}/30, smoothed loss ")
+
+
+def test_lr_find_suggestions_of_any_curve_are_computed_or_reported():
+    from camseg.lrfind import suggest
+
+    lrs = [1e-7 * 1.5**i for i in range(30)]
+    smooth = [2.0 - 0.04 * i for i in range(20)] + [1.2 + 0.5 * i for i in range(10)]
+    found = suggest(lrs, smooth, 30)
+    assert all(v is not None and v > 0 for v in found.lrs.values()), found.missing
+    assert found.lrs["minimum"] == pytest.approx(lrs[20] / 10)  # a tenth of the lowest loss's lr
+    # 30 iterations that diverged after 20 (fastai's slide raised IndexError on this curve)
+    short = suggest(lrs[:20], smooth[:20], 30)
+    assert short.lrs["slide"] is None and "IndexError" in short.missing["slide"]
+    assert short.lrs["valley"] is not None
+    # the loss was NaN almost at once: nothing to suggest, each one says why
+    nan = suggest(lrs, [1.0, 1.0, 1.0, 1.0, float("nan")] + [1.0] * 25, 30)
+    assert set(nan.missing) == {"valley", "slide", "minimum", "steep"}
+    assert all(v is None for v in nan.lrs.values())
+    assert "usable points" in nan.missing["valley"]
+
+
+def test_a_failed_lr_find_leaves_no_folder(camvid_tiny, tmp_path, cli, monkeypatch):
+    from camseg.trainer import Trainer
+
+    def fails(self, plot, on_iter=None):
+        plot.parent.joinpath("half.png").write_bytes(b"")  # what a cut-short write leaves
+        raise CamsegError("the loss became NaN")
+
+    monkeypatch.setattr(Trainer, "find_lr", fails)
+    root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
+    result = cli("lr-find", *fast_args(root, tmp_path / "runs"))
+    assert result.exit_code == 2 and "the loss became NaN" in result.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 @pytest.mark.slow

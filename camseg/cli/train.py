@@ -154,10 +154,22 @@ def lr_find(
     from camseg.train import run_name
 
     progress = not no_progress and out.is_terminal
-    out_dir, suggestions = find(
-        cfg, stage, cfg.output.dir, run_name(cfg, config, name), progress, start_from
+
+    def on_iter(done: int, total: int, loss: float) -> None:  # no bar: a line every 10 s
+        err.print(f"lr_find: iteration {done}/{total}, smoothed loss {loss:.4f}")
+
+    out_dir, found = find(
+        cfg,
+        stage,
+        cfg.output.dir,
+        run_name(cfg, config, name),
+        progress,
+        start_from,
+        on_iter=None if progress else on_iter,
     )
-    out.print(json.dumps(suggestions, indent=2))
+    for key, why in found.missing.items():
+        err.print(f"camseg: note: lr_find could not compute the {key} suggestion: {why}")
+    out.print(json.dumps(found.lrs, indent=2))
     out.print(
         f"plot: {out_dir / 'lr_find.png'}; suggestions: {out_dir / 'lr_find.json'}",
         soft_wrap=True,
