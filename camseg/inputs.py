@@ -86,3 +86,16 @@ def pixel_limit_checked_here() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = before
+
+
+def refuse_earlier_outputs(targets: list[Path], exist_ok: bool) -> None:
+    """predict never replaces earlier outputs without being asked: the first target that
+    exists is named, unless exist_ok."""
+    if exist_ok:
+        return
+    for target in targets:
+        if target.exists():
+            raise CamsegError(
+                f"{target} exists (an earlier output); give another --out, or --exist-ok to "
+                f"replace the outputs of the same names"
+            )

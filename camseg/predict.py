@@ -24,7 +24,13 @@ from camseg.atomic import atomic_write
 from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
 from camseg.infer import read_model
-from camseg.inputs import OUTPUT_SUFFIX, SOFTWARE, expand_inputs, pixel_limit_checked_here
+from camseg.inputs import (
+    OUTPUT_SUFFIX,
+    SOFTWARE,
+    expand_inputs,
+    pixel_limit_checked_here,
+    refuse_earlier_outputs,
+)
 from camseg.model import resolve_device
 from camseg.precision import PREDICT_DEFAULT, predict_precision
 from camseg.schema import Format, PredictPrecision
@@ -118,8 +124,10 @@ def predict(
     precision: PredictPrecision = PREDICT_DEFAULT,
     formats: tuple[str, ...] = FORMATS,
     on_image: Callable[[dict | None], None] | None = None,
+    exist_ok: bool = False,
 ) -> PredictResult:
-    """Segment images; write the requested formats under `out` at each input's resolution."""
+    """Segment images; write the requested formats under `out` at each input's resolution.
+    An output that exists already is an error unless exist_ok (then it is replaced)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise CamsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
@@ -132,11 +140,13 @@ def predict(
     mf = read_model(model_path)  # model.pth, checkpoint or exported model.onnx
     names = _output_names(images)
     inputs_resolved = {p.resolve() for p in images}
-    for name in names:
-        for fmt in formats:
-            target = (out / f"{name}_{OUTPUT_SUFFIX[fmt]}.png").resolve()
-            if target in inputs_resolved:
-                raise CamsegError(f"output {target} would overwrite an input; choose another --out")
+    targets = [out / f"{name}_{OUTPUT_SUFFIX[fmt]}.png" for name in names for fmt in formats]
+    for target in targets:
+        if target.resolve() in inputs_resolved:
+            raise CamsegError(
+                f"output {target.resolve()} would overwrite an input; choose another --out"
+            )
+    refuse_earlier_outputs(targets, exist_ok)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -8,7 +8,7 @@ a model file belongs to). The only module that knows the layout.
     RUN/plots/  model.pth  summary.json  report.html                 at the end, in that order
     RUN/tensorboard/                                                 train.tensorboard, every epoch
     RUN/eval/<data>-<split>[-k]/                                     one per `camseg evaluate`
-    RUN/predictions/                                                 `camseg predict` without --out
+    RUN/predictions[-k]/                                             `camseg predict` without --out
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Run:
 
     @property
     def predictions(self) -> Path:
-        """Where `camseg predict` writes without --out."""
+        """Where `camseg predict` writes without --out (the CLI makes -2, -3, ... beside it)."""
         return self.dir / "predictions"
 
     @property

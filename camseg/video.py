@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 from camseg.api import Segmenter
 from camseg.atomic import atomic_write
 from camseg.errors import CamsegError
-from camseg.inputs import SOFTWARE
+from camseg.inputs import SOFTWARE, refuse_earlier_outputs
 from camseg.model import resolve_device
 from camseg.precision import PREDICT_DEFAULT, predict_precision
 from camseg.predict import FORMATS, auto_batch_size
@@ -176,10 +176,12 @@ def predict_videos(
     precision: PredictPrecision = PREDICT_DEFAULT,
     on_video: Callable[[VideoInfo], None] | None = None,
     on_frame: Callable[[int, dict | None], None] | None = None,
+    exist_ok: bool = False,
 ) -> list[VideoResult]:
     """Segment video sources; write `formats` under `out` as <name>_overlay.mp4,
     <name>_color.mp4 and <name>_frames/<name>_<frame>_mask.png. Every source is opened before
-    anything is written; a read error part-way is in its result, not raised."""
+    anything is written; a read error part-way is in its result, not raised. An output that
+    exists already is an error unless exist_ok (then it is replaced)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise CamsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
@@ -191,6 +193,14 @@ def predict_videos(
     predict_precision(precision, dev)  # a precision this device cannot run: before any work
     infos = [probe(source) for source in expand_videos(inputs)]
     infos = _unique_names(infos)
+    refuse_earlier_outputs(
+        [
+            out / (f"{info.name}_frames" if fmt == "index" else f"{info.name}_{fmt}.mp4")
+            for info in infos
+            for fmt in formats
+        ],
+        exist_ok,
+    )
     codec = h264_encoder() if {"overlay", "color"} & set(formats) else ""
     try:
         out.mkdir(parents=True, exist_ok=True)

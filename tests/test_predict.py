@@ -103,6 +103,33 @@ def test_predict_default_out_and_glob(run_copy, camvid_tiny, cli):
     assert len(written) == 13 and not list((run_copy / "predictions").glob("*_color.png"))
 
 
+def test_predict_never_replaces_earlier_outputs_unasked(run_copy, camvid_tiny, tmp_path, cli):
+    frame = camvid_tiny / "images" / "0001TP_006750.png"
+    first = cli("predict", frame, "--run", run_copy, "--format", "index")
+    assert first.exit_code == 0, first.output
+    mask = run_copy / "predictions" / "0001TP_006750_mask.png"
+    before = mask.stat().st_mtime_ns
+    second = cli("predict", frame, "--run", run_copy, "--format", "index")
+    assert second.exit_code == 0, second.output
+    assert f"to {run_copy / 'predictions-2'}" in second.stdout  # a new folder for each call
+    assert (run_copy / "predictions-2" / mask.name).is_file()
+    assert mask.stat().st_mtime_ns == before
+    # into a folder of one's own: the same names again need --exist-ok
+    out = tmp_path / "out"
+    assert cli("predict", frame, "--run", run_copy, "--out", out).exit_code == 0
+    again = cli("predict", frame, "--run", run_copy, "--out", out)
+    assert again.exit_code == 2 and again.stderr.count("\n") == 1, again.output
+    assert f"{out / '0001TP_006750_mask.png'} exists" in again.stderr
+    assert "--exist-ok" in again.stderr
+    replaced = cli("predict", frame, "--run", run_copy, "--out", out, "--exist-ok")
+    assert replaced.exit_code == 0, replaced.output
+    # an unreadable input alone writes nothing: no empty default folder is left
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert cli("predict", bad, "--run", run_copy).exit_code == 1
+    assert not (run_copy / "predictions-3").exists()
+
+
 def test_predict_errors(trained_run, camvid_tiny, tmp_path, cli):
     empty = tmp_path / "empty"
     empty.mkdir()

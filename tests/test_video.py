@@ -200,6 +200,18 @@ def test_sigterm_keeps_the_frames_written_and_leaves_no_temporary_file(
     assert not [p for p in out.rglob(".*")]
 
 
+def test_video_outputs_are_not_replaced_unasked(trained_run, camvid_tiny, tmp_path, cli):
+    clip = write_video(tmp_path / "clip.mp4", camvid_frames(camvid_tiny, 4))
+    out = tmp_path / "out"
+    assert cli("predict", clip, "--run", trained_run, "--out", out).exit_code == 0
+    before = (out / "clip_overlay.mp4").stat().st_mtime_ns
+    again = cli("predict", clip, "--run", trained_run, "--out", out)
+    assert again.exit_code == 2 and f"{out / 'clip_overlay.mp4'} exists" in again.stderr
+    assert (out / "clip_overlay.mp4").stat().st_mtime_ns == before
+    replaced = cli("predict", clip, "--run", trained_run, "--out", out, "--exist-ok")
+    assert replaced.exit_code == 0, replaced.output
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     """A stand-in for --model: these errors come before the model is read."""

@@ -23,6 +23,7 @@ from camseg.cli.app import (
     user_errors,
 )
 from camseg.errors import CamsegError
+from camseg.inputs import Inputs
 from camseg.schema import EvaluatePrecision, Format, Layout, PredictPrecision, Split, parse_size
 
 SplitChoice = choices("SplitChoice", Split)
@@ -140,8 +141,17 @@ def predict(
     run: RunOpt = None,
     model: ModelOpt = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default RUN_DIR/predictions).")
+        Path | None,
+        typer.Option(
+            "--out", help="Output folder (default: a new RUN_DIR/predictions, predictions-2, ...)."
+        ),
     ] = None,
+    exist_ok: Annotated[
+        bool,
+        typer.Option(
+            "--exist-ok", help="Replace outputs of the same names in --out (else an error)."
+        ),
+    ] = False,
     batch_size: Annotated[
         int | None, typer.Option(help="Images per batch (default: 16 on CUDA, 1 on CPU).")
     ] = None,
@@ -168,35 +178,48 @@ def predict(
     ] = 1,
 ) -> None:
     """Write segmentation masks for images at their own resolution."""
-    from rich.progress import Progress
-
     from camseg.inputs import expand_inputs
-
-    source = model_source(run, model)
-    if out_dir is None:
-        from camseg.runs import predictions_dir
-
-        out_dir = predictions_dir(source)
     from camseg.video_io import is_video_source
 
-    if any(is_video_source(item) for item in inputs):
-        _predict_videos(
-            inputs,
-            source,
-            out_dir,
-            _formats(format_ or "overlay"),
-            stride,
-            json_lines,
-            batch_size=batch_size,
-            tta=tta,
-            device=device,
-            precision=precision.value,
-        )
-        return
-    if stride != 1:
+    source = model_source(run, model)
+    options: dict[str, Any] = dict(
+        batch_size=batch_size, tta=tta, device=device, precision=precision.value, exist_ok=exist_ok
+    )
+    videos = any(is_video_source(item) for item in inputs)
+    if not videos and stride != 1:
         raise CamsegError("--stride is for video inputs; give a video, or leave --stride out")
-    formats = _formats(format_ or "index,color,overlay")
-    expanded = expand_inputs(inputs)  # a mistyped path is answered before torch is imported
+    formats = _formats(format_ or ("overlay" if videos else "index,color,overlay"))
+    # a mistyped path is answered before torch is imported
+    expanded = None if videos else expand_inputs(inputs)
+    new_dir = out_dir is None
+    if out_dir is None:  # a folder of its own for each call: earlier outputs stay as they were
+        from camseg.runs import create_run_dir, predictions_dir
+
+        default = predictions_dir(source)
+        out_dir = create_run_dir(default.parent, default.name)
+    try:
+        if expanded is None:
+            _predict_videos(inputs, source, out_dir, formats, stride, json_lines, **options)
+        else:
+            _predict_images(expanded, source, out_dir, formats, json_lines, **options)
+    except BaseException:
+        if new_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing written: no empty folder left behind
+        raise
+
+
+def _predict_images(
+    expanded: Inputs,
+    source: Path,
+    out_dir: Path,
+    formats: tuple[str, ...],
+    json_lines: bool,
+    **options: Any,
+) -> None:
+    """`predict` for images: a progress bar past 5 images, notes on left-out and renamed
+    inputs, exit 1 when an input could not be read (the others are written)."""
+    from rich.progress import Progress
+
     from camseg.predict import predict as run_predict
 
     n = len(expanded.images)
@@ -217,12 +240,9 @@ def predict(
             [str(p) for p in expanded.images],
             source,
             out_dir,
-            batch_size=batch_size,
-            tta=tta,
-            device=device,
-            precision=precision.value,  # type: ignore[arg-type]
             formats=formats,
             on_image=on_image,
+            **options,
         )
     if result.renamed:
         shown = ", ".join(f"{path} -> {name}" for path, name in result.renamed[:3])
