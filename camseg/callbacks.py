@@ -204,6 +204,15 @@ class BF16Autocast(Callback):
     def after_batch(self) -> None:
         self._exit()  # a batch cancelled before its loss still leaves autocast
 
+    def after_fit(self) -> None:
+        # a fit cancelled inside a batch (CancelFitException: lr_find, a callback) skips
+        # after_batch; autocast is thread state and would stay on for every later model call
+        self._exit()
+
+    def close(self) -> None:
+        """Leave autocast if a batch left it on (a fit ended by an exception)."""
+        self._exit()
+
     def _exit(self) -> None:
         if self.autocast is not None:
             self.autocast.__exit__(None, None, None)

@@ -27,6 +27,7 @@ from camseg.atomic import atomic_write_text
 from camseg.callbacks import (
     AccCamvid,
     BarsOnly,
+    BF16Autocast,
     EpochRow,
     MeanIoU,
     RunRecorder,
@@ -86,15 +87,20 @@ def fit_stage(
         learn.freeze()
     else:
         learn.unfreeze()
-    learn.fit_one_cycle(
-        stage.epochs,
-        lr_max=lr.as_fastai() if isinstance(lr, LrSlice) else lr,
-        pct_start=stage.pct_start,
-        moms=train_cfg.moms,
-        wd=train_cfg.wd,
-        cbs=cbs,
-        start_epoch=start_epoch,
-    )
+    try:
+        learn.fit_one_cycle(
+            stage.epochs,
+            lr_max=lr.as_fastai() if isinstance(lr, LrSlice) else lr,
+            pct_start=stage.pct_start,
+            moms=train_cfg.moms,
+            wd=train_cfg.wd,
+            cbs=cbs,
+            start_epoch=start_epoch,
+        )
+    finally:  # an error mid-batch must not leave bf16 autocast on in this thread
+        for cb in learn.cbs:
+            if isinstance(cb, BF16Autocast):
+                cb.close()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, small_copy
+from fastai.callback.core import Callback, CancelFitException
 
 from camseg.config import load_config
 from camseg.machine import describe_device
@@ -115,3 +116,22 @@ def test_tiny_scratch_trains_in_bf16_only_where_the_cpu_has_it(
     assert cfg.train.bf16 == "auto"  # the preset no longer forces it
     learn = Trainer(cfg, progress=False).learn
     assert any(isinstance(cb, BF16Autocast) for cb in learn.cbs) == native
+
+
+class _CancelAtFirstBatch(Callback):
+    order = 70  # after BF16Autocast (10) entered autocast for the batch
+
+    def before_batch(self) -> None:
+        raise CancelFitException
+
+
+def test_a_fit_cancelled_mid_batch_leaves_no_autocast_on(camvid_tiny, tmp_path):
+    from camseg.schema import StageConfig
+    from camseg.trainer import fit_stage
+
+    root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
+    trainer = _trainer(root, "train.bf16=true", "train.device=cpu")
+    stage = StageConfig(epochs=1, freeze=True, lr=1e-3)
+    fit_stage(trainer.learn, stage, 1e-3, trainer.cfg.train, cbs=[_CancelAtFirstBatch()])
+    # autocast is thread state: left on, it turned every later fit in the process to bf16
+    assert not torch.is_autocast_enabled("cpu")
