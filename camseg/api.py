@@ -6,6 +6,7 @@
     mask = seg.predict("frame.png")           # (H, W) uint8 class indices, the image's own size
     names = seg.classes                       # mask value i is class seg.classes[i]
     color = seg.predict(frame, output="color")   # (H, W, 3) uint8 in CamVid's colours
+    seg                                       # Segmenter(model_path=..., arch=..., ...)
 
 `camseg predict` segments its images through the same object, so both give the same masks.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from camseg.errors import CamsegError
 from camseg.infer import Network, class_mask, load_network
 from camseg.model import ModelFile
 
-Output = Literal["index", "color", "scores"]
+Output = Literal["index", "color", "overlay", "scores"]
 ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007  (documented type alias)
 # Pillow warns above 89 and refuses above 179 megapixels (its decompression-bomb guard); camseg
 # takes photos up to this size instead, checked from the header before decoding (predict skips a
@@ -75,6 +76,15 @@ class Segmenter:
         return self._net.info.size
 
     @property
+    def model_path(self) -> Path:
+        """The model file loaded: model.pth, a checkpoint or a model.onnx."""
+        return self._net.info.path
+
+    @property
+    def arch(self) -> str:
+        return self._net.info.arch
+
+    @property
     def device(self) -> torch.device:
         return self._net.device
 
@@ -82,18 +92,28 @@ class Segmenter:
     def precision(self) -> str:
         return self._net.precision.name
 
+    def __repr__(self) -> str:
+        h, w = self.size
+        return (
+            f"Segmenter(model_path={str(self.model_path)!r}, arch={self.arch!r}, "
+            f"classes={len(self.classes)}, size={h}x{w}, device={str(self.device)!r}, "
+            f"precision={self.precision!r})"
+        )
+
     def predict(self, image: ImageLike, output: Output = "index") -> np.ndarray:
         """One image (a path, a PIL image or an (H, W, 3) uint8 array) -> at its own size:
-        index: (H, W) uint8 class indices; color: (H, W, 3) uint8; scores: (classes, H, W)
-        float32 class probabilities (4 bytes x classes a pixel: 128 MB for a 1-MP image)."""
+        index: (H, W) uint8 class indices; color: (H, W, 3) uint8; overlay: (H, W, 3) uint8,
+        the image and its colour mask half and half (as `camseg predict` writes it); scores:
+        (classes, H, W) float32 class probabilities (4 bytes x classes a pixel: 128 MB for a
+        1-MP image)."""
         return self.predict_batch([image], output)[0]
 
     def predict_batch(
         self, images: Sequence[ImageLike], output: Output = "index"
     ) -> list[np.ndarray]:
         """`predict` for several images in one network batch (faster on a GPU)."""
-        if output not in ("index", "color", "scores"):
-            raise CamsegError(f"output {output!r}: choose index, color or scores")
+        if output not in get_args(Output):
+            raise CamsegError(f"output {output!r}: choose {', '.join(get_args(Output))}")
         pil = [as_rgb(im) for im in images]
         if not pil:
             return []
@@ -103,7 +123,11 @@ class Segmenter:
                 _probabilities(lg, im.height, im.width) for lg, im in zip(scores, pil, strict=True)
             ]
         masks = self.masks(pil)
-        return masks if output == "index" else [self._palette[m] for m in masks]
+        if output == "index":
+            return masks
+        if output == "color":
+            return [self._palette[m] for m in masks]
+        return [overlay(np.asarray(im), self._palette[m]) for im, m in zip(pil, masks, strict=True)]
 
     def masks(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Index masks of RGB PIL images (the images are not copied or converted)."""
@@ -112,6 +136,11 @@ class Segmenter:
             class_mask(lg, im.height, im.width).cpu().numpy()
             for lg, im in zip(scores, images, strict=True)
         ]
+
+
+def overlay(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 image and its colour mask, half and half."""
+    return ((rgb.astype(np.uint16) + color) // 2).astype(np.uint8)
 
 
 def as_rgb(image: ImageLike) -> Image.Image:

@@ -6,10 +6,12 @@ Training schedules live in train.py; this module only builds and loads.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -38,6 +40,16 @@ CHECKPOINT_FORMAT = "camseg-checkpoint"
 FILE_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@contextlib.contextmanager
+def quiet_fastai_import() -> Iterator[None]:
+    """Importing fastai warns of torch's and pandas' deprecations (torch.jit.script, pandas'
+    chained_assignment option) that nothing in camseg or its user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+        warnings.filterwarnings("ignore", message="The 'mode.chained_assignment' option")
+        yield
 
 
 def arch_fn(name: str) -> Callable[..., nn.Module]:
@@ -127,7 +139,8 @@ def build_learner(
 ) -> Any:
     """fastai unet_learner with the encoder initialised as the config says; `loss_func` from
     camseg.losses, or None for fastai's default for masks (CrossEntropyLossFlat(axis=1))."""
-    from fastai.vision.learner import unet_learner
+    with quiet_fastai_import():
+        from fastai.vision.learner import unet_learner
 
     learn = unet_learner(
         dls,
@@ -206,7 +219,8 @@ class ModelFile:
         fails if the layout ever differed; a tensor the file does not hold (a non-persistent
         buffer) would be left on meta, so then the network is built the ordinary way.
         """
-        from fastai.vision.learner import create_unet_model
+        with quiet_fastai_import():
+            from fastai.vision.learner import create_unet_model
 
         def unet() -> nn.Module:
             return create_unet_model(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from camseg.api import MAX_PIXELS, Segmenter
+from camseg.api import MAX_PIXELS, Segmenter, overlay
 from camseg.atomic import atomic_write
 from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
@@ -218,9 +218,8 @@ def _write(
     if "overlay" in formats:
         files["overlay"] = out / f"{name}_overlay.png"
         for r0, r1 in bands:
-            rgb = np.asarray(im.crop((0, r0, w, r1)), dtype=np.uint16)
-            blend = (rgb + palette[mask[r0:r1]]) // 2
-            im.paste(Image.fromarray(blend.astype(np.uint8), "RGB"), (0, r0))
+            blend = overlay(np.asarray(im.crop((0, r0, w, r1))), palette[mask[r0:r1]])
+            im.paste(Image.fromarray(blend, "RGB"), (0, r0))
         _save_png(files["overlay"], im)
     if "color" in formats:
         files["color"] = out / f"{name}_color.png"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from camseg.api import Segmenter
+from camseg.api import Segmenter, overlay
 from camseg.atomic import atomic_write
 from camseg.errors import CamsegError
 from camseg.inputs import SOFTWARE, refuse_earlier_outputs
@@ -91,7 +91,7 @@ def predict_video(
     def paint(fmt: str, image: Image.Image, mask: np.ndarray) -> np.ndarray:
         if fmt == "color":
             return palette[mask]
-        return ((np.asarray(image, dtype=np.uint16) + palette[mask]) // 2).astype(np.uint8)
+        return overlay(np.asarray(image), palette[mask])
 
     def flush() -> None:
         nonlocal mask

@@ -51,6 +51,15 @@ def test_color_and_scores_outputs(seg, camseq01_sample):
     assert (scores.argmax(axis=0) == mask).mean() > 0.9999  # ties may fall either way
 
 
+def test_overlay_output_is_what_predict_writes(seg, trained_run, camseq01_sample, tmp_path, cli):
+    path = camseq01_sample / "CamSeq01_Raw" / FRAME
+    got = seg.predict(path, output="overlay")
+    assert got.shape == (720, 960, 3) and got.dtype == np.uint8
+    written = cli("predict", path, "--run", trained_run, "--out", tmp_path, "--format", "overlay")
+    assert written.exit_code == 0, written.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / f"{path.stem}_overlay.png")), got)
+
+
 def test_batch_of_images_of_different_sizes(seg, camseq01_sample):
     frame = Image.open(camseq01_sample / "CamSeq01_Raw" / FRAME).convert("RGB")
     small, big = frame.resize((128, 96)), frame.resize((640, 480))
@@ -67,6 +76,19 @@ def test_what_the_model_is(seg, trained_run):
     assert seg.classes == mf.codes and seg.size == mf.size
     assert seg.colors.shape == (32, 3) and str(seg.device) == "cpu"
     assert seg.precision in ("fp32", "bf16")
+    assert seg.model_path == trained_run / "model.pth" and seg.arch == "resnet18"
+    h, w = mf.size
+    assert repr(seg) == (
+        f"Segmenter(model_path='{trained_run / 'model.pth'}', arch='resnet18', classes=32, "
+        f"size={h}x{w}, device='cpu', precision='{seg.precision}')"
+    )
+
+
+def test_loading_a_model_prints_no_third_party_warning(trained_run):
+    code = f"from camseg import Segmenter; Segmenter({str(trained_run)!r}, device='cpu')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
 
 
 @pytest.mark.parametrize(
