@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from camseg.atomic import atomic_torch_save
 from camseg.errors import CamsegError
-from camseg.model import CHECKPOINT_FORMAT, FILE_VERSION
+from camseg.model import CHECKPOINT_FORMAT, FILE_VERSION, MODEL_FORMAT
 
 
 @dataclass
@@ -190,3 +191,18 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CamsegError(f"{path}: not a camseg checkpoint")
     return ckpt
+
+
+def finish_checkpoints(last: Path, best: Path, best_is_last: bool) -> None:
+    """A finished run cannot be resumed, so its checkpoints' optimizer state (two thirds of
+    their size) has no use: the best epoch's weights stay in `best` as a model file where they
+    are not model.pth's (the last epoch's); `last` and an equal `best` go."""
+    if best.is_file() and not best_is_last:
+        ckpt = load_checkpoint(best)
+        weights = {"format": MODEL_FORMAT, "version": FILE_VERSION, "meta": ckpt["meta"]}
+        atomic_torch_save(best, weights | {"model": ckpt["model"]})
+    else:
+        best.unlink(missing_ok=True)
+    last.unlink(missing_ok=True)
+    if last.parent.is_dir() and not any(last.parent.iterdir()):
+        last.parent.rmdir()

@@ -31,7 +31,7 @@ from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pix
 from camseg.model import ModelFile
 from camseg.onnx import is_onnx
 from camseg.precision import EVALUATE_DEFAULT
-from camseg.runs import Run, create_run_dir, run_of
+from camseg.runs import Run, create_run_dir, run_of, weights_of
 from camseg.schema import DataConfig, EvaluatePrecision, Layout, Split
 
 EvalSize = tuple[int, int] | Literal["model", "native"]
@@ -187,6 +187,7 @@ def evaluate(
     out_dir = _new_dir(out_parent, f"{files.root.name}-{split}")
     evaluated = {
         "model": str(mf.path),
+        "weights": weights_of(mf.path),
         "data": str(files.root),
         "split": split,
         "n_images": len(items),

@@ -21,7 +21,7 @@ from camseg import __version__
 from camseg.errors import CamsegError
 from camseg.model import ModelFile, read_model_file
 from camseg.onnx import DOC, INPUT, OUTPUT, first_line, is_onnx, metadata, require_modules
-from camseg.runs import run_of
+from camseg.runs import run_of, weights_of
 
 # The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
 # and reorders the arithmetic); anything past this, relative to the largest score, is a bad export.
@@ -41,10 +41,11 @@ class Export:
 
 def default_onnx_path(source: Path) -> Path:
     """Where `camseg export` writes without --out: RUN/model.onnx for a run (or a model file in
-    one), else <stem>.onnx beside a lone model file."""
+    one; RUN/best.onnx for its best epoch's weights), else <stem>.onnx beside a lone model
+    file."""
     run = run_of(source)
     if run is not None:
-        return run.dir / "model.onnx"
+        return run.dir / ("best.onnx" if weights_of(source) == "best" else "model.onnx")
     return source.with_suffix(".onnx")
 
 

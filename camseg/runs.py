@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from camseg.atomic import atomic_write_text
 from camseg.config import dump_config
@@ -184,11 +184,21 @@ def resolve_init_from(path: Path) -> Path:
     """The model file that model.init_from names.
 
     A file is taken as it is (model.pth or a checkpoint). A run folder means the newest finished
-    run of its family: init_from runs/half takes runs/half-2 when that finished later. A run
+    run of its family: init_from runs/half takes runs/half-2 when that finished later; its last
+    epoch's weights (model.pth), or with runs/half:best its best epoch's. A run
     that never finished is refused rather than silently replaced by its best checkpoint; name
     the checkpoint file to start from it.
     """
+    weights: Weights | None = None
+    for choice in ("best", "last"):
+        if str(path).endswith(f":{choice}") and not path.exists():
+            path, weights = Path(str(path)[: -len(choice) - 1]), choice  # type: ignore[assignment]
     if path.is_file():
+        if weights is not None:
+            raise CamsegError(
+                f"model.init_from {path}:{weights}: :{weights} picks the weights of a run "
+                f"folder; {path} is a file already"
+            )
         return path
     family = finished_runs(path.parent, path.name)
     if family:
@@ -198,7 +208,7 @@ def resolve_init_from(path: Path) -> Path:
             log.info(
                 "model.init_from %s: took %s, the newest finished of %s", path, chosen.dir, names
             )
-        return chosen.model
+        return model_file(chosen.dir, weights or "last")
     if path.is_dir():
         best = Run(path).best
         hint = f"; or start from its best epoch: model.init_from={best}" if best.is_file() else ""
@@ -285,13 +295,41 @@ def predictions_dir(source: Path) -> Path:
     return run.predictions
 
 
-def model_file(path: Path) -> Path:
-    """A run folder -> its model.pth, or its best checkpoint when training did not finish; a
-    file as it is."""
-    if path.is_dir():
-        run = Run(path)
-        for candidate in (run.model, run.best):
-            if candidate.is_file():
-                return candidate
-        raise CamsegError(f"{path}: no model.pth or checkpoints/best.pth in this run folder")
-    return path
+Weights = Literal["last", "best"]
+
+
+def model_file(path: Path, weights: Weights | None = None) -> Path:
+    """A run folder -> the file of its `weights`, a file as it is.
+
+    last (the paper's and the notebook's choice): model.pth, or checkpoints/last.pth while the
+    run has not finished. best (the epoch with the best acc_camvid): checkpoints/best.pth, or
+    model.pth of a finished run whose best epoch is the last (finish_checkpoints drops the
+    copy). None: model.pth, else the best checkpoint of a run that did not finish."""
+    if not path.is_dir():
+        if weights is not None:
+            raise CamsegError(
+                f"--weights {weights} picks a file in a run folder; {path} is a file already "
+                f"(give --run RUN_DIR, or leave --weights out)"
+            )
+        return path
+    run = Run(path)
+    order = {
+        None: (run.model, run.best),
+        "last": (run.model, run.last),
+        "best": (run.best, run.model) if run.finished else (run.best,),
+    }[weights]
+    for candidate in order:
+        if candidate.is_file():
+            return candidate
+    names = " or ".join(str(p.relative_to(run.dir)) for p in order)
+    raise CamsegError(f"{path}: no {names} in this run folder")
+
+
+def weights_of(path: Path) -> str | None:
+    """Which epoch's weights a file of a run holds, as outputs record it: best (best.pth), last
+    (model.pth, last.pth), or best=last (model.pth of a finished run whose best epoch is the
+    last, so it has no best.pth); None for a file outside a run's names (an export, a copy)."""
+    run = run_of(path)
+    if path.name == "model.pth" and run is not None and run.finished and not run.best.exists():
+        return "best=last"
+    return {"best.pth": "best", "model.pth": "last", "last.pth": "last"}.get(path.name)

@@ -143,7 +143,9 @@ class ModelConfig(_Section):
         None, description="local torchvision resnet state-dict file for the encoder (offline use)"
     )
     init_from: Path | None = Field(
-        None, description="run folder or checkpoint whose weights start this run (same codes)"
+        None,
+        description="run folder or model file whose weights start this run (same codes); a run "
+        "folder gives its last epoch's weights, RUN:best its best epoch's",
     )
     self_attention: bool = Field(False, description="fastai self-attention layer in the decoder")
     blur: bool = Field(
@@ -334,6 +336,12 @@ class TrainConfig(_Section):
         lt=1,
         description="EMA decay per step (0-1); step n uses min(decay, (1+n)/(10+n)), so a short "
         "run still averages its recent weights",
+    )
+    keep_checkpoints: bool = Field(
+        False,
+        description="keep checkpoints/last.pth and best.pth with the optimizer state when the "
+        "run finishes (false: a finished run keeps model.pth, and the best epoch's weights in "
+        "checkpoints/best.pth where it is not the last)",
     )
     tensorboard: bool = Field(
         False,

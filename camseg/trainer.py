@@ -38,6 +38,7 @@ from camseg.checkpoint import (
     CheckpointWriter,
     RunState,
     ema_state,
+    finish_checkpoints,
     restore_rng,
     training_weights,
 )
@@ -281,6 +282,9 @@ class Trainer:
                 self.learn, self.state.iters, self.state.valid_points, run.plots, self.files.codes
             )
         summary = _summary(run, self.state, self.cfg)
+        if rank_distrib() == 0 and not self.cfg.train.keep_checkpoints and self.state.history:
+            last_at = [self.state.history[-1]["stage"], self.state.history[-1]["epoch"]]
+            finish_checkpoints(run.last, run.best, best_is_last=self.state.best_at == last_at)
         if rank_distrib() == 0:
             from camseg.report import write_report
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +86,44 @@ def test_evaluate_split_all_needs_no_validation_list(run_copy, camseq01_sample, 
     assert metrics["evaluated"]["n_images"] == 4 and 0 <= metrics["acc_camvid"] <= 1
     result = cli(*args)  # the valid split still needs its list
     assert result.exit_code == 2 and "validation list missing" in result.output
+
+
+def _with_best(run: Path) -> Path:
+    """The run as one whose best epoch was not the last: best.pth holds other weights."""
+    weights = torch.load(run / "model.pth", weights_only=True)
+    weights["model"] = {
+        k: v * 0.5 if v.is_floating_point() else v for k, v in weights["model"].items()
+    }
+    (run / "checkpoints").mkdir(exist_ok=True)
+    torch.save(weights, run / "checkpoints" / "best.pth")
+    return run / "checkpoints" / "best.pth"
+
+
+def test_weights_best_or_last(run_copy, camvid_tiny, cli):
+    best = _with_best(run_copy)
+    last = cli("evaluate", "--run", run_copy, "--split", "train", "--batch-size", "32")
+    assert last.exit_code == 0, last.output
+    chosen = cli(
+        "evaluate", "--run", run_copy, "--weights", "best", "--split", "train", "--batch-size", "32"
+    )
+    assert chosen.exit_code == 0, chosen.output
+    evaluated = [
+        json.loads((written_dir(r.stdout) / "metrics.json").read_text()) for r in (last, chosen)
+    ]
+    assert evaluated[0]["evaluated"]["model"] == str(run_copy / "model.pth")
+    assert evaluated[0]["evaluated"]["weights"] == "last"
+    assert evaluated[1]["evaluated"]["model"] == str(best)
+    assert evaluated[1]["evaluated"]["weights"] == "best" and "best weights" in chosen.stdout
+    assert evaluated[0]["acc_camvid"] != evaluated[1]["acc_camvid"]
+    frame = camvid_tiny / "images" / "0001TP_006750.png"
+    shares = [
+        json.loads(cli("predict", frame, "--run", run_copy, *w, "--json").stdout)["shares"]
+        for w in ([], ["--weights", "best"])
+    ]
+    assert shares[0] != shares[1]
+    refused = cli("evaluate", "--model", run_copy / "model.pth", "--weights", "best")
+    assert refused.exit_code == 2
+    assert "--weights best picks a file in a run folder" in refused.stderr
 
 
 def test_evaluate_errors(trained_run, tiny_copy, cli):

@@ -284,3 +284,23 @@ def test_evaluate_reads_data_as_fastai_validation_does(camvid_tiny, camseq01_sam
             assert torch.equal(
                 ya.as_subclass(torch.Tensor).long(), torch.from_numpy(np.stack(labels)).long()
             )
+
+
+def test_export_weights_best_writes_best_onnx(tmp_path, cli, monkeypatch):
+    import camseg.onnx_export
+    from camseg.onnx_export import default_onnx_path
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "history.csv", "summary.json", "model.pth", "checkpoints/best.pth"):
+        (run / name).write_text("")
+    assert default_onnx_path(run / "checkpoints" / "best.pth") == run / "best.onnx"
+    assert default_onnx_path(run / "model.pth") == run / "model.onnx"
+    given = []
+    monkeypatch.setattr(
+        camseg.onnx_export, "export_onnx", lambda source, out: given.append(source) or 1 / 0
+    )
+    for args in ([], ["--weights", "best"]):
+        with pytest.raises(ZeroDivisionError):
+            cli("export", "--run", run, *args)
+    assert given == [run / "model.pth", run / "checkpoints" / "best.pth"]

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback, CancelFitException
 
@@ -109,6 +110,8 @@ def test_init_from_an_unfinished_run_is_refused_with_the_checkpoint_named(
     half = tmp_path / "runs" / "half"
     shutil.copytree(trained_run, half)
     (half / "model.pth").unlink()  # interrupted: only checkpoints
+    (half / "checkpoints").mkdir(exist_ok=True)
+    torch.save({"format": "camseg-checkpoint"}, half / "checkpoints" / "best.pth")
     result = cli("train", *fast_args(camvid_tiny, tmp_path / "out", f"model.init_from={half}"))
     assert result.exit_code == 2
     line = result.stderr.strip()
@@ -209,3 +212,20 @@ def test_lr_find_for_a_later_stage_starts_from_the_given_run(
     # at lr 1e-7 the curve starts at the trained run's loss, not a fresh decoder's ln(32)
     trained = float(history(trained_run)[-1]["train_loss"])
     assert abs(first_loss - trained) < abs(3.4657 - trained) / 2
+
+
+def test_init_from_a_run_takes_its_last_or_its_best_weights(tmp_path):
+    from camseg.errors import CamsegError
+    from camseg.runs import resolve_init_from
+
+    run = tmp_path / "runs" / "half"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "history.csv", "summary.json", "model.pth", "checkpoints/best.pth"):
+        (run / name).write_text("")
+    assert resolve_init_from(run) == run / "model.pth"  # the paper's: the last epoch
+    assert resolve_init_from(Path(f"{run}:last")) == run / "model.pth"
+    assert resolve_init_from(Path(f"{run}:best")) == run / "checkpoints" / "best.pth"
+    (run / "checkpoints" / "best.pth").unlink()  # the best epoch was the last
+    assert resolve_init_from(Path(f"{run}:best")) == run / "model.pth"
+    with pytest.raises(CamsegError, match="picks the weights of a run folder"):
+        resolve_init_from(Path(f"{run / 'model.pth'}:best"))

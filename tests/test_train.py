@@ -33,8 +33,6 @@ def test_train_writes_every_file_of_the_run(trained_run):
         "history.csv",
         "summary.json",
         "model.pth",
-        "checkpoints/last.pth",
-        "checkpoints/best.pth",
         "plots/schedule.png",
         "plots/loss.png",
         "plots/results.png",
@@ -88,9 +86,36 @@ def test_model_pth_is_plain_data_and_rebuilds(trained_run, camvid_tiny):
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 96))
     assert out.shape == (1, 32, 64, 96)
-    ckpt = torch.load(trained_run / "checkpoints" / "last.pth", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_finished_run_keeps_weights_not_optimizer_state(trained_run, camvid_tiny, tmp_path, cli):
+    # the default: model.pth (the last epoch), and the best epoch's weights where they differ
+    run = trained_run
+    assert not (run / "checkpoints" / "last.pth").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    last = history(run)[-1]
+    best_is_last = (
+        summary["best_epoch"] == int(last["epoch"])
+        and summary["best_stage"] == (last["stage_name"])
+    )
+    best = run / "checkpoints" / "best.pth"
+    assert best.exists() != best_is_last
+    if best.exists():
+        weights = torch.load(best, weights_only=True)
+        assert set(weights) == {"format", "version", "meta", "model"}  # no optimizer state
+        assert weights["format"] == "camseg-model"
+    size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+    model = (run / "model.pth").stat().st_size
+    assert size <= 2 * model + 10e6
+    # train.keep_checkpoints: the resumable checkpoints stay
+    result = cli("train", *fast_args(camvid_tiny, tmp_path, "train.keep_checkpoints=true"))
+    assert result.exit_code == 0, result.output
+    [kept] = tmp_path.iterdir()
+    ckpt = torch.load(kept / "checkpoints" / "last.pth", weights_only=True)
     assert {"model", "opt", "state", "config", "meta"} <= set(ckpt)
     assert ckpt["state"]["stage"] == 1 and ckpt["state"]["epochs_done"] == 1
+    assert torch.load(kept / "checkpoints" / "best.pth", weights_only=True)["opt"]
 
 
 @pytest.mark.slow
@@ -221,7 +246,7 @@ def test_resume_after_kill_9_mid_stage(camvid_tiny, tmp_path):
     ]
     assert rows[: len(before)] == before  # the history continues, nothing rewritten
     assert (run / "model.pth").is_file()
-    assert torch.load(run / "checkpoints" / "best.pth", weights_only=True)["format"]
+    assert not (run / "checkpoints" / "last.pth").exists()  # finished: nothing to resume
 
 
 @pytest.mark.slow

@@ -105,10 +105,22 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+WeightsChoice = Enum("WeightsChoice", {"last": "last", "best": "best"}, type=str)  # type: ignore[misc]
+WeightsOpt = Annotated[
+    WeightsChoice | None,
+    typer.Option(
+        "--weights",
+        help="A run's last epoch (model.pth; the default, as the paper and fastai's notebook "
+        "use) or its best epoch by acc_camvid.",
+    ),
+]
 
 
-def model_source(run: Path | None, model: Path | None) -> Path:
-    """--run or --model; with neither, the newest finished run under ./runs (said on stderr)."""
+def model_source(run: Path | None, model: Path | None, weights: Any = None) -> Path:
+    """--run or --model; with neither, the newest finished run under ./runs (said on stderr).
+    A run folder becomes the file of its --weights (default last): the model file itself."""
+    from camseg.runs import Run, model_file
+
     if run is not None and model is not None:
         raise CamsegError("give either --run RUN_DIR or --model model.pth, not both")
     source = run if run is not None else model
@@ -119,11 +131,13 @@ def model_source(run: Path | None, model: Path | None) -> Path:
         err.print(f"using the newest finished run: {source}", soft_wrap=True)
     if not source.exists():
         raise CamsegError(f"{source}: no such file or folder")
-    if source.is_dir():
-        from camseg.runs import model_file
-
-        model_file(source)  # a folder without a model is named before torch is imported
-    return source
+    choice = weights.value if weights is not None else None
+    if not source.is_dir():
+        return model_file(source, choice)
+    path = model_file(source, choice or "last")
+    if not Run(source).finished:
+        err.print(f"camseg: note: {source} has not finished training: using {path}", soft_wrap=True)
+    return path
 
 
 def user_errors(fn: F) -> F:

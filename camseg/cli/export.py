@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from camseg.cli.app import RunOpt, app, choices, model_source, out, user_errors
+from camseg.cli.app import RunOpt, WeightsOpt, app, choices, model_source, out, user_errors
 
 ExportFormat = Literal["onnx"]
 ExportFormatChoice = choices("ExportFormatChoice", ExportFormat)
@@ -22,6 +22,7 @@ def export(
         Path | None,
         typer.Option("--model", help="model.pth or a checkpoint file instead of --run."),
     ] = None,
+    weights: WeightsOpt = None,
     format_: Annotated[
         ExportFormatChoice, typer.Option("--format", help="What to write.")
     ] = "onnx",  # type: ignore[assignment]
@@ -37,7 +38,7 @@ def export(
     """Export a trained model to ONNX: weights, classes, colours, size and normalisation."""
     from camseg.onnx_export import export_onnx
 
-    result = export_onnx(model_source(run, model), out_file)
+    result = export_onnx(model_source(run, model, weights), out_file)
     h, w = result.size
     size_mb = result.path.stat().st_size / 1e6
     out.print(

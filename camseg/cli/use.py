@@ -15,6 +15,7 @@ from camseg.cli.app import (
     DeviceOpt,
     ModelOpt,
     RunOpt,
+    WeightsOpt,
     app,
     choices,
     err,
@@ -38,6 +39,7 @@ FORMATS: tuple[str, ...] = get_args(Format)
 def evaluate(
     run: RunOpt = None,
     model: ModelOpt = None,
+    weights: WeightsOpt = None,
     data: Annotated[
         Path | None, typer.Option(help="Another dataset folder with the same classes.")
     ] = None,
@@ -64,7 +66,7 @@ def evaluate(
         size = parse_size(size)  # type: ignore[assignment]
     if batch_size < 1:
         raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
-    source = model_source(run, model)
+    source = model_source(run, model, weights)
     if data is not None:
         from camseg.data.layouts import EVALUATE_OPTIONS, require_root
 
@@ -93,7 +95,8 @@ def evaluate(
         "precision",
         "recall",
         "pixel share",
-        title=f"{ev['data']} / {ev['split']} ({ev['n_images']} images, {ev['precision']})",
+        title=f"{ev['data']} / {ev['split']} ({ev['n_images']} images, {ev['precision']}; "
+        f"{Path(ev['model']).name}" + (f", {ev['weights']} weights)" if ev["weights"] else ")"),
     )
     for row in result.per_class:
         if row["present"] and row["scored"]:
@@ -140,6 +143,7 @@ def predict(
     ],
     run: RunOpt = None,
     model: ModelOpt = None,
+    weights: WeightsOpt = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -181,7 +185,7 @@ def predict(
     from camseg.inputs import expand_inputs
     from camseg.video_io import is_video_source
 
-    source = model_source(run, model)
+    source = model_source(run, model, weights)
     options: dict[str, Any] = dict(
         batch_size=batch_size, tta=tta, device=device, precision=precision.value, exist_ok=exist_ok
     )
