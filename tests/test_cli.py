@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,28 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, args, needle):
     )
     assert needle in proc.stderr, proc.stderr
     assert proc.stdout.splitlines()[-1] == "exit 2 False False", proc.stdout + proc.stderr
+
+
+def _commands(group, path=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def test_help_shows_flags_as_flags_and_arguments_by_name(cli):
+    import typer
+
+    from camseg.cli import app
+
+    commands = list(_commands(typer.main.get_group(app)))
+    assert ("predict",) in commands and ("data", "prepare") in commands
+    for command in [(), ("data",), ("config",), *commands]:
+        result = cli(*command, "--help")
+        assert result.exit_code == 0, (command, result.output)
+        assert "<bool>" not in result.output, command  # a flag takes no value
+        assert "{" not in result.output.splitlines()[1], command
+    assert re.search(r"predict \[OPTIONS\] INPUTS\.\.\. *\n", cli("predict", "--help").output)
+    assert "--no-tta" in cli("evaluate", "--help").output
+    assert "NAME-lr_find" in " ".join(cli("lr-find", "--help").output.split())

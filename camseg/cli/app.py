@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -17,12 +18,19 @@ from typing import Annotated, Any, TypeVar, get_args
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from camseg.errors import CamsegError, stop_signal
 
 
-class _OneLineErrors(TyperGroup):
+class _Group(TyperGroup):
+    """typer's group, with --help shown without a <bool>."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _no_metavar(super().get_help_option(ctx))
+
+
+class _OneLineErrors(_Group):
     """typer's group, with a usage error (an unknown option, `--batch-size abc`, a choice not
     offered) as one `camseg: error:` line on stderr instead of typer's usage box, and Ctrl-C or
     SIGTERM as one line and exit code 130 or 143."""
@@ -55,6 +63,27 @@ class _OneLineErrors(TyperGroup):
             raise typer.Exit(code) from None
 
 
+class Command(TyperCommand):
+    """typer's command (every camseg command's) with the usual usage line, a required argument
+    as INPUTS... where typer writes {INPUTS}..., and --help without a <bool>."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [
+            re.sub(r"^\{(.+)\}(\.\.\.)?$", r"\1\2", piece)
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _no_metavar(super().get_help_option(ctx))
+
+
+def _no_metavar(option: Any) -> Any:
+    """A flag shown without the <bool> that typer prints beside it: it takes no value."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
 app = typer.Typer(
     cls=_OneLineErrors,
     help="Train and use U-Net models for semantic segmentation of urban driving scenes.",
@@ -62,8 +91,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
-data_app = typer.Typer(help="Check, prepare, download and generate datasets.", no_args_is_help=True)
+config_app = typer.Typer(cls=_Group, help="Inspect configs.", no_args_is_help=True)
+data_app = typer.Typer(
+    cls=_Group, help="Check, prepare, download and generate datasets.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
@@ -92,7 +123,8 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a key: --set data.batch_size=4 (value is YAML)."),
 ]
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+# metavar "": a flag takes no value (typer would print <bool> beside it)
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.", metavar="")]
 
 
 RunOpt = Annotated[Path | None, typer.Option("--run", help="Run folder (uses its model.pth).")]
@@ -194,11 +226,17 @@ def _build_version(name: str) -> str | None:
 
 @app.callback()
 def _setup(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging.", metavar="")
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the versions and exit."
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the versions and exit.",
+            metavar="",
         ),
     ] = False,
 ) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camseg.cli.app import (
+    Command,
     ConfigOpt,
     OptionalConfigOpt,
     SetOpt,
@@ -27,7 +28,7 @@ from camseg.schema import Layout, parse_size
 LayoutChoice = choices("LayoutChoice", Layout)
 
 
-@config_app.command("list")
+@config_app.command("list", cls=Command)
 def config_list() -> None:
     """List the presets shipped with camseg (use them as --config NAME.yaml from any folder)."""
     from camseg.config import PRESETS, preset_description, preset_names
@@ -38,7 +39,7 @@ def config_list() -> None:
     out.print(table)
 
 
-@config_app.command("show")
+@config_app.command("show", cls=Command)
 @user_errors
 def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults + file + --set) as YAML."""
@@ -47,7 +48,7 @@ def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
     out.print(dump_config(load_config(config, set_ or [])), end="", soft_wrap=True)
 
 
-@data_app.command("check")
+@data_app.command("check", cls=Command)
 @user_errors
 def data_check(
     config: OptionalConfigOpt = None,
@@ -97,11 +98,12 @@ def data_check(
     out.print("dataset OK", style="green")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command)
 @user_errors
 def data_prepare(
     src: Annotated[
-        Path, typer.Argument(help="CamSeq01 folder (flat, or CamSeq01_Raw + _Labeled).")
+        Path,
+        typer.Argument(help="CamSeq01 folder (flat, or CamSeq01_Raw + _Labeled).", metavar="SRC"),
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="New folder for the camvid layout.")],
     valid: Annotated[Path | None, typer.Option(help="File listing the validation frames.")] = None,
@@ -141,7 +143,7 @@ def data_prepare(
     out.print(f"valid: {frames(res.valid_names)}{gap_note}", soft_wrap=True)
 
 
-@data_app.command("synth")
+@data_app.command("synth", cls=Command)
 @user_errors
 def data_synth(
     out_dir: Annotated[Path, typer.Option("--out", help="New folder for the scenes.")],
@@ -157,10 +159,10 @@ def data_synth(
     out.print(f"wrote {n} synthetic scenes to {out_dir}", soft_wrap=True)
 
 
-@data_app.command("download")
+@data_app.command("download", cls=Command)
 @user_errors
 def data_download(
-    name: Annotated[str, typer.Argument(help="camvid, camvid-tiny or camseq01.")],
+    name: Annotated[str, typer.Argument(help="camvid, camvid-tiny or camseq01.", metavar="NAME")],
     out_dir: Annotated[Path, typer.Option("--out", help="Parent folder for the data.")] = Path(
         "data"
     ),

@@ -8,13 +8,13 @@ from typing import Annotated, Literal
 
 import typer
 
-from camseg.cli.app import RunOpt, WeightsOpt, app, choices, model_source, out, user_errors
+from camseg.cli.app import Command, RunOpt, WeightsOpt, app, choices, model_source, out, user_errors
 
 ExportFormat = Literal["onnx"]
 ExportFormatChoice = choices("ExportFormatChoice", ExportFormat)
 
 
-@app.command("export")
+@app.command("export", cls=Command)
 @user_errors
 def export(
     run: RunOpt = None,

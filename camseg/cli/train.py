@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from camseg.cli.app import (
+    Command,
     NoProgressOpt,
     OptionalConfigOpt,
     SetOpt,
@@ -48,7 +49,7 @@ def _print_stage(index: int, name: str, lr: Any) -> None:
     )
 
 
-@app.command("train")
+@app.command("train", cls=Command)
 @user_errors
 def train(
     config: OptionalConfigOpt = None,
@@ -119,7 +120,7 @@ def train(
         )
 
 
-@app.command("lr-find")
+@app.command("lr-find", cls=Command)
 @user_errors
 def lr_find(
     config: Annotated[
@@ -136,7 +137,10 @@ def lr_find(
             "weights the earlier stages trained).",
         ),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Output folder name under output.dir.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Name of the output: it goes to output.dir/NAME-lr_find (-2, ...)."),
+    ] = None,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Run fastai's learning-rate finder for a stage of a config (paper Fig. 9/10)."""

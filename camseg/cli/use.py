@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camseg.cli.app import (
+    Command,
     DeviceOpt,
     ModelOpt,
     RunOpt,
@@ -34,7 +35,7 @@ PredictPrecisionChoice = choices("PredictPrecisionChoice", PredictPrecision)
 FORMATS: tuple[str, ...] = get_args(Format)
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=Command)
 @user_errors
 def evaluate(
     run: RunOpt = None,
@@ -50,7 +51,9 @@ def evaluate(
     size: Annotated[
         str, typer.Option(help="model (the training size), native (labels at full size) or HxW.")
     ] = "model",
-    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.", metavar="")
+    ] = False,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     precision: Annotated[
@@ -131,14 +134,15 @@ def evaluate(
     out.print(f"wrote {result.out_dir}", soft_wrap=True)
 
 
-@app.command("predict")
+@app.command("predict", cls=Command)
 @user_errors
 def predict(
     inputs: Annotated[
         list[str],
         typer.Argument(
             help="Image files, folders or glob patterns; or videos: files, image-sequence "
-            "patterns (frames/f_%05d.png) or stream URLs (needs camseg\\[video])."
+            "patterns (frames/f_%05d.png) or stream URLs (needs camseg\\[video]).",
+            metavar="INPUTS",
         ),
     ],
     run: RunOpt = None,
@@ -153,13 +157,17 @@ def predict(
     exist_ok: Annotated[
         bool,
         typer.Option(
-            "--exist-ok", help="Replace outputs of the same names in --out (else an error)."
+            "--exist-ok",
+            help="Replace outputs of the same names in --out (else an error).",
+            metavar="",
         ),
     ] = False,
     batch_size: Annotated[
         int | None, typer.Option(help="Images per batch (default: 16 on CUDA, 1 on CPU).")
     ] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.", metavar="")
+    ] = False,
     device: DeviceOpt = "auto",
     precision: Annotated[
         PredictPrecisionChoice,
@@ -176,7 +184,9 @@ def predict(
             "for videos).",
         ),
     ] = None,
-    json_lines: Annotated[bool, typer.Option("--json", help="A JSON line per image.")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="A JSON line per image.", metavar="")
+    ] = False,
     stride: Annotated[
         int, typer.Option(help="Videos: segment every N-th frame (the others keep the last mask).")
     ] = 1,
