@@ -243,3 +243,40 @@ def test_help_shows_flags_as_flags_and_arguments_by_name(cli):
     assert re.search(r"predict \[OPTIONS\] INPUTS\.\.\. *\n", cli("predict", "--help").output)
     assert "--no-tta" in cli("evaluate", "--help").output
     assert "NAME-lr_find" in " ".join(cli("lr-find", "--help").output.split())
+
+
+def test_quiet_verbose_and_completion(cli):
+    import logging
+
+    assert cli("config", "list").stdout
+    for args in (("config", "list", "--quiet"), ("-q", "config", "list")):
+        result = cli(*args)
+        assert result.exit_code == 0 and result.stdout == "", args
+    assert cli("config", "list").stdout  # quiet does not outlive its command
+    assert cli("-v", "config", "list").exit_code == 0
+    # -v: camseg's own debug messages, not matplotlib's or PIL's
+    assert logging.getLogger("camseg").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger("PIL.PngImagePlugin").getEffectiveLevel() >= logging.WARNING
+    assert "--install-completion" in cli("--help").output
+
+
+def test_export_json_is_one_document(tmp_path, cli, monkeypatch):
+    import json
+
+    import camseg.onnx_export
+    from camseg.onnx_export import Export
+
+    model = tmp_path / "model.pth"
+    model.write_bytes(b"")
+
+    def fake(source, out):
+        path = tmp_path / "model.onnx"
+        path.write_bytes(b"x" * 10)
+        return Export(path, (96, 128), 32, 1e-6, 2.0)
+
+    monkeypatch.setattr(camseg.onnx_export, "export_onnx", fake)
+    result = cli("export", "--model", model, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["path"] == str(tmp_path / "model.onnx") and doc["bytes"] == 10
+    assert doc["size"] == [96, 128] and doc["classes"] == 32

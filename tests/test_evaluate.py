@@ -121,6 +121,12 @@ def test_weights_best_or_last(run_copy, camvid_tiny, cli):
         for w in ([], ["--weights", "best"])
     ]
     assert shares[0] != shares[1]
+    as_json = cli("evaluate", "--run", run_copy, "--split", "train", "--batch-size", "32", "--json")
+    assert json.loads(as_json.stdout) == evaluated[0] | {
+        "evaluated": json.loads(as_json.stdout)["evaluated"]
+    }
+    quiet = cli("evaluate", "--run", run_copy, "--split", "train", "--batch-size", "32", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stdout == ""
     refused = cli("evaluate", "--model", run_copy / "model.pth", "--weights", "best")
     assert refused.exit_code == 2
     assert "--weights best picks a file in a run folder" in refused.stderr

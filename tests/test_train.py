@@ -451,3 +451,17 @@ def test_checkpoint_is_a_snapshot_not_the_live_weights():
     with torch.no_grad():
         param.add_(1.0)
     assert torch.equal(ckpt["model"][name], before)
+
+
+@pytest.mark.slow
+def test_train_device_and_json(camvid_tiny, tmp_path, cli):
+    root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
+    result = cli("train", *fast_args(root, tmp_path / "runs"), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # stdout holds summary.json alone: no table, no lines
+    run = Path(summary["run_dir"])
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert load_config(run / "config.yaml").train.device == "cpu"
+    assert "--set train.device=cpu" in (run / "command.txt").read_text()
+    bad = cli("train", *fast_args(root, tmp_path / "runs"), "--device", "gpu")
+    assert bad.exit_code == 2 and "train.device" in bad.stderr

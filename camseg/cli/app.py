@@ -24,10 +24,10 @@ from camseg.errors import CamsegError, stop_signal
 
 
 class _Group(TyperGroup):
-    """typer's group, with --help shown without a <bool>."""
+    """typer's group, with flags shown without a <bool>."""
 
-    def get_help_option(self, ctx: Any) -> Any:
-        return _no_metavar(super().get_help_option(ctx))
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
 
 
 class _OneLineErrors(_Group):
@@ -65,7 +65,7 @@ class _OneLineErrors(_Group):
 
 class Command(TyperCommand):
     """typer's command (every camseg command's) with the usual usage line, a required argument
-    as INPUTS... where typer writes {INPUTS}..., and --help without a <bool>."""
+    as INPUTS... where typer writes {INPUTS}..., and flags without a <bool>."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [
@@ -73,22 +73,24 @@ class Command(TyperCommand):
             for piece in super().collect_usage_pieces(ctx)
         ]
 
-    def get_help_option(self, ctx: Any) -> Any:
-        return _no_metavar(super().get_help_option(ctx))
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
 
 
-def _no_metavar(option: Any) -> Any:
-    """A flag shown without the <bool> that typer prints beside it: it takes no value."""
-    if option is not None:
-        option.metavar = ""
-    return option
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    """Flags (--help, --tta, typer's completion options) shown without the <bool> typer prints
+    beside them: a flag takes no value."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
 
 
 app = typer.Typer(
     cls=_OneLineErrors,
     help="Train and use U-Net models for semantic segmentation of urban driving scenes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # camseg --install-completion: bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(cls=_Group, help="Inspect configs.", no_args_is_help=True)
@@ -123,8 +125,7 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a key: --set data.batch_size=4 (value is YAML)."),
 ]
-# metavar "": a flag takes no value (typer would print <bool> beside it)
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.", metavar="")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 
 
 RunOpt = Annotated[Path | None, typer.Option("--run", help="Run folder (uses its model.pth).")]
@@ -224,11 +225,45 @@ def _build_version(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Only errors, warnings and what was asked for (--json); no progress.",
+    ),
+]
+
+
+def quiet_mode(quiet: bool) -> None:
+    """--quiet: stdout says nothing but --json documents, camseg logs warnings only, no bars."""
+    if quiet:
+        out.quiet = True
+        logging.getLogger("camseg").setLevel(logging.WARNING)
+
+
+def shows_progress(no_progress: bool = False, console: Console = err) -> bool:
+    """Progress bars on `console` (fastai's go to stdout): on a terminal, unless --no-progress
+    or --quiet."""
+    return not no_progress and not out.quiet and console.is_terminal
+
+
+def print_json(data: Any) -> None:
+    """One JSON document (or line) on stdout as it is: no rich markup or emoji codes, and
+    printed under --quiet too (it is what was asked for)."""
+    import json
+
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Debug logging.", metavar="")
+        bool,
+        typer.Option("--verbose", "-v", help="camseg's debug messages."),
     ] = False,
+    quiet: QuietOpt = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -236,19 +271,21 @@ def _setup(
             callback=_version,
             is_eager=True,
             help="Print the versions and exit.",
-            metavar="",
         ),
     ] = False,
 ) -> None:
     # fastai's own import-time deprecation chatter is not something a user can act on
     warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
     warnings.filterwarnings("ignore", message="The 'mode.chained_assignment' option")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+    logging.basicConfig(  # other libraries: their warnings only, -v or not
+        level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=False)],
         force=True,
     )
+    logging.getLogger("camseg").setLevel(logging.DEBUG if verbose else logging.INFO)
+    out.quiet = False  # a process that runs several commands (tests, a notebook) starts anew
+    quiet_mode(quiet)
 
 
 def fmt_time(seconds: float) -> str:

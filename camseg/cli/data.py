@@ -14,12 +14,14 @@ from camseg.cli.app import (
     Command,
     ConfigOpt,
     OptionalConfigOpt,
+    QuietOpt,
     SetOpt,
     choices,
     config_app,
     data_app,
     err,
     out,
+    quiet_mode,
     user_errors,
 )
 from camseg.errors import CamsegError
@@ -29,8 +31,9 @@ LayoutChoice = choices("LayoutChoice", Layout)
 
 
 @config_app.command("list", cls=Command)
-def config_list() -> None:
+def config_list(quiet: QuietOpt = False) -> None:
     """List the presets shipped with camseg (use them as --config NAME.yaml from any folder)."""
+    quiet_mode(quiet)
     from camseg.config import PRESETS, preset_description, preset_names
 
     table = Table("preset", "what", title=f"presets in {PRESETS}")
@@ -41,8 +44,9 @@ def config_list() -> None:
 
 @config_app.command("show", cls=Command)
 @user_errors
-def config_show(config: ConfigOpt, set_: SetOpt = None) -> None:
+def config_show(config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Print the resolved config (defaults + file + --set) as YAML."""
+    quiet_mode(quiet)
     from camseg.config import dump_config, load_config
 
     out.print(dump_config(load_config(config, set_ or [])), end="", soft_wrap=True)
@@ -55,8 +59,10 @@ def data_check(
     set_: SetOpt = None,
     root: Annotated[Path | None, typer.Option(help="Dataset folder (instead of a config).")] = None,
     layout: Annotated[LayoutChoice, typer.Option(help="Layout of --root.")] = LayoutChoice.camvid,  # type: ignore[attr-defined]
+    quiet: QuietOpt = False,
 ) -> None:
     """Check a dataset: pairs, sizes, label values, codes, valid.txt, unreadable files."""
+    quiet_mode(quiet)
     from camseg.config import load_config
     from camseg.data import check_dataset, find_files
     from camseg.data.layouts import CHECK_OPTIONS, CONFIG_OPTIONS
@@ -121,8 +127,10 @@ def data_prepare(
     unknown_as: Annotated[
         str | None, typer.Option(help="Class for colours not in the table (e.g. Void).")
     ] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Convert a CamSeq01 download (colour labels) into the camvid layout, once."""
+    quiet_mode(quiet)
     from camseg.data.prepare import prepare_camseq01
 
     def frames(names: tuple[str, ...]) -> str:
@@ -151,8 +159,10 @@ def data_synth(
     size: Annotated[str, typer.Option(help="Scene size HxW.")] = "96x128",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     valid_fraction: Annotated[float, typer.Option(help="Fraction put in valid.txt.")] = 0.2,
+    quiet: QuietOpt = False,
 ) -> None:
     """Render synthetic street scenes labelled with the 32 CamVid classes."""
+    quiet_mode(quiet)
     from camseg.data.synth import generate
 
     generate(out_dir, n=n, size=parse_size(size), seed=seed, valid_fraction=valid_fraction)
@@ -166,8 +176,10 @@ def data_download(
     out_dir: Annotated[Path, typer.Option("--out", help="Parent folder for the data.")] = Path(
         "data"
     ),
+    quiet: QuietOpt = False,
 ) -> None:
     """Download a dataset (needs internet) into the camvid layout."""
+    quiet_mode(quiet)
     from camseg.data.prepare import download
 
     path = download(name, out_dir)

@@ -8,7 +8,19 @@ from typing import Annotated, Literal
 
 import typer
 
-from camseg.cli.app import Command, RunOpt, WeightsOpt, app, choices, model_source, out, user_errors
+from camseg.cli.app import (
+    Command,
+    QuietOpt,
+    RunOpt,
+    WeightsOpt,
+    app,
+    choices,
+    model_source,
+    out,
+    print_json,
+    quiet_mode,
+    user_errors,
+)
 
 ExportFormat = Literal["onnx"]
 ExportFormatChoice = choices("ExportFormatChoice", ExportFormat)
@@ -34,13 +46,31 @@ def export(
             "-3, ... when that exists).",
         ),
     ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="What was written, as one JSON document.")
+    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Export a trained model to ONNX: weights, classes, colours, size and normalisation."""
+    quiet_mode(quiet or json_out)
     from camseg.onnx_export import export_onnx
 
-    result = export_onnx(model_source(run, model, weights), out_file)
+    source = model_source(run, model, weights)
+    result = export_onnx(source, out_file)
     h, w = result.size
     size_mb = result.path.stat().st_size / 1e6
+    if json_out:
+        print_json(
+            {
+                "path": str(result.path),
+                "model": str(source),
+                "bytes": result.path.stat().st_size,
+                "size": [h, w],
+                "classes": result.n_classes,
+                "max_abs_diff": result.max_abs_diff,
+                "seconds": round(result.seconds, 1),
+            }
+        )
     out.print(
         f"wrote {result.path} ({size_mb:.0f} MB; {h}x{w} input, batch of any size, "
         f"{result.n_classes} classes; ONNX Runtime's scores within {result.max_abs_diff:.1e} "

@@ -12,11 +12,15 @@ from camseg.cli.app import (
     Command,
     NoProgressOpt,
     OptionalConfigOpt,
+    QuietOpt,
     SetOpt,
     app,
     err,
     fmt_time,
     out,
+    print_json,
+    quiet_mode,
+    shows_progress,
     user_errors,
 )
 from camseg.errors import CamsegError
@@ -56,9 +60,18 @@ def train(
     set_: SetOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under output.dir).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run folder.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (sets train.device).")
+    ] = None,
     no_progress: NoProgressOpt = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Only summary.json on stdout, at the end.")
+    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a U-Net with the staged recipe of a config (or resume a run)."""
+    quiet_mode(quiet or json_out)
+    set_ = [*(set_ or []), *([f"train.device={device}"] if device is not None else [])]
     from camseg.config import absolute_paths, load_config
     from camseg.preflight import check_inputs
     from camseg.runs import resumable_run
@@ -73,7 +86,7 @@ def train(
         check_inputs(absolute_paths(cfg))
     from camseg.train import TrainingInterrupted, describe_command, train_new, train_resume
 
-    progress = not no_progress and out.is_terminal
+    progress = shows_progress(no_progress, out)
     try:
         if resume is not None:
             out.print(Text.assemble("resuming ", (str(resume), "bold")), soft_wrap=True)
@@ -92,7 +105,7 @@ def train(
                 name=name,
                 command=describe_command(
                     ["camseg", "train", "--config", str(config)]
-                    + [a for item in set_ or [] for a in ("--set", item)]
+                    + [a for item in set_ for a in ("--set", item)]
                     + (["--name", name] if name else [])
                 ),
                 progress=progress,
@@ -106,6 +119,10 @@ def train(
     except TrainingInterrupted as e:
         err.print(f"camseg: {e}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    if json_out and summary.is_main:
+        import json
+
+        print_json(json.loads((summary.run_dir / "summary.json").read_text(encoding="utf-8")))
     if summary.epochs and summary.is_main:
         best = summary.best_acc_camvid
         shown = (
@@ -114,7 +131,8 @@ def train(
             else f"best acc_camvid {best:.4f} ({summary.best_stage}, epoch {summary.best_epoch})"
         )
         out.print(
-            f"{shown}; {summary.epochs} epochs in {fmt_time(summary.seconds)}, "
+            f"{shown}; {summary.epochs} epoch{'s' if summary.epochs != 1 else ''} in "
+            f"{fmt_time(summary.seconds)}, "
             f"{summary.images_per_second:.1f} images/s; model: {summary.run_dir / 'model.pth'}",
             soft_wrap=True,
         )
@@ -142,8 +160,10 @@ def lr_find(
         typer.Option(help="Name of the output: it goes to output.dir/NAME-lr_find (-2, ...)."),
     ] = None,
     no_progress: NoProgressOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run fastai's learning-rate finder for a stage of a config (paper Fig. 9/10)."""
+    quiet_mode(quiet)
     import json
 
     from camseg.config import load_config
@@ -157,7 +177,7 @@ def lr_find(
     from camseg.train import lr_find as find
     from camseg.train import run_name
 
-    progress = not no_progress and out.is_terminal
+    progress = shows_progress(no_progress, out)
 
     def on_iter(done: int, total: int, loss: float) -> None:  # no bar: a line every 10 s
         err.print(f"lr_find: iteration {done}/{total}, smoothed loss {loss:.4f}")

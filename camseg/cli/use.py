@@ -15,6 +15,7 @@ from camseg.cli.app import (
     Command,
     DeviceOpt,
     ModelOpt,
+    QuietOpt,
     RunOpt,
     WeightsOpt,
     app,
@@ -22,6 +23,9 @@ from camseg.cli.app import (
     err,
     model_source,
     out,
+    print_json,
+    quiet_mode,
+    shows_progress,
     user_errors,
 )
 from camseg.errors import CamsegError
@@ -52,7 +56,7 @@ def evaluate(
         str, typer.Option(help="model (the training size), native (labels at full size) or HxW.")
     ] = "model",
     tta: Annotated[
-        bool, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.", metavar="")
+        bool, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")
     ] = False,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
@@ -63,8 +67,11 @@ def evaluate(
             "cannot run here), fp32, fp16 (CUDA) or bf16."
         ),
     ] = "train",  # type: ignore[assignment]
+    json_out: Annotated[bool, typer.Option("--json", help="Only metrics.json on stdout.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Score a trained model on a dataset split: acc_camvid, pixel accuracy, mIoU, per class."""
+    quiet_mode(quiet or json_out)
     if size not in ("model", "native"):
         size = parse_size(size)  # type: ignore[assignment]
     if batch_size < 1:
@@ -89,6 +96,8 @@ def evaluate(
         batch_size=batch_size,
         precision=precision.value,  # type: ignore[arg-type]
     )
+    if json_out:
+        print_json(json.loads((result.out_dir / "metrics.json").read_text(encoding="utf-8")))
     ev = result.evaluated
     if ev["precision_note"]:
         err.print(f"camseg: note: {ev['precision_note']}", soft_wrap=True)
@@ -159,14 +168,13 @@ def predict(
         typer.Option(
             "--exist-ok",
             help="Replace outputs of the same names in --out (else an error).",
-            metavar="",
         ),
     ] = False,
     batch_size: Annotated[
         int | None, typer.Option(help="Images per batch (default: 16 on CUDA, 1 on CPU).")
     ] = None,
     tta: Annotated[
-        bool, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.", metavar="")
+        bool, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")
     ] = False,
     device: DeviceOpt = "auto",
     precision: Annotated[
@@ -184,14 +192,14 @@ def predict(
             "for videos).",
         ),
     ] = None,
-    json_lines: Annotated[
-        bool, typer.Option("--json", help="A JSON line per image.", metavar="")
-    ] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="A JSON line per image.")] = False,
     stride: Annotated[
         int, typer.Option(help="Videos: segment every N-th frame (the others keep the last mask).")
     ] = 1,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write segmentation masks for images at their own resolution."""
+    quiet_mode(quiet)
     from camseg.inputs import expand_inputs
     from camseg.video_io import is_video_source
 
@@ -243,7 +251,7 @@ def _predict_images(
             f"wrote earlier (e.g. {expanded.own_outputs[0]}); name a file to segment it",
             soft_wrap=True,
         )
-    with Progress(console=err, disable=n <= 5 or json_lines or not err.is_terminal) as bar:
+    with Progress(console=err, disable=n <= 5 or json_lines or not shows_progress()) as bar:
         task = bar.add_task("predicting", total=n)
 
         def on_image(record: dict | None) -> None:
@@ -278,7 +286,7 @@ def _predict_images(
 def _json_line(record: dict | None, json_lines: bool) -> None:
     """With --json, an image's or a segmented frame's record as one line on stdout."""
     if record is not None and json_lines:
-        out.print(json.dumps(record), highlight=False, soft_wrap=True)
+        print_json(record)
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -312,7 +320,7 @@ def _predict_videos(
         *columns,
         TextColumn("{task.fields[rate]}"),
         console=err,
-        disable=json_lines or not err.is_terminal,
+        disable=json_lines or not shows_progress(),
     ) as bar:
         task = bar.add_task("", total=None, rate="")
         started = time.perf_counter()
