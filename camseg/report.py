@@ -1,6 +1,7 @@
-"""RUN_DIR/report.html: one page with the config, the per-epoch table beside the paper's
-Fig. 13, every plot (the predictions with a legend of the classes they show), and the latest
-evaluation (per-class IoU, confusion heatmap).
+"""RUN_DIR/report.html: one page with the config, the per-epoch table (beside the paper's Fig. 13
+for runs of half.yaml / full.yaml, the recipe it measures), every plot (the predictions with a
+legend of the classes they show), links to the run's lr-find folders, every evaluation with its
+model file and weights, and the newest one in full (per-class IoU, confusion heatmap).
 
 Images are linked relative to the run folder, so the folder can be moved or zipped whole.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
+import shlex
 from pathlib import Path
 
 from camseg.atomic import atomic_write_text
@@ -66,10 +69,27 @@ def _fmt(v: object, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
-def latest_eval(run_dir: Path) -> Path | None:
-    """The most recent evaluation folder of a run (by metrics.json time), if any."""
-    found = Run(run_dir).eval_metrics()
-    return found[-1].parent if found else None
+PAPER_PRESETS = ("half", "full")  # the paper's two phases: the runs its Fig. 13 can stand beside
+
+
+def config_name(run: Run) -> str | None:
+    """The name of the config file a run was started with (its command.txt), e.g. half."""
+    try:
+        argv = shlex.split(run.command.read_text(encoding="utf-8").splitlines()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    for flag in ("--config", "-c"):
+        if flag in argv[:-1]:
+            return Path(argv[argv.index(flag) + 1]).stem
+    return None
+
+
+def lr_find_folders(run: Run) -> list[Path]:
+    """`camseg lr-find` folders beside the run, for its config: <name>-lr_find[-k]."""
+    name = config_name(run) or re.sub(r"-\d+$", "", run.dir.name)
+    pattern = re.compile(rf"^{re.escape(name)}-lr_find(-\d+)?$")
+    parent = run.dir.parent
+    return sorted(p for p in parent.iterdir() if p.is_dir() and pattern.match(p.name))
 
 
 def write_report(run_dir: Path) -> Path:
@@ -101,14 +121,30 @@ def write_report(run_dir: Path) -> Path:
         )
         + "</div>"
     )
+    if config_name(run) in PAPER_PRESETS:
+        parts.append(
+            "<div><h3>the paper's (Fig. 13)</h3>"
+            + _table(paper, ["epoch", "train_loss", "valid_loss", "acc_camvid", "time"])
+            + f"<p class='note'>{html.escape(PAPER_SOURCE)}</p></div></div>"
+        )
+    else:
+        parts.append(
+            "</div><p class='note'>The paper's Fig. 13 table is shown beside runs of half.yaml "
+            "and full.yaml, the recipe it measures; this run's config is another.</p>"
+        )
+    lr_plots = sorted(run.plots.glob("lr_find_*.png"))
+    finder = lr_find_folders(run)
     parts.append(
-        "<div><h3>the paper (Fig. 13)</h3>"
-        + _table(paper, ["epoch", "train_loss", "valid_loss", "acc_camvid", "time"])
-        + f"<p class='note'>{html.escape(PAPER_SOURCE)}</p></div></div>"
+        f"<h2>{'Learning rate finder, s' if lr_plots or finder else 'S'}chedule and losses</h2>"
     )
-    parts.append("<h2>Learning rate finder, schedule and losses</h2>")
-    for p in sorted(run.plots.glob("lr_find_*.png")):
+    for p in lr_plots:
         parts.append(_img(run_dir, f"plots/{p.name}", p.stem))
+    if finder:
+        links = "".join(
+            f"<li><a href='../{html.escape(p.name)}/lr_find.png'>{html.escape(p.name)}</a></li>"
+            for p in finder
+        )
+        parts.append(f"<p>camseg lr-find runs beside this run:</p><ul>{links}</ul>")
     for name, alt in (("schedule", "lr and momentum schedule"), ("loss", "losses")):
         parts.append(_img(run_dir, f"plots/{name}.png", alt))
     parts.append("<h2>Image / ground truth / prediction</h2>")
@@ -138,16 +174,43 @@ def _legend(entries: list[dict]) -> str:
     return f"<p class='legend'>{items}</p>"
 
 
+def _evaluations(run_dir: Path, found: list[Path]) -> str:
+    """Every evaluation of the run, oldest first: which model file, which weights, what data."""
+    rows = []
+    for path in found:
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        ev = m.get("evaluated", {})
+        rows.append(
+            {
+                "folder": path.parent.relative_to(run_dir).as_posix(),
+                "model file": Path(str(ev.get("model"))).name,
+                "weights": ev.get("weights") or "",
+                "data": Path(str(ev.get("data"))).name,
+                "split": ev.get("split"),
+                "precision": ev.get("precision"),
+                "acc_camvid": _fmt(m.get("acc_camvid")),
+                "mIoU": _fmt(m.get("miou")),
+            }
+        )
+    columns = ["folder", "model file", "weights", "data", "split", "precision"]
+    return _table(rows, [*columns, "acc_camvid", "mIoU"], "every evaluation, oldest first")
+
+
 def _eval_section(run_dir: Path) -> str:
-    folder = latest_eval(run_dir)
-    if folder is None:
+    found = Run(run_dir).eval_metrics()
+    if not found:
         return (
             "<h2>Evaluation</h2><p class='note'>not evaluated yet: "
             f"camseg evaluate --run {html.escape(str(run_dir))}</p>"
         )
+    folder = found[-1].parent
     m = json.loads((folder / "metrics.json").read_text())
     rel = folder.relative_to(run_dir).as_posix()
     ev = m.get("evaluated", {})
+    weights = f", {ev['weights']} weights" if ev.get("weights") else ""
     rows = [
         {
             "class": r["class"],
@@ -164,8 +227,11 @@ def _eval_section(run_dir: Path) -> str:
         for r in m.get("references", [])
     )
     return (
-        f"<h2>Evaluation ({html.escape(rel)})</h2>"
-        f"<p>{html.escape(str(ev.get('data')))}, split {html.escape(str(ev.get('split')))}, "
+        "<h2>Evaluations</h2>"
+        + _evaluations(run_dir, found)
+        + f"<h3>The newest: {html.escape(rel)}</h3>"
+        f"<p>model {html.escape(str(ev.get('model')))}{html.escape(weights)}; "
+        f"{html.escape(str(ev.get('data')))}, split {html.escape(str(ev.get('split')))}, "
         f"{ev.get('n_images')} images, size {html.escape(str(ev.get('size')))}: "
         f"acc_camvid <b>{_fmt(m['acc_camvid'])}</b>, pixel accuracy {_fmt(m['pixel_acc'])}, "
         f"mIoU {_fmt(m['miou'])}</p>"

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import TINY
 
 from camseg.data.files import camvid_palette
 from camseg.model import read_model_file
@@ -25,8 +27,36 @@ def test_report_links_resolve_and_tables_are_there(run_copy, cli):
     assert any(s.endswith("confusion.png") for s in sources)
     for src in sources:
         assert (run_copy / src).is_file(), src
-    assert "0.930656" in page  # the paper's Fig. 13 best epoch, from the cited copy
     assert "unfrozen" in page and "acc_camvid" in page and "per class" in page
+
+
+def test_report_puts_the_paper_beside_its_recipe_only(run_copy):
+    from camseg.report import write_report
+
+    page = write_report(run_copy).read_text()  # a tiny.yaml run
+    assert "0.930656" not in page and "shown beside runs of half.yaml and full.yaml" in page
+    assert "<h2>Schedule and losses</h2>" in page  # no lr finder plot, no heading for one
+    command = run_copy / "command.txt"
+    command.write_text(command.read_text().replace(str(TINY), "configs/half.yaml"))
+    (run_copy.parent / "half-lr_find").mkdir()
+    page = write_report(run_copy).read_text()
+    assert "the paper's (Fig. 13)" in page
+    assert "0.930656" in page  # the paper's Fig. 13 best epoch, from the cited copy
+    assert "<a href='../half-lr_find/lr_find.png'>half-lr_find</a>" in page
+    assert "Learning rate finder, schedule and losses" in page
+
+
+def test_report_lists_every_evaluation_with_its_weights(run_copy, cli):
+    weights = torch.load(run_copy / "model.pth", weights_only=True)
+    (run_copy / "checkpoints").mkdir(exist_ok=True)
+    torch.save(weights, run_copy / "checkpoints" / "best.pth")  # as if best != last
+    for extra in ([], ["--weights", "best"]):
+        result = cli("evaluate", "--run", run_copy, "--split", "train", *extra)
+        assert result.exit_code == 0, result.output
+    page = (run_copy / "report.html").read_text()
+    rows = re.findall(r"<tr><td>(eval/[^<]+)</td><td>([^<]+)</td><td>([^<]*)</td>", page)
+    assert [(m, w) for _, m, w in rows] == [("model.pth", "last"), ("best.pth", "best")]
+    assert "The newest: " + rows[-1][0] in page
 
 
 def test_report_shows_the_legend_of_the_predictions_figure(trained_run):
