@@ -148,6 +148,9 @@ def test_download_offline_is_one_clear_line(cli, tmp_path):
     result = cli("data", "download", "camseq01", "--out", tmp_path)
     assert result.exit_code == 2
     assert "cannot download http" in result.stderr and "by hand" in result.stderr
+    tiny = cli("data", "download", "camvid-tiny", "--out", tmp_path)
+    assert tiny.exit_code == 2 and "cannot download http" in tiny.stderr
+    assert tiny.stdout == "" and tiny.stderr.count("\n") == 1  # no stray progress bar
     unknown = cli("data", "download", "voc", "--out", tmp_path)
     assert unknown.exit_code == 2 and "camvid, camvid-tiny or camseq01" in unknown.stderr
 

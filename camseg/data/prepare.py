@@ -188,12 +188,16 @@ def download(name: str, out: Path) -> Path:
 
         url = URLs.CAMVID if name == "camvid" else URLs.CAMVID_TINY
         folder = "camvid" if name == "camvid" else "camvid_tiny"
+        by_hand = "unpack the archive by hand (images/, labels/, codes.txt)"
+        if not (out / folder / "images").is_dir():  # else untar_data reuses it, offline too
+            try:  # before fastai's progress bar starts, which offline left a stray bar behind
+                urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30)
+            except Exception as e:
+                raise _offline(url, out / folder, by_hand, e) from None
         try:
             path = Path(untar_data(url, data=out))
         except Exception as e:
-            raise _offline(
-                url, out / folder, "unpack the archive by hand (images/, labels/, codes.txt)", e
-            ) from None
+            raise _offline(url, out / folder, by_hand, e) from None
         valid = path / "valid.txt"
         if not valid.exists():
             names = sorted(p.name for p in (path / "images").iterdir())
