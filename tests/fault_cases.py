@@ -112,6 +112,14 @@ CONFIG_FAULTS = [
     ),
     ConfigFault("unknown device", "train:\n  device: gpu\n", ("train.device = 'gpu'",)),
     ConfigFault(
+        "bf16 neither a switch nor auto", "train:\n  bf16: often\n", ("train.bf16 = 'often'",)
+    ),
+    ConfigFault(
+        "keep_checkpoints not a switch",
+        "train:\n  keep_checkpoints: maybe\n",
+        ("train.keep_checkpoints = 'maybe'",),
+    ),
+    ConfigFault(
         "unknown layout", "data:\n  layout: voc\n", ("'camvid', 'camseq01' or 'synthetic'",)
     ),
     ConfigFault(

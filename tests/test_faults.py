@@ -87,11 +87,21 @@ def _command_cases(camvid_tiny: Path, camseq01_sample: Path, tmp: Path) -> dict[
             ["predict", frame, "--model", "m.pth", "--device", "gpu"],
             ["--device 'gpu'"],
         ),
+        "--weights with a model file": (
+            ["evaluate", "--model", frame, "--weights", "best"],
+            ["--weights best picks a file in a run folder", "leave --weights out"],
+        ),
+        "train on an unknown --device": (
+            ["train", "--config", "tiny.yaml", *tiny, "--device", "gpu"],
+            ["--set train.device: train.device = 'gpu'"],
+        ),
     }
 
 
 COMMAND_CASES = [
     "unknown preset",
+    "--weights with a model file",
+    "train on an unknown --device",
     "lr-find of a later stage without --from",
     "init_from that does not exist",
     "evaluate with no finished run",
