@@ -24,13 +24,6 @@ SUGGESTERS: dict[str, Callable[..., Any]] = {
     "minimum": minimum,
     "steep": steep,
 }
-# What each suggestion is, for the plot's legend
-MEANINGS = {
-    "valley": "valley (longest descent)",
-    "slide": "slide (interval slide rule)",
-    "minimum": "minimum/10 (a tenth of the lowest loss's lr)",
-    "steep": "steep (steepest descent)",
-}
 
 OnIter = Callable[[int, int, float], None]  # iterations done, of how many, smoothed loss
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -20,7 +20,6 @@ from matplotlib.transforms import blended_transform_factory
 
 from camseg.atomic import atomic_write, atomic_write_text
 from camseg.data.files import camvid_palette as palette
-from camseg.lrfind import MEANINGS, Suggestions
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -28,6 +27,18 @@ def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
+
+
+if TYPE_CHECKING:  # lrfind imports fastai, which evaluating an ONNX model must not need
+    from camseg.lrfind import Suggestions
+
+# What each of fastai's lr_find suggestions is, for the plot's legend
+LR_FIND_MEANINGS = {
+    "valley": "valley (longest descent)",
+    "slide": "slide (interval slide rule)",
+    "minimum": "minimum/10 (a tenth of the lowest loss's lr)",
+    "steep": "steep (steepest descent)",
+}
 
 
 def plot_lr_find(recorder: Any, found: Suggestions, path: Path) -> None:
@@ -41,7 +52,7 @@ def plot_lr_find(recorder: Any, found: Suggestions, path: Path) -> None:
     ax.plot(lrs[: len(lrs) - skip], losses[: len(losses) - skip], color="C0")
     styles = zip(("C1", "C2", "C3", "C4"), ("--", ":", "-.", (0, (6, 2))), "osD^", strict=True)
     for (name, lr), (colour, dash, marker) in zip(found.lrs.items(), styles, strict=True):
-        label = MEANINGS.get(name, name)
+        label = LR_FIND_MEANINGS.get(name, name)
         if lr is None:
             ax.plot([], [], " ", label=f"{label}: not computed")
             continue

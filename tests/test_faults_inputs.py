@@ -170,6 +170,7 @@ def finished_run(small, tmp_path_factory) -> Path:
         "data.batch_size=2",
         "model.last_cross=false",
         "train.stages=[{epochs: 1}]",
+        "train.keep_checkpoints=true",  # _interrupted turns it into a run resume continues
     )
     result = CliRunner().invoke(app, ["train", *args, "--name", "r", "--no-progress"])
     assert result.exit_code == 0, result.output
