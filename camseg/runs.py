@@ -21,12 +21,12 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from camseg.atomic import atomic_write_text
 from camseg.config import dump_config
 from camseg.errors import CamsegError
-from camseg.schema import Config
+from camseg.schema import Config, Weights
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +293,6 @@ def predictions_dir(source: Path) -> Path:
     if run is None:
         run = Run(source if source.is_dir() else source.parent)
     return run.predictions
-
-
-Weights = Literal["last", "best"]
 
 
 def model_file(path: Path, weights: Weights | None = None) -> Path:

@@ -29,6 +29,7 @@ PredictPrecision = Literal["auto", "fp32", "fp16", "bf16"]  # auto: the fastest 
 EvaluatePrecision = Literal["train", "fp32", "fp16", "bf16"]  # train: what training validated in
 Split = Literal["valid", "train", "all"]
 Format = Literal["index", "color", "overlay"]
+Weights = Literal["last", "best"]  # a run's last epoch (model.pth) or its best by acc_camvid
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

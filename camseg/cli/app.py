@@ -21,6 +21,7 @@ from rich.logging import RichHandler
 from typer.core import TyperCommand, TyperGroup
 
 from camseg.errors import CamsegError, stop_signal
+from camseg.schema import Weights
 
 
 class _Group(TyperGroup):
@@ -138,7 +139,7 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-WeightsChoice = Enum("WeightsChoice", {"last": "last", "best": "best"}, type=str)  # type: ignore[misc]
+WeightsChoice = choices("WeightsChoice", Weights)
 WeightsOpt = Annotated[
     WeightsChoice | None,
     typer.Option(
