@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camseg.data.files import camvid_palette, open_rgb
+from camseg.data.files import camvid_palette, open_rgb, upright_rgb
 from camseg.errors import CamsegError
 from camseg.infer import Network, class_mask, load_network
 from camseg.model import ModelFile
@@ -42,6 +42,10 @@ class Segmenter:
     newest finished run under ./runs. `device`: auto, cpu, cuda or cuda:N. `precision`: auto
     (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16. `tta`: average
     each image with its mirror image (twice the time).
+
+    One Segmenter may be shared between threads (a web server's workers): images are read and
+    resized in parallel, the network runs one call at a time (fastai's U-Net keeps each call's
+    skip features in hooks that all calls share, so two calls at once would mix their images).
     """
 
     def __init__(
@@ -114,6 +118,10 @@ class Segmenter:
         """`predict` for several images in one network batch (faster on a GPU)."""
         if output not in get_args(Output):
             raise CamsegError(f"output {output!r}: choose {', '.join(get_args(Output))}")
+        if isinstance(images, str | Path | Image.Image | np.ndarray):
+            raise CamsegError(
+                "predict_batch takes a list of images; for one image use predict(image)"
+            )
         pil = [as_rgb(im) for im in images]
         if not pil:
             return []
@@ -144,23 +152,44 @@ def overlay(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
 
 
 def as_rgb(image: ImageLike) -> Image.Image:
-    """A path, PIL image or (H, W, 3) uint8 array as an RGB PIL image."""
+    """A path, PIL image or array as an upright 8-bit RGB PIL image, read as `camseg predict`
+    reads files (camseg.data.files.upright_rgb: EXIF orientation, 16-bit and float grey scaled,
+    alpha dropped). Arrays: (H, W) grey or (H, W, 3/4) RGB(A), uint8 or uint16 (grey)."""
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.is_file():
             raise CamsegError(f"{path}: no such image file")
         return open_rgb(path, MAX_PIXELS)
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        image = _array_image(image)
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
             raise CamsegError(
-                f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
+                f"an image of {image.width}x{image.height} pixels has nothing to segment"
             )
-        return Image.fromarray(np.ascontiguousarray(image), "RGB")
+        return upright_rgb(image)[0]
     raise CamsegError(
         f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) "
         "uint8 array"
+    )
+
+
+def _array_image(a: np.ndarray) -> Image.Image:
+    shape = f"{a.shape} {a.dtype}"
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise CamsegError(
+            f"an image array must be (H, W) grey or (H, W, 3) RGB / (H, W, 4) RGBA, got {shape}"
+        )
+    if 0 in a.shape[:2]:
+        raise CamsegError(f"an image array of shape {a.shape} has nothing to segment")
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.uint8 or (a.dtype == np.uint16 and a.ndim == 2):
+        return Image.fromarray(a)  # L, RGB, RGBA; uint16 grey: I;16, scaled as a 16-bit PNG
+    raise CamsegError(
+        f"an image array must be uint8 (or uint16 grey), got {shape}; convert it with "
+        "np.clip(a, 0, 255).astype(np.uint8)"
     )
 
 

@@ -10,7 +10,8 @@ through the same `Network`, its module an ONNX Runtime session (camseg.onnx), wi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +66,17 @@ class Network:
     device: torch.device
     precision: RunPrecision
     channels_last: bool
+    # fastai's U-Net keeps each call's skip features in hooks shared by all calls
+    # (UnetBlock.forward reads hook.stored): two threads in one model mix their images. One
+    # call at a time per network; the lock is shared by the flip-TTA copy of it.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def scores(self, xb: torch.Tensor) -> torch.Tensor:
         """fp32 class scores (N, classes, H, W) at the model's size for a batch of model input."""
         xb = xb.to(self.device)
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             return self.model(xb).float()
 
     def with_flip_tta(self) -> Network:

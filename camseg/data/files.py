@@ -111,26 +111,32 @@ class LoadedImage:
 def read_image(path: Path) -> LoadedImage:
     """Any image PIL reads -> HxWx3 uint8: EXIF orientation applied (as viewers show it), alpha
     dropped, grey and 16-bit scaled to 8-bit RGB (PIL's own convert clips 16-bit to 255)."""
-    changes = []
     with Image.open(path) as im:
         stored = im.size
-        orientation = im.getexif().get(_ORIENTATION, 1)
-        if orientation in range(2, 9):
-            im = ImageOps.exif_transpose(im)
-            changes.append(
-                f"EXIF orientation {orientation} applied (read upright, as viewers show it)"
-            )
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if arr.max() > 255 else 255.0
-            im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-            changes.append("16-bit grey scaled to 8-bit")
-        elif im.mode == "F":
-            arr = np.asarray(im, dtype=np.float64)
-            span = max(float(arr.max() - arr.min()), 1e-12)
-            im = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8), "L")
-            changes.append("32-bit float grey stretched to 0-255")
-        return LoadedImage(np.asarray(im.convert("RGB")), stored, tuple(changes))
+        rgb, changes = upright_rgb(im)
+        return LoadedImage(np.asarray(rgb), stored, changes)
+
+
+def upright_rgb(im: Image.Image) -> tuple[Image.Image, tuple[str, ...]]:
+    """The one conversion of an opened image (a file's, or one the Python API was given) to
+    upright 8-bit RGB, and what it changed. The image given is not modified."""
+    changes = []
+    orientation = im.getexif().get(_ORIENTATION, 1)
+    if orientation in range(2, 9):
+        im = ImageOps.exif_transpose(im)
+        changes.append(f"EXIF orientation {orientation} applied (read upright, as viewers show it)")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.size and arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        changes.append("16-bit grey scaled to 8-bit")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        span = max(float(arr.max() - arr.min()), 1e-12) if arr.size else 1.0
+        low = float(arr.min()) if arr.size else 0.0
+        im = Image.fromarray(((arr - low) / span * 255).astype(np.uint8), "L")
+        changes.append("32-bit float grey stretched to 0-255")
+    return (im if im.mode == "RGB" else im.convert("RGB")), tuple(changes)
 
 
 def load_rgb(path: Path) -> np.ndarray:
