@@ -23,7 +23,7 @@ from camseg.atomic import atomic_link, atomic_torch_save
 from camseg.checkpoint import CheckpointWriter, RunState, checkpoint_dict, load_opt_state
 from camseg.errors import CamsegError
 from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou
-from camseg.model import cpu_has_bf16
+from camseg.model import cpu_has_bf16, weights_sha256
 from camseg.precision import training_precision
 from camseg.runs import Run, write_class_iou, write_history
 from camseg.schema import Config
@@ -153,6 +153,7 @@ class RunRecorder(Callback):
             run = self.run
 
             def write() -> None:
+                ckpt["weights_sha256"] = weights_sha256(ckpt["model"])  # here: off the epoch
                 atomic_torch_save(run.last, ckpt)
                 if improved:  # last.pth is the best one now: link, don't write it twice
                     atomic_link(run.last, run.best)

@@ -20,7 +20,7 @@ import torch
 
 from camseg.atomic import atomic_torch_save
 from camseg.errors import CamsegError
-from camseg.model import CHECKPOINT_FORMAT, FILE_VERSION, MODEL_FORMAT
+from camseg.model import CHECKPOINT_FORMAT, FILE_VERSION, MODEL_FORMAT, verify_weights
 
 
 @dataclass
@@ -190,6 +190,7 @@ def load_checkpoint(path: Path) -> dict:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CamsegError(f"{path}: not a camseg checkpoint")
+    verify_weights(path, ckpt)
     return ckpt
 
 
@@ -199,8 +200,9 @@ def finish_checkpoints(last: Path, best: Path, best_is_last: bool) -> None:
     are not model.pth's (the last epoch's); `last` and an equal `best` go."""
     if best.is_file() and not best_is_last:
         ckpt = load_checkpoint(best)
-        weights = {"format": MODEL_FORMAT, "version": FILE_VERSION, "meta": ckpt["meta"]}
-        atomic_torch_save(best, weights | {"model": ckpt["model"]})
+        keep = ("meta", "model", "weights_sha256")
+        weights = {"format": MODEL_FORMAT, "version": FILE_VERSION}
+        atomic_torch_save(best, weights | {k: ckpt[k] for k in keep if k in ckpt})
     else:
         best.unlink(missing_ok=True)
     last.unlink(missing_ok=True)

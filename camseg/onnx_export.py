@@ -20,7 +20,16 @@ import torch
 from camseg import __version__
 from camseg.errors import CamsegError
 from camseg.model import ModelFile, read_model_file
-from camseg.onnx import DOC, INPUT, OUTPUT, first_line, is_onnx, metadata, require_modules
+from camseg.onnx import (
+    DOC,
+    INPUT,
+    OUTPUT,
+    first_line,
+    graph_sha256,
+    is_onnx,
+    metadata,
+    require_modules,
+)
 from camseg.runs import run_of, weights_of
 
 # The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
@@ -120,7 +129,12 @@ def _serialise(model: torch.nn.Module, mf: ModelFile) -> bytes:
         raise CamsegError(
             f"{mf.path}: the exported graph fails onnx.checker: {first_line(e)}"
         ) from None
-    return proto.SerializeToString()
+    checksum = graph_sha256(proto.SerializeToString())
+    onnx.helper.set_model_props(proto, metadata(mf) | {"graph_sha256": checksum})
+    data = proto.SerializeToString()
+    if graph_sha256(data) != checksum:  # the graph's bytes must not move with the metadata
+        raise CamsegError(f"{mf.path}: the graph serialised differently twice; nothing written")
+    return data
 
 
 @contextlib.contextmanager

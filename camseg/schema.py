@@ -45,6 +45,10 @@ def _size_from_text(v: Any) -> Any:
     return v
 
 
+# The largest side a network runs at (data.size, and the size a model file records): a bound
+# checked before anything is resized, so a damaged or hostile file cannot ask for 100000x100000.
+MAX_SIDE = 8192
+
 Size = Annotated[tuple[int, int], BeforeValidator(_size_from_text)]
 SizeOrScale = Annotated[tuple[int, int] | float, BeforeValidator(_size_from_text)]
 
@@ -121,6 +125,8 @@ class DataConfig(_Section):
         if isinstance(v, tuple):
             if min(v) < 32:
                 raise ValueError("both sides of [H, W] must be at least 32 pixels")
+            if max(v) > MAX_SIDE:
+                raise ValueError(f"both sides of [H, W] must be at most {MAX_SIDE} pixels")
         elif not 0 < v <= 1:
             raise ValueError("a scale must be in (0, 1]")
         return v

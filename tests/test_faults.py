@@ -197,11 +197,11 @@ def test_pickle_with_code_is_refused_not_run(trained_run, camvid_tiny, tmp_path,
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pth"
     torch.save({"format": "camseg-model", "version": 1, "payload": _Evil(marker)}, evil)
-    one_line_error(cli("evaluate", "--model", evil, "--data", camvid_tiny), "cannot load")
-    one_line_error(cli("predict", camvid_tiny / "images", "--model", evil), "cannot load")
+    code = "holds Python objects or code, not only tensors; camseg loads no such file"
+    one_line_error(cli("evaluate", "--model", evil, "--data", camvid_tiny), code)
+    one_line_error(cli("predict", camvid_tiny / "images", "--model", evil), code)
     one_line_error(
-        cli("train", *fast_args(camvid_tiny, tmp_path / "runs", f"model.init_from={evil}")),
-        "cannot load",
+        cli("train", *fast_args(camvid_tiny, tmp_path / "runs", f"model.init_from={evil}")), code
     )
     run = shutil.copytree(trained_run, tmp_path / "run")
     for done in ("model.pth", "summary.json"):  # an interrupted run: resume reads last.pth
