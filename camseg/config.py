@@ -313,9 +313,21 @@ def _describe(e: ValidationError) -> str:
     desc = _field_description(loc)
     if isinstance(value, dict) and err["type"] == "value_error":
         return f"{key}: {msg}"  # a rule across a section's keys: its message names them
-    shown = "missing" if err["type"] == "missing" else repr(value)
+    shown = "missing" if err["type"] == "missing" else _short_repr(value)
     line = f"{key} = {shown} is not valid: {msg}"
     return f"{line}. Allowed: {desc}" if desc and desc not in line else line
+
+
+def _short_repr(value: Any) -> str:
+    """A value as a message shows it: a few items a level, a few levels, at most 100 characters
+    (a YAML alias bomb's value is billions of items once expanded; this never expands it)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 3, 4, 4, 4
+    short.maxstring, short.maxother = 60, 60
+    text = short.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def dump_config(cfg: Config) -> str:

@@ -45,6 +45,12 @@ def _size_from_text(v: Any) -> Any:
     return v
 
 
+# NumPy's seeds are 32-bit; a bigger one fails deep in seeding.
+MAX_SEED = 2**32 - 1
+# A class weight scales that class's pixels in the loss; beyond this one class swamps the others
+# and the loss overflows in fp16 (SegNet's median-frequency weights reach ~50 on CamVid).
+MAX_CLASS_WEIGHT = 1e6
+
 # The largest side a network runs at (data.size, and the size a model file records): a bound
 # checked before anything is resized, so a damaged or hostile file cannot ask for 100000x100000.
 MAX_SIDE = 8192
@@ -75,7 +81,9 @@ class AugConfig(_Section):
 class SynthConfig(_Section):
     n: int = Field(200, ge=4, description="number of synthetic scenes (>= 4)")
     size: Size = Field((96, 128), description="scene size [H, W] in pixels")
-    seed: int = Field(0, description="random seed; the same seed gives the same bytes")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="random seed; the same seed gives the same bytes"
+    )
     valid_fraction: float = Field(
         0.2, gt=0, lt=1, description="fraction of scenes (the last ones) put in valid.txt (0-1)"
     )
@@ -307,7 +315,9 @@ class TrainConfig(_Section):
     moms: tuple[float, float, float] = Field(
         (0.95, 0.85, 0.95), description="one-cycle momentum (start, middle, end), each in [0, 1)"
     )
-    seed: int = Field(42, description="seed set before the DataLoaders are built")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="seed set before the DataLoaders are built (0 to 2^32-1)"
+    )
     lr_find_iters: int = Field(
         100, ge=30, description="iterations of lr_find for a stage whose lr is find (>= 30)"
     )
@@ -384,8 +394,11 @@ class TrainConfig(_Section):
         if isinstance(v, dict):
             for name, w in v.items():
                 w = _as_number(w)
-                if not isinstance(w, float) or not 0 < w < math.inf:
-                    raise ValueError(f"the weight of {name} must be a finite number > 0")
+                if not isinstance(w, float) or not 0 < w <= MAX_CLASS_WEIGHT:
+                    raise ValueError(
+                        f"the weight of {name} must be a number > 0 and at most "
+                        f"{MAX_CLASS_WEIGHT:g} (weights are relative to the other classes' 1)"
+                    )
             return {str(k): _as_number(w) for k, w in v.items()}
         if v not in ("none", "median_frequency"):
             raise ValueError("expected none, median_frequency or a table {ClassName: weight}")

@@ -41,6 +41,12 @@ def _lr_set(lr: str) -> ConfigFault:
     )
 
 
+# Eight levels of nine aliases each: 43 million items if anything expanded it.
+ALIAS_BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True)
+)
+
 CONFIG_FAULTS = [
     ConfigFault(
         "unknown key",
@@ -216,6 +222,24 @@ CONFIG_FAULTS = [
         ("YAML tag refused",),
     ),
     ConfigFault("file not found", None, ("config file not found: ",)),
+    ConfigFault(
+        "a seed beyond 32 bits",
+        "train:\n  seed: 100000000000000000000000000\n",
+        ("train.seed = 100000000000000000000000000", "less than or equal to 4294967295"),
+    ),
+    ConfigFault(
+        "a class weight of 1e308",
+        "train:\n  class_weights: {Car: 1.0e+308}\n",
+        ("the weight of Car must be a number > 0 and at most 1e+06",),
+    ),
+    ConfigFault(
+        "a size beyond 8192", "data:\n  size: [100000, 100000]\n", ("at most 8192 pixels",)
+    ),
+    ConfigFault(
+        "a YAML alias bomb (9^8 items) is never expanded in the message",
+        ALIAS_BOMB + "data:\n  size: [*h, *h]\n",
+        ("data.size = [[[[...], [...]", "is not valid"),
+    ),
 ]
 
 
