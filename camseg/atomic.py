@@ -6,7 +6,10 @@ Also the check, before any work, that a folder can be made where one is asked fo
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +19,13 @@ from camseg.errors import CamsegError
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call write(fileobj) on a temp file in path's folder, then move it over path."""
+    """Call write(fileobj) on a temp file in path's folder (.NAME.PID.XXXX.tmp), then move it
+    over path. Temporary files of `path` that a killed process left are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -54,6 +61,19 @@ def require_folder_path(path: Path, what: str, fix: str) -> None:
             raise CamsegError(f"{what} {path} {at}, not a folder; {fix}")
 
 
+def require_writable(folder: Path, what: str) -> None:
+    """Refuse, before the expensive part, a folder that cannot take a file (read-only, not
+    permitted); `what` names the option or key in the message."""
+    probe = folder / f".camseg-write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CamsegError(
+            f"{what} {folder}: cannot write there ({e.strerror}); choose a writable folder"
+        ) from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -67,4 +87,49 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     import torch
 
-    atomic_write(path, lambda f: torch.save(obj, f))
+    def save(f: IO[bytes]) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (disk full) so
+            raise write_failed(path, e) from None
+
+    atomic_write(path, save)
+
+
+def write_failed(path: Path, e: BaseException) -> OSError:
+    """An OSError for a write that a library reported as another error: ENOSPC when the disk
+    has (almost) no space left, else EIO with the library's first line."""
+    try:
+        full = shutil.disk_usage(path.parent).free < 2**20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({first})", str(path))
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` (.NAME.PID[.XXXX].tmp, by atomic_write or the video
+    writer) whose process is gone: a kill -9 or a power cut part-way through a write. A live
+    process's file (another camseg writing the same name) is left alone."""
+    removed = []
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill would send the process a signal
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True

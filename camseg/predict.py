@@ -20,7 +20,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from camseg.api import MAX_PIXELS, Segmenter, overlay
-from camseg.atomic import atomic_write
+from camseg.atomic import atomic_write, require_writable
 from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
 from camseg.infer import read_model
@@ -151,8 +151,7 @@ def predict(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    if not _writable(out):
-        raise CamsegError(f"--out {out}: folder is not writable")
+    require_writable(out, "--out")
 
     seg = Segmenter(mf, device=device, precision=precision, tta=tta)
     del mf  # the network holds the weights now (0.2 GB less)
@@ -183,16 +182,6 @@ def predict(
             segment(batch)
             batch.clear()  # its photos go before the next batch is decoded (400 MB at 100 MP)
     return result
-
-
-def _writable(folder: Path) -> bool:
-    probe = folder / ".camseg-write-test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-        return True
-    except OSError:
-        return False
 
 
 def _write(

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from camseg.api import Segmenter, overlay
-from camseg.atomic import atomic_write
+from camseg.atomic import atomic_write, require_writable
 from camseg.errors import CamsegError
 from camseg.inputs import SOFTWARE, refuse_earlier_outputs
 from camseg.model import resolve_device
@@ -128,9 +128,9 @@ def predict_video(
             if in_batch in (0, batch_size) or held > HOLD_PIXELS:
                 flush()
         flush()
-    except KeyboardInterrupt:  # keep what was written, as after a read error
-        for writer in writers.values():
-            writer.finish()
+    except KeyboardInterrupt:  # keep what was written, under a name of its own (.partial.mp4):
+        for writer in writers.values():  # a complete earlier output is never replaced by it
+            writer.finish(partial=True)
         raise
     except BaseException:
         for writer in writers.values():
@@ -193,19 +193,24 @@ def predict_videos(
     predict_precision(precision, dev)  # a precision this device cannot run: before any work
     infos = [probe(source) for source in expand_videos(inputs)]
     infos = _unique_names(infos)
-    refuse_earlier_outputs(
-        [
-            out / (f"{info.name}_frames" if fmt == "index" else f"{info.name}_{fmt}.mp4")
-            for info in infos
-            for fmt in formats
-        ],
-        exist_ok,
-    )
+    targets = [
+        out / (f"{info.name}_frames" if fmt == "index" else f"{info.name}_{fmt}.mp4")
+        for info in infos
+        for fmt in formats
+    ]
+    sources = {Path(info.source).resolve() for info in infos if "://" not in info.source}
+    for target in targets:
+        if target.resolve() in sources:
+            raise CamsegError(
+                f"output {target.resolve()} would overwrite an input; choose another --out"
+            )
+    refuse_earlier_outputs(targets, exist_ok)
     codec = h264_encoder() if {"overlay", "color"} & set(formats) else ""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    require_writable(out, "--out")
     seg = Segmenter(model_path, device=device, precision=precision, tta=tta)
     results = []
     for info in infos:

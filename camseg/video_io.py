@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from camseg.atomic import remove_stale_temporaries
 from camseg.errors import CamsegError
+from camseg.inputs import SOFTWARE
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 INSTALL = "pip install 'camseg[video]'"
@@ -94,7 +96,12 @@ def expand_videos(inputs: list[str]) -> list[str]:
             matches = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
             if not matches:
                 raise CamsegError(f"{item}: pattern matches no files")
-            found += matches
+            kept = [p for p in matches if not is_own_video(Path(p))]
+            found += kept
+            if not kept:
+                raise CamsegError(
+                    f"{item}: matches only camseg's own earlier outputs; name one to segment it"
+                )
         else:
             raise CamsegError(f"{item}: no such file")
     return found
@@ -144,6 +151,22 @@ def h264_encoder() -> str:
         f"this PyAV build has no H.264 encoder ({', '.join(H264_ENCODERS)}); install PyAV's "
         "own wheel from PyPI (it bundles libx264), or write --format index"
     )
+
+
+# A display matrix's rotation (degrees counterclockwise, as PyAV's VideoFrame.rotation gives
+# it) -> the PIL transpose that shows the frame as players do.
+_TURN = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_270,
+}
+
+
+def upright(image: Image.Image, rotation: float) -> Image.Image:
+    """A decoded frame turned as its container's display matrix says (a phone's portrait video
+    is stored sideways with "rotate 90"), as EXIF-rotated photos are read upright."""
+    turn = _TURN.get(round(rotation / 90) * 90 % 360) if rotation else None
+    return image.transpose(turn) if turn is not None else image
 
 
 @dataclass
@@ -202,10 +225,11 @@ class FrameReader:
                     image = None
                     if self._keep(self.frames):  # a size change mid-stream: scale to the first
                         same = (frame.width, frame.height) == size
-                        image = (
+                        image = upright(
                             frame.to_image()
                             if same
-                            else frame.to_image(width=size[0], height=size[1])
+                            else frame.to_image(width=size[0], height=size[1]),
+                            frame.rotation,
                         )
                     last = frame.time
                     if not self._put(Frame(self.frames, frame.time, image)):
@@ -253,6 +277,7 @@ class VideoWriter:
         import av
 
         self.path = path
+        remove_stale_temporaries(path)
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._n = 0
         try:  # FFmpeg opens the file only at the first packet: find out now if it can
@@ -261,6 +286,7 @@ class VideoWriter:
         except (OSError, av.error.FFmpegError) as e:
             self._tmp.unlink(missing_ok=True)
             raise CamsegError(f"cannot write {path} ({_reason(e)})") from None
+        self._container.metadata["comment"] = SOFTWARE  # a later folder expansion leaves it out
         stream = self._container.add_stream(codec, rate=rate)
         stream.width, stream.height = size
         # 4:2:0 chroma (what every player takes) needs an even width and height
@@ -277,15 +303,43 @@ class VideoWriter:
         self._n += 1
         self._container.mux(self._stream.encode(frame))
 
-    def finish(self) -> None:
+    def finish(self, partial: bool = False) -> Path:
+        """Close the file and give it its name; `partial` (the run was stopped): the name of
+        `partial_name`, so that an earlier complete output is never replaced by part of one."""
         self._container.mux(self._stream.encode(None))
         self._container.close()
         with self._tmp.open("rb") as f:
             os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
+        target = partial_name(self.path) if partial else self.path
+        os.replace(self._tmp, target)
+        return target
 
     def discard(self) -> None:
+        """Drop the file (after an error): a failing close (the disk that failed the write) is
+        not reported over the error that brought us here."""
         try:
             self._container.close()
+        except Exception:
+            pass
         finally:
             self._tmp.unlink(missing_ok=True)
+
+
+def partial_name(path: Path) -> Path:
+    """x_overlay.mp4 -> x_overlay.partial.mp4: where a stopped run keeps its frames so far."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def is_own_video(path: Path) -> bool:
+    """A `<name>_overlay|_color[.partial].mp4` that predict wrote (its container's comment
+    says camseg): a later folder expansion leaves it out."""
+    stem = path.stem.removesuffix(".partial")
+    if path.suffix.lower() != ".mp4" or not stem.endswith(("_overlay", "_color")):
+        return False
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment") == SOFTWARE
+    except Exception:  # unreadable: an input, reported as unreadable later
+        return False

@@ -171,15 +171,20 @@ def test_a_cut_short_video_is_written_up_to_the_break(
 
 @pytest.mark.slow
 def test_sigterm_keeps_the_frames_written_and_leaves_no_temporary_file(
-    trained_run, camvid_tiny, tmp_path
+    trained_run, camvid_tiny, tmp_path, cli
 ):
     """A scheduler's or `kill`'s SIGTERM is handled as Ctrl-C: the overlay is closed with the
-    frames segmented so far (each with its mask), nothing half-written is left, exit 143."""
-    video = write_video(tmp_path / "long.mp4", camvid_frames(camvid_tiny, 16) * 40)  # 640 frames
+    frames segmented so far (each with its mask) under a name of its own, so that the complete
+    overlay an earlier call wrote is not replaced by part of one; nothing half-written is left,
+    exit 143."""
     out = tmp_path / "out"
+    earlier = write_video(tmp_path / "long.mp4", camvid_frames(camvid_tiny, 4))
+    assert cli("predict", earlier, "--run", trained_run, "--out", out).exit_code == 0
+    complete = (out / "long_overlay.mp4").read_bytes()
+    video = write_video(tmp_path / "long.mp4", camvid_frames(camvid_tiny, 16) * 40)  # 640 frames
     cmd = [sys.executable, "-m", "camseg", "predict", str(video), "--run", str(trained_run)]
     proc = subprocess.Popen(
-        [*cmd, "--out", str(out), "--format", "index,overlay"],
+        [*cmd, "--out", str(out), "--format", "index,overlay", "--exist-ok"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -193,7 +198,8 @@ def test_sigterm_keeps_the_frames_written_and_leaves_no_temporary_file(
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, (stdout[-2000:], stderr[-2000:])
     assert "camseg: terminated (SIGTERM)" in stderr and "Traceback" not in stderr, stderr
-    frames, _ = decoded(out / "long_overlay.mp4")
+    assert (out / "long_overlay.mp4").read_bytes() == complete
+    frames, _ = decoded(out / "long_overlay.partial.mp4")
     assert 8 <= len(frames) < 640
     # a frame's mask is written just before the frame: the signal may fall between the two
     assert len(frames) <= len(masks_in(out / "long_frames")) <= len(frames) + 1
@@ -273,3 +279,70 @@ def test_images_and_videos_apart_and_stride_only_for_videos(camvid_tiny, tmp_pat
 def test_what_counts_as_a_video_and_its_output_name(source, video, name):
     assert is_video_source(source) is video
     assert output_name(source) == name
+
+
+def _rotated(path: Path, degrees_clockwise: int) -> Path:
+    """The video with a display matrix in its track header that says "turn 90 degrees clockwise
+    to show" (what a phone writes for a portrait video): the stored frames stay as they were."""
+    import struct
+
+    assert degrees_clockwise == 90
+    data = bytearray(path.read_bytes())
+    matrix = data.find(b"tkhd") + 4 + 40  # version 0 tkhd: the matrix after 40 bytes
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.slow
+def test_a_rotated_video_is_segmented_upright(seg, trained_run, camvid_tiny, tmp_path, cli):
+    video = _rotated(write_video(tmp_path / "phone.mp4", camvid_frames(camvid_tiny, 3)), 90)
+    with av.open(str(video)) as container:
+        first = next(container.decode(video=0))
+        assert first.rotation == -90  # PyAV: counterclockwise degrees of the display matrix
+        stored = first.to_ndarray(format="rgb24")
+    out = tmp_path / "out"
+    result = cli("predict", video, "--run", trained_run, "--out", out, "--format", "index,overlay")
+    assert result.exit_code == 0, result.output
+    upright = np.rot90(stored, k=-1)  # turned clockwise, as a player shows it
+    mask = masks_in(out / "phone_frames")["phone_000000_mask.png"]
+    assert mask.shape == upright.shape[:2] == (128, 96)
+    assert np.array_equal(mask, seg.predict(np.ascontiguousarray(upright)))
+    frames, _ = decoded(out / "phone_overlay.mp4")
+    assert frames[0].shape == (128, 96, 3)
+
+
+def test_a_video_output_that_is_an_input_is_refused(trained_run, camvid_tiny, tmp_path, cli):
+    """x.mp4's overlay is x_overlay.mp4: when the user's own x_overlay.mp4 is also an input in
+    that folder, it would be replaced before it is read."""
+    clip = write_video(tmp_path / "x.mp4", camvid_frames(camvid_tiny, 2))
+    mine = write_video(tmp_path / "x_overlay.mp4", camvid_frames(camvid_tiny, 3))
+    before = mine.read_bytes()
+    result = cli("predict", clip, mine, "--run", trained_run, "--out", tmp_path, "--exist-ok")
+    assert result.exit_code == 2, result.output
+    assert f"output {mine.resolve()} would overwrite an input" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert mine.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_earlier_video_outputs_are_not_inputs(trained_run, camvid_tiny, tmp_path, cli):
+    """A pattern over a folder predict wrote into before leaves its overlays out (they carry
+    camseg's comment); a user's own video named x_overlay.mp4 is still an input."""
+    write_video(tmp_path / "clip.mp4", camvid_frames(camvid_tiny, 2))
+    mine = write_video(tmp_path / "mine_overlay.mp4", camvid_frames(camvid_tiny, 2))
+    pattern = str(tmp_path / "*.mp4")
+    first = cli("predict", pattern, "--run", trained_run, "--out", tmp_path)
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "clip_overlay.mp4").is_file()
+    assert (tmp_path / "mine_overlay_overlay.mp4").is_file()  # the user's video was segmented
+    again = cli("predict", pattern, "--run", trained_run, "--out", tmp_path, "--exist-ok")
+    assert again.exit_code == 0, again.output
+    made = sorted(p.name for p in tmp_path.glob("*.mp4"))
+    assert made == [
+        "clip.mp4",
+        "clip_overlay.mp4",
+        "mine_overlay.mp4",
+        "mine_overlay_overlay.mp4",
+    ], made
+    assert mine.is_file()
