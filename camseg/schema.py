@@ -340,7 +340,9 @@ class TrainConfig(_Section):
         " (slower); false lets cuDNN pick the fastest kernels",
     )
     compile: bool = Field(
-        False, description="torch.compile the network (compile time is paid on the first batches)"
+        False,
+        description="torch.compile the network on a CUDA GPU (compile time is paid on the first "
+        "batches); refused on a CPU, where it fails",
     )
     ema: bool = Field(
         False,

@@ -46,7 +46,7 @@ from camseg.data import build_dataloaders, check_dataset, find_files, resolve_si
 from camseg.data.cache import cache_root
 from camseg.distributed import init_distributed, rank0_first
 from camseg.ema import ModelEMA
-from camseg.errors import CamsegError, stop_signal
+from camseg.errors import CamsegError, stop_signal, stops_held
 from camseg.losses import build_loss
 from camseg.losses import class_weights as class_weights_of
 from camseg.lrfind import LrFindProgress, OnIter, Suggestions, suggest
@@ -64,9 +64,13 @@ class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM: the last finished epoch is saved; `resume` says how to continue.
     exit_code is the shell's for the signal: 130 (SIGINT) or 143 (SIGTERM)."""
 
-    def __init__(self, run_dir: Path, stop: KeyboardInterrupt) -> None:
+    def __init__(self, run_dir: Path, stop: KeyboardInterrupt, finished: bool = False) -> None:
         what, self.exit_code = stop_signal(stop)
-        super().__init__(f"training {what}; resume with: camseg train --resume {run_dir}")
+        if finished:  # the stop came while the final files were written: they were, whole
+            message = f"training {what} at its end; its final files were completed first: {run_dir}"
+        else:
+            message = f"training {what}; resume with: camseg train --resume {run_dir}"
+        super().__init__(message)
         self.run_dir = run_dir
 
 
@@ -135,6 +139,13 @@ class Trainer:
         labels again (which would differ if a label file changed since the run started)."""
         self.cfg, self.ckpt = cfg, ckpt
         self.device = resolve_device(cfg.train.device)
+        if cfg.train.compile and self.device.type != "cuda":
+            # measured with torch 2.14.1 on a CPU: fastai's U-Net fails in dynamo (its TensorBase
+            # subclass; with plain tensors, in inductor's BatchNorm) in the first epoch
+            raise CamsegError(
+                f"train.compile=true: torch.compile of fastai's U-Net fails on {self.device.type} "
+                f"(torch {torch.__version__}), in the first epoch; set train.compile=false"
+            )
         if cfg.train.tensorboard:
             require_tensorboard()
         check_data_folders(cfg)
@@ -272,6 +283,20 @@ class Trainer:
                 f"--set data.batch_size={max(1, self.bs // 2)} (or a smaller data.size). "
                 f"Checkpoints so far are intact: camseg train --resume {run.dir}"
             ) from None
+        try:
+            with stops_held() as held:  # a stop now would leave model.pth without summary.json
+                summary = self._finish(run, meta)
+        except OSError as e:
+            raise CamsegError(
+                f"cannot write {e.filename or 'a run file'}: {e.strerror or e}; free space or fix "
+                f"it, then finish the run: camseg train --resume {run.dir}"
+            ) from None
+        if held.stop is not None:
+            raise TrainingInterrupted(run.dir, held.stop, finished=True)
+        return summary
+
+    def _finish(self, run: Run, meta: dict) -> Summary:
+        """model.pth, the plots, summary.json, the checkpoints' end and report.html."""
         if self.ema is not None:  # model.pth, the plots and the report: the weights validated
             self.ema.copy_to(self.learn.model)
         if rank_distrib() == 0:

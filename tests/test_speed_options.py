@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, small_copy
+from conftest import TINY, fast_args, small_copy
 from fastai.callback.core import Callback, CancelFitException
 
 from camseg.config import load_config
@@ -63,13 +63,31 @@ def test_train_deterministic_sets_the_kernel_choice(
 
 @pytest.mark.slow
 def test_train_compile_compiles_the_model_in_place(camvid_tiny, tmp_path):
+    """The speed settings of a CUDA run compile the model (no batch runs here, so a CPU learner
+    stands in for the GPU's)."""
+    from camseg.callbacks import apply_speed_settings
+
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
     plain = _trainer(root).learn.model
-    compiled = _trainer(root, "train.compile=true").learn.model
+    learn = _trainer(root).learn
+    cfg = load_config(TINY, ["train.compile=true", "train.fp16=false", "train.bf16=false"])
+    apply_speed_settings(learn, cfg, torch.device("cuda"))
+    compiled = learn.model
     assert getattr(plain, "_compiled_call_impl", None) is None
     assert getattr(compiled, "_compiled_call_impl", None) is not None
     # in place: the weights keep the names checkpoints, model.pth and resume use
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+def test_train_compile_on_a_cpu_is_refused_at_once(camvid_tiny, tmp_path, cli):
+    """torch.compile of fastai's U-Net fails in the first epoch on a CPU (a 2,503-line
+    RecursionError after 6 minutes, or inductor's BatchNorm error with plain tensors): refused
+    before any data is read, in one line."""
+    from test_faults import one_line_error
+
+    args = fast_args(camvid_tiny, tmp_path / "runs", "train.compile=true", "train.device=cpu")
+    one_line_error(cli("train", *args), "train.compile=true: torch.compile of fastai's U-Net")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_device_line_says_where_and_in_what_precision(monkeypatch):
