@@ -1,6 +1,14 @@
 """The one error type the library raises for problems a user can fix (bad config, bad data, bad
 model file). The CLI turns it into a single stderr line and exit code 2."""
 
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 
 class CamsegError(Exception):
     """A user-actionable failure: the message names the file or key and what to do."""
@@ -19,3 +27,31 @@ def stop_signal(e: KeyboardInterrupt) -> tuple[str, int]:
     if isinstance(e, Terminated):
         return "terminated (SIGTERM)", Terminated.exit_code
     return "interrupted", 130
+
+
+@dataclass
+class HeldStop:
+    stop: KeyboardInterrupt | None = None  # the Ctrl-C or SIGTERM that came while held
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[HeldStop]:
+    """Ctrl-C and SIGTERM wait while the block runs (a few seconds of final writes that must
+    end whole), then are in `held.stop` for the caller to act on. Only the main thread gets
+    signals; elsewhere this holds nothing."""
+    held = HeldStop()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        held.stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, hold)
+    try:
+        yield held
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

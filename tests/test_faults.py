@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, fast_args, history
+from conftest import REPO, TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback
 from fault_cases import CONFIG_FAULTS, DATA_FAULTS, broken_copy, paint_unknown_colour
 
 import camseg.trainer
 from camseg.errors import Terminated
+from camseg.runs import Run
 
 pytestmark = pytest.mark.faults
 
@@ -427,6 +428,77 @@ def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
     assert list(run.joinpath("checkpoints").glob(".last.pth.*.tmp"))  # the cut-short write
     _resume_and_check(run, [("0", "0"), ("0", "1"), ("1", "0")])
     assert not list(run.joinpath("checkpoints").glob(".*.tmp"))
+
+
+# SIGTERM from inside a write: CAMSEG_TEST_AT=checkpoint sends it as the last epoch's checkpoint
+# starts to be written in the background (the write then takes a second), =finish as the run's
+# final files (model.pth, plots, summary.json, report) are being written.
+SIGNAL_IN_WRITE = """
+import os, signal, sys, time
+import camseg.callbacks, camseg.plots
+at = os.environ["CAMSEG_TEST_AT"]
+real_save, real_plot = camseg.callbacks.atomic_torch_save, camseg.plots.plot_run
+calls = {"n": 0}
+def save(path, obj):
+    calls["n"] += 1
+    if at == "checkpoint" and calls["n"] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)
+    real_save(path, obj)
+def plot(*a, **k):
+    if at == "finish":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+    real_plot(*a, **k)
+camseg.callbacks.atomic_torch_save, camseg.plots.plot_run = save, plot
+sys.argv = ["camseg", *sys.argv[1:]]
+from camseg.cli import main
+main()
+"""
+
+
+def _signal_in_write(at: str, root: Path, runs: Path) -> subprocess.CompletedProcess[str]:
+    args = [*fast_args(root, runs, "model.pretrained=false"), "--name", "s", "--no-progress"]
+    return subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_WRITE, "train", *args],
+        env={**os.environ, "CAMSEG_TEST_AT": at},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_last_checkpoint_is_written(camvid_tiny, tmp_path):
+    """The stop waits for the background write: exit 143 with the resume command, the epoch the
+    console printed in history.csv, a whole last.pth, no temporary file (the probe that found
+    it: exit 134, a torn .last.pth.*.tmp and the epoch missing, 2 of 2 tries)."""
+    root = small_copy(camvid_tiny, tmp_path / "data")
+    done = _signal_in_write("checkpoint", root, tmp_path / "runs")
+    run = tmp_path / "runs" / "s"
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert f"training terminated (SIGTERM); resume with: camseg train --resume {run}" in done.stderr
+    assert "Traceback" not in done.stderr and "terminate called" not in done.stderr
+    assert [(r["stage"], r["epoch"]) for r in history(run)] == [("0", "0"), ("1", "0")]
+    state = torch.load(run / "checkpoints" / "last.pth", weights_only=True)["state"]
+    assert (state["stage"], state["epochs_done"]) == (1, 1)
+    assert not list(run.rglob(".*.tmp"))
+    _resume_and_check(run, [("0", "0"), ("1", "0")])
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_final_files_are_written(camvid_tiny, tmp_path):
+    """A stop during model.pth, the plots and summary.json waits for them (a few seconds): the
+    run is finished and says so, exit 143 (before: exit 143 without a resume command, and a run
+    with model.pth but no summary.json)."""
+    root = small_copy(camvid_tiny, tmp_path / "data")
+    done = _signal_in_write("finish", root, tmp_path / "runs")
+    run = tmp_path / "runs" / "s"
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert f"its final files were completed first: {run}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert Run(run).finished and (run / "report.html").is_file()
+    assert len(history(run)) == 2 and not list(run.rglob(".*.tmp"))
 
 
 @pytest.mark.slow
