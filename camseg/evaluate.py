@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camseg.atomic import atomic_write_text
+from camseg.atomic import atomic_write_text, require_folder_path, require_writable
 from camseg.config import load_config
 from camseg.data import check_dataset, find_files
 from camseg.data.files import load_rgb, resize_label
@@ -154,11 +154,15 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 8,
     precision: EvaluatePrecision = EVALUATE_DEFAULT,
+    out: Path | None = None,
 ) -> Evaluation:
     """Score the model at `source` (run folder, model.pth, checkpoint or exported model.onnx) on
-    a split, by default in the precision training validated in (the model file records it)."""
+    a split, by default in the precision training validated in (the model file records it).
+    Writes a new folder under `out` (default: the run's eval/, or eval/ beside a model file)."""
     mf = read_model(source)
     run = run_of(source)
+    out_parent = out or (run.evals if run else mf.path.parent / "eval")
+    _require_writable_parent(out_parent, out is not None)
     data_cfg = _data_config(run, data, layout)
     files = find_files(data_cfg, EVALUATE_OPTIONS)
     if files.codes != mf.codes:
@@ -183,7 +187,6 @@ def evaluate(
     if tta:
         scores, without = _scores(confusion_over(net.with_flip_tta(), batches(), n), void), base
 
-    out_parent = run.evals if run else mf.path.parent / "eval"
     out_dir = _new_dir(out_parent, f"{files.root.name}-{split}")
     evaluated = {
         "model": str(mf.path),
@@ -216,6 +219,18 @@ def _eval_size(size: EvalSize, mf: ModelFile) -> tuple[tuple[int, int], bool]:
     if min(h, w) < 32:
         raise CamsegError(f"--size {h}x{w}: both sides must be at least 32")
     return (h, w), False
+
+
+def _require_writable_parent(parent: Path, given: bool) -> None:
+    """The evaluation's folder can be made under `parent`: checked before the scoring."""
+    what = "--out" if given else "evaluate writes its results to"
+    fix = "choose a writable folder" if given else "give --out FOLDER"
+    require_folder_path(parent, what, fix)
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    try:
+        require_writable(existing, what)
+    except CamsegError as e:
+        raise CamsegError(f"{e}".replace("choose a writable folder", fix)) from None
 
 
 def _new_dir(parent: Path, name: str) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from camseg import __version__
+from camseg.atomic import require_writable
 from camseg.errors import CamsegError
 from camseg.model import ModelFile, read_model_file
 from camseg.onnx import (
@@ -53,6 +54,12 @@ def default_onnx_path(source: Path) -> Path:
     one; RUN/best.onnx for its best epoch's weights), else <stem>.onnx beside a lone model
     file."""
     run = run_of(source)
+    if run is not None and not run.finished:
+        raise CamsegError(
+            f"{run.dir} has not finished training: a model.onnx in it would be stale once the "
+            f"run is resumed; export it when it has finished, or give --out FILE to export "
+            f"{source.name} now"
+        )
     if run is not None:
         return run.dir / ("best.onnx" if weights_of(source) == "best" else "model.onnx")
     return source.with_suffix(".onnx")
@@ -78,12 +85,14 @@ def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
         raise CamsegError(f"--out {out} exists; camseg export never overwrites a file")
     if out is not None and not out.parent.is_dir():
         raise CamsegError(f"--out {out}: folder {out.parent} does not exist")
+    target = out or default_onnx_path(where)
+    require_writable(target.parent, "--out" if out is not None else "export writes to")
     start = time.perf_counter()
     mf = source if isinstance(source, ModelFile) else read_model_file(source)
     model = _exportable(mf)
     data = _serialise(model, mf)
     diff = _check(data, model, mf)
-    path = _write_new(out or default_onnx_path(where), data, number=out is None)
+    path = _write_new(target, data, number=out is None)
     return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start)
 
 

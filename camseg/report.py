@@ -101,7 +101,7 @@ def write_report(run_dir: Path) -> Path:
             row[k] = _fmt(float(row[k]), 6 if k != "miou" else 4)
         row["seconds"] = _fmt(float(row["seconds"]), 1)
     paper = _read_csv(resource_path("paper_fig13.csv"))
-    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+    summary = json.loads(run.summary.read_text()) if run.finished else {}  # whole, or none
     config = run.config.read_text() if run.config.is_file() else ""
 
     parts = [f"<h1>camseg run: {html.escape(run_dir.name)}</h1>"]

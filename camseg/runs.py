@@ -9,16 +9,20 @@ a model file belongs to). The only module that knows the layout.
     RUN/tensorboard/                                                 train.tensorboard, every epoch
     RUN/eval/<data>-<split>[-k]/                                     one per `camseg evaluate`
     RUN/predictions[-k]/                                             `camseg predict` without --out
+    RUN/.lock                                                        locked while a process trains
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import math
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,9 +119,24 @@ class Run:
         return self.config.is_file() and self.history.exists()
 
     @property
+    def lock(self) -> Path:
+        """flock'ed by the process that trains the run (`run_lock`)."""
+        return self.dir / ".lock"
+
+    @property
     def finished(self) -> bool:
-        """Training ran to its end: model.pth, then summary.json, are written last."""
-        return self.model.is_file() and self.summary.is_file()
+        """Training ran to its end: model.pth, then summary.json, are written last; a summary
+        that does not read as JSON (a file cut short by a full disk or a copy) is not an end."""
+        if not (self.model.is_file() and self.summary.is_file()):
+            return False
+        try:
+            return isinstance(json.loads(self.summary.read_bytes()), dict)
+        except (OSError, ValueError):
+            return False
+
+    def trained_by(self) -> int | None:
+        """The pid of the process training this run now (it holds `lock`), else None."""
+        return _lock_holder(self.lock)
 
     @property
     def finished_at(self) -> float:
@@ -137,6 +156,56 @@ def resumable_run(run_dir: Path) -> Run:
             f"--set model.init_from={run_dir / 'model.pth'}"
         )
     return run
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN/.lock (an advisory flock) while training in run_dir: a second `train --resume`
+    of the run is refused while the first runs. The kernel releases the lock when the process
+    ends, however it ends (kill -9 too), so a stale lock never blocks a resume. Where flock does
+    not exist (Windows) runs are not locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Run(run_dir).lock
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise CamsegError(
+                f"{run_dir} is being trained by another process (pid {pid}); wait for it to "
+                "end, or stop it, then resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def create_run_dir(parent: Path, name: str) -> Path:

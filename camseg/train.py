@@ -5,6 +5,7 @@ Trainer (trainer.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from camseg.runs import (
     create_run_dir,
     resolve_init_from,
     resumable_run,
+    run_lock,
     run_name,
     start_run,
 )
@@ -81,9 +83,15 @@ def train_new(
     if rank_distrib() == 0:
         run_dir = start_run(cfg, config_path, name, command, environment(trainer.device)).dir
     run_dir = share_path(run_dir)
-    if on_start is not None and rank_distrib() == 0:
-        on_start(run_dir, describe_device(trainer.device, cfg))
-    return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
+    with _locked(run_dir):
+        if on_start is not None and rank_distrib() == 0:
+            on_start(run_dir, describe_device(trainer.device, cfg))
+        return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
+
+
+def _locked(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run's lock for the process that writes it (rank 0 of a multi-GPU run)."""
+    return run_lock(run_dir) if rank_distrib() == 0 else contextlib.nullcontext()
 
 
 def train_resume(
@@ -100,21 +108,22 @@ def train_resume(
     A finished run is left as it is, and the model settings cannot change: the checkpoint
     holds that network's weights."""
     run = resumable_run(run_dir)
-    saved = load_config(run.config)
-    cfg = load_config(run.config, overrides or [])
-    _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)
-    for stray in run.checkpoints.glob(".*.tmp"):  # a write the crash cut short
-        stray.unlink()
-    ckpt = load_checkpoint(run.last) if run.last.is_file() else None
-    weights = None  # the loss's weights as the run started with them, not counted again
-    if run.class_weights.is_file() and cfg.train.class_weights == saved.train.class_weights:
-        weights = json.loads(run.class_weights.read_text(encoding="utf-8"))
-    trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
-    if overrides and rank_distrib() == 0:
-        atomic_write_text(run.config, dump_config(absolute_paths(cfg)))
-    if on_start is not None and rank_distrib() == 0:
-        on_start(run.dir, describe_device(trainer.device, cfg))
-    return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
+    with _locked(run.dir):  # a second resume of the run is refused while this one trains
+        saved = load_config(run.config)
+        cfg = load_config(run.config, overrides or [])
+        _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)
+        for stray in run.checkpoints.glob(".*.tmp"):  # a write the crash cut short
+            stray.unlink()
+        ckpt = load_checkpoint(run.last) if run.last.is_file() else None
+        weights = None  # the loss's weights as the run started with them, not counted again
+        if run.class_weights.is_file() and cfg.train.class_weights == saved.train.class_weights:
+            weights = json.loads(run.class_weights.read_text(encoding="utf-8"))
+        trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
+        if overrides and rank_distrib() == 0:
+            atomic_write_text(run.config, dump_config(absolute_paths(cfg)))
+        if on_start is not None and rank_distrib() == 0:
+            on_start(run.dir, describe_device(trainer.device, cfg))
+        return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
 
 
 def _init_file_resolved(cfg: Config) -> Config:

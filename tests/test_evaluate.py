@@ -13,7 +13,7 @@ import torch
 from conftest import history, written_dir
 
 from camseg.data.prepare import prepare_camseq01
-from camseg.model import read_model_file
+from camseg.model import read_model_file, weights_sha256
 
 pytestmark = pytest.mark.slow  # every test here reads trained_run, which trains
 
@@ -94,6 +94,7 @@ def _with_best(run: Path) -> Path:
     weights["model"] = {
         k: v * 0.5 if v.is_floating_point() else v for k, v in weights["model"].items()
     }
+    weights["weights_sha256"] = weights_sha256(weights["model"])
     (run / "checkpoints").mkdir(exist_ok=True)
     torch.save(weights, run / "checkpoints" / "best.pth")
     return run / "checkpoints" / "best.pth"

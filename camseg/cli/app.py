@@ -5,6 +5,7 @@ option value that typer rejects, each become one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import re
@@ -103,8 +104,8 @@ app.add_typer(data_app, name="data")
 
 # no markup: paths, class names and messages print as they are ("runs/[old]" stays whole);
 # a styled line passes rich Text or style=
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -169,9 +170,16 @@ def model_source(run: Path | None, model: Path | None, weights: Any = None) -> P
     if not source.is_dir():
         return model_file(source, choice)
     path = model_file(source, choice or "last")
-    if not Run(source).finished:
-        err.print(f"camseg: note: {source} has not finished training: using {path}", soft_wrap=True)
+    run = Run(source)
+    if not run.finished:
+        pid = run.trained_by()
+        now = f"is being trained now (pid {pid})" if pid else "has not finished training"
+        err.print(f"camseg: note: {source} {now}: using {path}", soft_wrap=True)
     return path
+
+
+# A write the disk or file system refused: full, over quota, read-only, not permitted.
+CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def user_errors(fn: F) -> F:
@@ -183,6 +191,16 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except CamsegError as e:
             err.print(f"camseg: error: {e}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in CANNOT_WRITE:
+                raise
+            where = e.filename or "a file"
+            err.print(
+                f"camseg: error: cannot write {where}: {e.strerror}; free space or choose "
+                "another folder (what was written before is kept)",
+                soft_wrap=True,
+            )
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

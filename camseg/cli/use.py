@@ -67,6 +67,14 @@ def evaluate(
             "cannot run here), fp32, fp16 (CUDA) or bf16."
         ),
     ] = "train",  # type: ignore[assignment]
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder to write the evaluation's folder in (default: RUN/eval, or eval/ "
+            "beside --model).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Only metrics.json on stdout.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -95,6 +103,7 @@ def evaluate(
         device=device,
         batch_size=batch_size,
         precision=precision.value,  # type: ignore[arg-type]
+        out=out_dir,
     )
     if json_out:
         print_json(json.loads((result.out_dir / "metrics.json").read_text(encoding="utf-8")))

@@ -17,6 +17,7 @@ from PIL import Image
 from camseg.atomic import atomic_write
 from camseg.data.files import load_rgb, resize_label, resize_rgb
 from camseg.data.layouts import DatasetFiles, label_reader
+from camseg.errors import CamsegError
 
 # Part of every entry's folder: entries made by an older decoder (before 16-bit frames were
 # scaled and EXIF orientation applied) are never read back.
@@ -73,8 +74,15 @@ def build_cache(
             _save(y_path, resize_label(read_label(image), size))
         return x_path, y_path
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        made = list(pool.map(one, files.images))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            made = list(pool.map(one, files.images))
+    except OSError as e:  # read-only, full: nothing half-written (each entry is atomic)
+        where = e.filename or folder
+        raise CamsegError(
+            f"data.cache {root}: cannot write {where} ({e.strerror or e}); set data.cache to a "
+            "writable folder, or data.cache=false"
+        ) from None
     xs = {img: x for img, (x, _) in zip(files.images, made, strict=True)}
     ys = {img: y for img, (_, y) in zip(files.images, made, strict=True)}
     return CachedArray(xs), CachedArray(ys)
