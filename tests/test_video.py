@@ -346,3 +346,31 @@ def test_earlier_video_outputs_are_not_inputs(trained_run, camvid_tiny, tmp_path
         "mine_overlay_overlay.mp4",
     ], made
     assert mine.is_file()
+
+
+@pytest.mark.faults
+def test_full_disk_while_a_video_is_written_is_one_line(trained_run, camvid_tiny, tmp_path, cli):
+    """FFmpeg's ENOSPC: one line, the half-written video and its temporary file gone (before:
+    av.error.OSError's traceback, a .tmp left, the cleanup's own traceback chained to it)."""
+    import errno
+
+    from camseg.video_io import VideoWriter
+
+    clip = write_video(tmp_path / "clip.mp4", camvid_frames(camvid_tiny, 4))
+    real = VideoWriter.write
+    calls = {"n": 0}
+
+    def full(self, rgb):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise av.error.OSError(errno.ENOSPC, "No space left on device", str(self._tmp))
+        return real(self, rgb)
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VideoWriter, "write", full)
+        result = cli("predict", clip, "--run", trained_run, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "No space left on device" in result.stderr
+    assert "Traceback" not in result.output
+    assert list(out.iterdir()) == []
