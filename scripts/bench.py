@@ -10,6 +10,7 @@
     python scripts/bench.py video [--device cpu] [--n 300] [--size 360x480] [--rounds 3]
     python scripts/bench.py backends --model RUN [--size 360x480] [--n 20] [--repeats 3]
                                      [--skip BACKEND,...]
+    python scripts/bench.py checksum [--arch resnet34] [--repeats 5]
     python scripts/bench.py env [--device cuda]
     python scripts/bench.py --quick            # `all` at tiny sizes (CI runs this)
 
@@ -48,6 +49,9 @@ frames), and fastai's per-image `learn.predict`: images/s of `Segmenter.predict(
 at a time over --n frames (median of --repeats rounds, the backends alternating), mask pixels
 equal to PyTorch fp32's, and acc_camvid on the validation frames at --size. int8 dynamic runs
 5-6x slower than fp32 on a CPU: --skip onnxruntime-int8-dynamic saves minutes.
+checksum: the cost of the weights' SHA-256 that model.pth, checkpoints and model.onnx record:
+hashing a --arch U-Net's state dict, and reading model.pth (and, with the export extra, an exported
+model.onnx's metadata) with and without the check; median of --repeats rounds, page cache warm.
 env: what runs (Python, torch, CUDA, cuDNN, GPU, fastai, camseg and where each is imported from),
 after one matrix product on the device.
 `all` (the default) runs predict, data, train, bigphoto and accuracy.
@@ -64,7 +68,7 @@ from pathlib import Path
 
 from benchlib.backends import OPTIONAL, bench_backends
 from benchlib.common import DEFAULT_DATA, REPO, BenchError, Results, bench_env, parse_size
-from benchlib.inference import bench_bigphoto, bench_predict
+from benchlib.inference import bench_bigphoto, bench_checksum, bench_predict
 from benchlib.training import (
     RECIPES,
     SETTINGS,
@@ -75,6 +79,12 @@ from benchlib.training import (
     bench_train,
 )
 from benchlib.video import bench_video
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "bf16",
             "video",
             "backends",
+            "checksum",
             "env",
         ],
     )
@@ -173,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_bf16(results, data, repeats or 1)
         if what == "video":
             bench_video(results, data, big, n or 300, device, arch, rounds)
+        if what == "checksum":
+            bench_checksum(results, data, arch, repeats or 5, has_module("onnxscript"))
         if what == "backends":
             bench_backends(results, args.model, data, big, n or 20, repeats or 3, skip)
     except BenchError as e:

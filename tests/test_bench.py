@@ -125,3 +125,15 @@ def test_backends_benchmark_compares_with_pytorch_fp32(tmp_path, camvid_tiny, tr
     assert rows["onnxruntime-fp32"]["pixel_agreement_vs_pytorch_fp32"] > 0.99
     assert all(r["images_per_s"] > 0 and 0 <= r["acc_camvid"] <= 1 for r in rows.values())
     assert bench("backends", "--skip", "nope").returncode == 2
+
+
+@pytest.mark.slow
+def test_checksum_benchmark_times_hashing_and_loading(tmp_path, camvid_tiny):
+    out = tmp_path / "checksum.json"
+    proc = bench("checksum", "--arch", "resnet18", "--repeats", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())["checksum"]
+    assert row["arch"] == "resnet18" and row["weights_mb"] > 50
+    assert row["sha256_s"] > 0 and row["read_model_pth_s"] > 0
+    assert row["read_model_pth_without_checksum_s"] > 0
+    assert row["onnx_metadata_and_graph_sha256_s"] > 0  # the test extras include export

@@ -212,3 +212,54 @@ def bench_bigphoto(
 
 if __name__ == "__main__":  # one timed side of bench_predict, in a process of its own
     print(json.dumps(_timed_side(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
+
+
+def bench_checksum(results: Results, data: Path, arch: str, repeats: int, onnx: bool) -> None:
+    """What the weights' checksum costs: SHA-256 of a U-Net's state dict (written into model.pth
+    and checkpoints, checked on every load) and reading model.pth with and without the check;
+    with `onnx`, reading an exported model.onnx's metadata with and without hashing its graph.
+    Median seconds of `repeats` rounds (the page cache warm: the disk is not what is measured)."""
+    import statistics
+
+    import torch
+
+    from camseg.data.files import read_codes
+    from camseg.model import read_model_file, weights_sha256
+
+    codes = read_codes(data / "codes.txt")
+    size = (64, 96)  # the weights do not depend on the size
+    row: dict = {"arch": arch}
+
+    def median(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return round(statistics.median(times), 4)
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        path = untrained_model_file(tmp / "model.pth", arch, size, codes)
+        obj = torch.load(path, weights_only=True)
+        row["weights_mb"] = round(
+            sum(t.numel() * t.element_size() for t in obj["model"].values()) / 1e6, 1
+        )
+        row["sha256_s"] = median(lambda: weights_sha256(obj["model"]))
+        del obj["weights_sha256"]
+        torch.save(obj, tmp / "unchecked.pth")
+        row["read_model_pth_s"] = median(lambda: read_model_file(path))
+        row["read_model_pth_without_checksum_s"] = median(
+            lambda: read_model_file(tmp / "unchecked.pth")
+        )
+        if onnx:
+            from camseg.onnx import _scan
+            from camseg.onnx_export import export_onnx
+
+            exported = export_onnx(path, tmp / "model.onnx").path
+            row["onnx_mb"] = round(exported.stat().st_size / 1e6, 1)
+            row["onnx_metadata_and_graph_sha256_s"] = median(
+                lambda: _scan(exported, hash_graph=True)
+            )
+            row["onnx_metadata_only_s"] = median(lambda: _scan(exported, hash_graph=False))
+    results.save("checksum", row)
