@@ -172,7 +172,7 @@ CONFIG_FAULTS = [
     ConfigFault(
         "class weight of zero",
         "train:\n  class_weights:\n    Car: 0\n",
-        ("train.class_weights", "the weight of Car must be a finite number > 0"),
+        ("train.class_weights", "the weight of Car must be a number > 0"),
     ),
     ConfigFault(
         "EMA decay of 1 (the average would never move)",

@@ -293,7 +293,7 @@ def test_export_weights_best_writes_best_onnx(tmp_path, cli, monkeypatch):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "history.csv", "summary.json", "model.pth", "checkpoints/best.pth"):
-        (run / name).write_text("")
+        (run / name).write_text("{}\n" if name == "summary.json" else "")  # a finished run
     assert default_onnx_path(run / "checkpoints" / "best.pth") == run / "best.onnx"
     assert default_onnx_path(run / "model.pth") == run / "model.onnx"
     given = []

@@ -119,5 +119,7 @@ def test_model_file_records_the_validation_precision(tmp_path, camvid_tiny):
     assert read_model_file(tmp_path / "old.pth").precision == "fp32"
 
     write_model_file(tmp_path / "bad.pth", net, {**old, "precision": "fp8"})
-    with pytest.raises(CamsegError, match="precision 'fp8'"):
+    with pytest.raises(
+        CamsegError, match=r"meta\.precision = 'fp8' is not one of fp32, fp16, bf16"
+    ):
         read_model_file(tmp_path / "bad.pth")

@@ -221,7 +221,7 @@ def test_init_from_a_run_takes_its_last_or_its_best_weights(tmp_path):
     run = tmp_path / "runs" / "half"
     (run / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "history.csv", "summary.json", "model.pth", "checkpoints/best.pth"):
-        (run / name).write_text("")
+        (run / name).write_text("{}\n" if name == "summary.json" else "")  # a finished run
     assert resolve_init_from(run) == run / "model.pth"  # the paper's: the last epoch
     assert resolve_init_from(Path(f"{run}:last")) == run / "model.pth"
     assert resolve_init_from(Path(f"{run}:best")) == run / "checkpoints" / "best.pth"
