@@ -178,8 +178,10 @@ def model_source(run: Path | None, model: Path | None, weights: Any = None) -> P
     return path
 
 
-# A write the disk or file system refused: full, over quota, read-only, not permitted.
-CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# A write the disk or file system refused (full, over quota, read-only, too big), and a file the
+# user may not touch: one line, not a traceback.
+CANNOT_WRITE = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+NOT_PERMITTED = {errno.EACCES, errno.EPERM}
 
 
 def user_errors(fn: F) -> F:
@@ -193,14 +195,17 @@ def user_errors(fn: F) -> F:
             err.print(f"camseg: error: {e}", soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:
-            if e.errno not in CANNOT_WRITE:
-                raise
             where = e.filename or "a file"
-            err.print(
-                f"camseg: error: cannot write {where}: {e.strerror}; free space or choose "
-                "another folder (what was written before is kept)",
-                soft_wrap=True,
-            )
+            if e.errno in CANNOT_WRITE:
+                message = (
+                    f"cannot write {where}: {e.strerror}; free space or choose another folder "
+                    "(what was written before is kept)"
+                )
+            elif e.errno in NOT_PERMITTED:
+                message = f"{where}: {e.strerror}; check its permissions, or choose another path"
+            else:
+                raise
+            err.print(f"camseg: error: {message}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
