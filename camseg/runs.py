@@ -155,7 +155,17 @@ def resumable_run(run_dir: Path) -> Run:
             f"its weights: camseg train --config {run_dir / 'config.yaml'} "
             f"--set model.init_from={run_dir / 'model.pth'}"
         )
+    pid = run.trained_by()
+    if pid is not None:  # asked before anything is loaded; run_lock closes the race after
+        raise CamsegError(_being_trained(run_dir, pid))
     return run
+
+
+def _being_trained(run_dir: Path, pid: object) -> str:
+    return (
+        f"{run_dir} is being trained by another process (pid {pid}); wait for it to end, or "
+        "stop it, then resume"
+    )
 
 
 @contextlib.contextmanager
@@ -176,10 +186,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise CamsegError(
-                f"{run_dir} is being trained by another process (pid {pid}); wait for it to "
-                "end, or stop it, then resume"
-            ) from None
+            raise CamsegError(_being_trained(run_dir, pid)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -107,18 +107,20 @@ def train_resume(
 
     A finished run is left as it is, and the model settings cannot change: the checkpoint
     holds that network's weights."""
-    run = resumable_run(run_dir)
-    with _locked(run.dir):  # a second resume of the run is refused while this one trains
-        saved = load_config(run.config)
-        cfg = load_config(run.config, overrides or [])
-        _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)
+    run = resumable_run(run_dir)  # refused at once if another process trains it
+    saved = load_config(run.config)
+    cfg = load_config(run.config, overrides or [])
+    _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)
+    ckpt = load_checkpoint(run.last) if run.last.is_file() else None
+    weights = None  # the loss's weights as the run started with them, not counted again
+    if run.class_weights.is_file() and cfg.train.class_weights == saved.train.class_weights:
+        weights = json.loads(run.class_weights.read_text(encoding="utf-8"))
+    trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
+    # every check passed and nothing written: from here on this process owns the run (a resume
+    # refused above leaves the folder as it was)
+    with _locked(run.dir):
         for stray in run.checkpoints.glob(".*.tmp"):  # a write the crash cut short
             stray.unlink()
-        ckpt = load_checkpoint(run.last) if run.last.is_file() else None
-        weights = None  # the loss's weights as the run started with them, not counted again
-        if run.class_weights.is_file() and cfg.train.class_weights == saved.train.class_weights:
-            weights = json.loads(run.class_weights.read_text(encoding="utf-8"))
-        trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
         if overrides and rank_distrib() == 0:
             atomic_write_text(run.config, dump_config(absolute_paths(cfg)))
         if on_start is not None and rank_distrib() == 0:
