@@ -250,7 +250,7 @@ def apply_speed_settings(learn: Any, cfg: Config, device: torch.device) -> None:
 class ConfusionMetric(Metric):
     """Accumulates the validation confusion matrix; subclasses turn it into one number."""
 
-    def __init__(self, n_classes: int, void_index: int) -> None:
+    def __init__(self, n_classes: int, void_index: int | None) -> None:
         self.n_classes, self.void_index = n_classes, void_index
         self.cm: torch.Tensor | None = None
 

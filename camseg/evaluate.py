@@ -102,7 +102,7 @@ def split_items(files: DatasetFiles, split: Split) -> list[Path]:
     return items
 
 
-def _scores(cm: torch.Tensor, void: int) -> Scores:
+def _scores(cm: torch.Tensor, void: int | None) -> Scores:
     return Scores(acc_camvid(cm, void), pixel_acc(cm), miou(cm, void), cm.cpu().numpy())
 
 
@@ -164,6 +164,8 @@ def evaluate(
     out_parent = out or (run.evals if run else mf.path.parent / "eval")
     _require_writable_parent(out_parent, out is not None)
     data_cfg = _data_config(run, data, layout)
+    if data_cfg.ignore_index is None and mf.ignore_index is not None:  # as the model trained
+        data_cfg = data_cfg.model_copy(update={"ignore_index": mf.ignore_index})
     files = find_files(data_cfg, EVALUATE_OPTIONS)
     if files.codes != mf.codes:
         raise CamsegError(
@@ -193,6 +195,7 @@ def evaluate(
         "weights": weights_of(mf.path),
         "data": str(files.root),
         "split": split,
+        "ignore_index": files.ignore_index,  # the label value not scored
         "n_images": len(items),
         "size": "native" if native else list(eval_size),
         "scoring": "class scores upsampled bilinearly to label resolution, then argmax"
@@ -242,7 +245,7 @@ def _write_outputs(
     scores: Scores,
     without: Scores | None,
     codes: list[str],
-    void: int,
+    void: int | None,
     evaluated: dict,
 ) -> list[dict]:
     from camseg.plots import plot_confusion

@@ -14,7 +14,6 @@ import torch
 from fastai.losses import BaseLoss, CrossEntropyLossFlat, DiceLoss, FocalLoss, FocalLossFlat
 
 from camseg.config import did_you_mean
-from camseg.data.files import VOID
 from camseg.data.frequencies import count_classes, median_frequency_weights
 from camseg.data.layouts import DatasetFiles
 from camseg.errors import CamsegError
@@ -86,9 +85,12 @@ class VoidDiceLoss(DiceLoss):
         if self.ignore_index == NO_IGNORE:
             return super().__call__(pred, targ)
         pred, targ = pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor)
-        keep = (targ != self.ignore_index).unsqueeze(self.axis)
+        kept = targ != self.ignore_index
+        keep = kept.unsqueeze(self.axis)
         probs = self.activation(pred) * keep
-        true = self._one_hot(targ, pred.shape[self.axis], self.axis) * keep
+        # an ignore value outside the classes (255) has no one-hot column: any class will do,
+        # the mask zeroes it
+        true = self._one_hot(targ.masked_fill(~kept, 0), pred.shape[self.axis], self.axis) * keep
         dims = list(range(2, pred.ndim))
         inter = (probs * true).sum(dims)
         union = ((probs**2 if self.square_in_union else probs) + true).sum(dims)
@@ -257,10 +259,17 @@ LOSSES: dict[str, Callable[[LossConfig, torch.Tensor | None, int], Any]] = {
 }
 
 
-def build_loss(cfg: LossConfig, codes: list[str], weights: list[float] | None) -> Any:
-    """The loss of `train.loss`; `weights` are one per class in codes order (None: all 1)."""
+def build_loss(
+    cfg: LossConfig, codes: list[str], weights: list[float] | None, ignore_index: int
+) -> Any:
+    """The loss of `train.loss`; `weights` are one per class in codes order (None: all 1).
+    `ignore_index` (data.ignore_index): a value outside the classes (255) is never trained on;
+    a class (CamVid's Void) is trained on as fastai does, unless train.loss.ignore_void."""
     weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
-    ignore = codes.index(VOID) if cfg.ignore_void else NO_IGNORE
+    if ignore_index >= len(codes):
+        ignore = ignore_index
+    else:
+        ignore = ignore_index if cfg.ignore_void else NO_IGNORE
     return LOSSES[cfg.name](cfg, weight, ignore)
 
 

@@ -28,11 +28,14 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -
     return torch.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def acc_camvid(cm: torch.Tensor, void_index: int) -> float:
-    """Correct pixels / pixels whose true class is not Void. NaN when every pixel is Void."""
+def acc_camvid(cm: torch.Tensor, void_index: int | None) -> float:
+    """Correct pixels / pixels whose true class is not Void (None: every class is scored).
+    NaN when every pixel is Void. Label values outside the classes (an ignore value of 255)
+    never reach the matrix (`confusion_matrix` drops them)."""
     cm = cm.double()
     keep = torch.ones(cm.shape[0], dtype=torch.bool, device=cm.device)
-    keep[void_index] = False
+    if void_index is not None:
+        keep[void_index] = False
     total = cm[keep].sum()
     if total == 0:
         return float("nan")
@@ -88,7 +91,7 @@ def class_scores(cm: torch.Tensor, void_index: int | None = None) -> ClassScores
     )
 
 
-def miou(cm: torch.Tensor, void_index: int) -> float:
+def miou(cm: torch.Tensor, void_index: int | None) -> float:
     """Mean IoU over the non-Void classes labelled or predicted on a non-Void pixel.
 
     As in mmsegmentation and torchmetrics: a class that is only predicted scores IoU 0, a class

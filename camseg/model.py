@@ -243,6 +243,7 @@ class ModelFile:
     last_cross: bool
     state_dict: dict[str, torch.Tensor]
     precision: Precision = "fp32"  # what training validated in (camseg.precision)
+    ignore_index: int | None = None  # data.ignore_index of training; None: older files
 
     def build(self) -> nn.Module:
         """Rebuild the U-Net and load the weights (fastai's create_unet_model, no download).
@@ -356,6 +357,13 @@ def _checked_meta(path: Path, meta: Any) -> dict[str, Any]:
     precision = meta.get("precision", "fp32")  # older files: not recorded, read as fp32
     if precision not in get_args(Precision):
         raise bad("precision", f"one of {', '.join(get_args(Precision))}")
+    ignore_index = meta.get("ignore_index")  # older files: not recorded (Void's index)
+    if ignore_index is not None and (
+        not isinstance(ignore_index, int)
+        or isinstance(ignore_index, bool)
+        or not 0 <= ignore_index <= 255
+    ):
+        raise bad("ignore_index", "a label value 0-255")
     return {
         "arch": meta["arch"],
         "codes": list(codes),
@@ -366,6 +374,7 @@ def _checked_meta(path: Path, meta: Any) -> dict[str, Any]:
         "blur": meta["blur"],
         "last_cross": last_cross,
         "precision": precision,
+        "ignore_index": ignore_index,
     }
 
 
@@ -375,6 +384,7 @@ def model_meta(
     size: tuple[int, int],
     *,
     precision: Precision = "fp32",
+    ignore_index: int | None = None,
 ) -> dict[str, Any]:
     """What model.pth records beside the weights; `precision` is what training validated in
     (camseg.precision.validation_precision), which `evaluate` reproduces by default."""
@@ -388,6 +398,7 @@ def model_meta(
         "blur": cfg.blur,
         "last_cross": cfg.last_cross,
         "precision": precision,
+        "ignore_index": ignore_index,  # the label value training did not score
         "camseg_version": __version__,
     }
 

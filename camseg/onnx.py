@@ -56,6 +56,7 @@ def metadata(mf: ModelFile) -> dict[str, str]:
         "blur": json.dumps(mf.blur),
         "last_cross": json.dumps(mf.last_cross),
         "precision": mf.precision,  # what training validated in; the graph itself is fp32
+        "ignore_index": json.dumps(mf.ignore_index),  # the label value training did not score
         "camseg_version": __version__,
     }
 
@@ -121,12 +122,20 @@ def _model_file(path: Path, props: dict[str, str]) -> ModelFile:
             last_cross=bool(json.loads(props.get("last_cross", "true"))),
             state_dict={},
             precision=precision,  # type: ignore[arg-type]
+            ignore_index=_ignore_index(props),
         )
     except (KeyError, ValueError, TypeError):
         raise CamsegError(
             f"{path}: camseg metadata incomplete or malformed (needs codes, size, mean, std); "
             "re-export it with camseg export"
         ) from None
+
+
+def _ignore_index(props: dict[str, str]) -> int | None:
+    value = json.loads(props.get("ignore_index", "null"))
+    if value is not None and (not isinstance(value, int) or not 0 <= value <= 255):
+        raise ValueError("ignore_index")
+    return value
 
 
 class OnnxModule(torch.nn.Module):

@@ -20,6 +20,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from camseg.atomic import atomic_write, atomic_write_text
 from camseg.data.files import camvid_palette as palette
+from camseg.data.files import label_palette
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -106,7 +107,7 @@ def plot_grid(
 ) -> list[int]:
     """Rows of image / ground truth / prediction (paper Fig. 14); uint8 HxWx3 and HxW arrays.
     Below them a legend of the classes shown, whose indices it returns."""
-    pal = palette(codes)
+    pal = label_palette(codes)  # a ground truth's ignore value (255) shows black
     cols = 3 if truths is not None else 2
     n = len(images)
     fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 3 * n), squeeze=False)
@@ -120,7 +121,7 @@ def plot_grid(
             if c == 0 and titles:
                 title = f"{title}\n{titles[r]}" if title else titles[r]
             axes[r, c].set_title(title, fontsize=9)
-    shown = present_classes(truths, preds)
+    shown = [i for i in present_classes(truths, preds) if i < len(codes)]  # not 255
     handles = [Patch(facecolor=pal[i] / 255, edgecolor="0.4", label=codes[i]) for i in shown]
     # centred under the last row, outside the axes: the saved figure grows to fit it
     # (bbox_inches="tight"); x in figure, y in the drawn last row's coordinates

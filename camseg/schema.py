@@ -107,6 +107,13 @@ class DataConfig(_Section):
     )
     root: Path = Field(Path("data/camvid"), description="dataset folder (relative to the config)")
     valid_file: str = Field("valid.txt", description="file in root listing validation image names")
+    ignore_index: int | None = Field(
+        None,
+        ge=0,
+        le=255,
+        description="the label value that is neither scored nor (outside the classes) trained "
+        "on; default: the index of Void when the codes have one, else 255",
+    )
     size: SizeOrScale = Field(
         1.0, description="training size: [H, W] in pixels, or a scale of the source size (0-1]"
     )
@@ -297,7 +304,10 @@ class LossConfig(_Section):
         "batch, against 1 for a labelled class (0-1; 0 is present's mean)",
     )
     ignore_void: bool = Field(
-        False, description="Void pixels add nothing to the loss (false: Void is a class to learn)"
+        False,
+        description="pixels of the ignored class (data.ignore_index when it is a class: CamVid's "
+        "Void) add nothing to the loss (false: it is a class to learn, as in fastai); an ignore "
+        "value outside the classes (255) is never trained on",
     )
 
 

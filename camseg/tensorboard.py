@@ -13,7 +13,7 @@ import torch
 from fastai.callback.core import Callback
 
 from camseg.checkpoint import RunState
-from camseg.data.files import camvid_palette
+from camseg.data.files import label_palette
 from camseg.errors import CamsegError
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -45,7 +45,7 @@ class TensorBoardLog(Callback):
 
     def __init__(self, folder: Path, codes: list[str], state: RunState, n_images: int = 4) -> None:
         self.folder, self.state, self.n_images = folder, state, n_images
-        self.palette = torch.from_numpy(camvid_palette(codes))
+        self.palette = torch.from_numpy(label_palette(codes))  # an ignore value shows black
         self.writer: Any = None  # a SummaryWriter while a stage runs
         self._rows = 0  # history rows when the epoch began
         self._frames: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None

@@ -193,7 +193,9 @@ class Trainer:
             path=Path("."),
             wd=cfg.train.wd,
             moms=cfg.train.moms,
-            loss_func=build_loss(cfg.train.loss, self.files.codes, self.class_weights),
+            loss_func=build_loss(
+                cfg.train.loss, self.files.codes, self.class_weights, self.files.ignore_index
+            ),
         )
         learn.logger = lambda *_: None  # the CLI prints the table
         learn.remove_cb(ProgressCallback)
@@ -257,6 +259,7 @@ class Trainer:
             self.cfg.model,
             self.files.codes,
             self.size,
+            ignore_index=self.files.ignore_index,
             precision=validation_precision(self.cfg.train.fp16, self.cfg.train.bf16, self.device),
         )
         try:

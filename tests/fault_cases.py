@@ -223,6 +223,11 @@ CONFIG_FAULTS = [
     ),
     ConfigFault("file not found", None, ("config file not found: ",)),
     ConfigFault(
+        "data.ignore_index outside 0-255",
+        "data:\n  ignore_index: 256\n",
+        ("data.ignore_index = 256", "less than or equal to 255"),
+    ),
+    ConfigFault(
         "a seed beyond 32 bits",
         "train:\n  seed: 100000000000000000000000000\n",
         ("train.seed = 100000000000000000000000000", "less than or equal to 4294967295"),
@@ -281,11 +286,6 @@ def _label_value_40(root: Path) -> None:
     arr = np.array(Image.open(_label(root)))
     arr[0, 0] = 40
     Image.fromarray(arr).save(_label(root))
-
-
-def _rename_void(root: Path) -> None:
-    codes = root / "codes.txt"
-    codes.write_text(codes.read_text().replace("Void\n", "Nothing\n"))
 
 
 def _duplicate_road(root: Path) -> None:
@@ -349,8 +349,11 @@ DATA_FAULTS = [
     DataFault("image without label", _remove_label, f"{STEM}.png: no label"),
     DataFault("label without image", _remove_image, f"{STEM}_P.png: label without an image"),
     DataFault("label size differs", _shrink_label, f"{STEM}_P.png: size 64x48 differs"),
-    DataFault("label value >= codes", _label_value_40, "label value 40 >= number of codes (32)"),
-    DataFault("codes without Void", _rename_void, "no 'Void' class", refused=True),
+    DataFault(
+        "label value neither a class nor the ignore value",
+        _label_value_40,
+        "label values 40 (1 px) are neither a class (0-31) nor data.ignore_index (30)",
+    ),
     DataFault("duplicate codes", _duplicate_road, "duplicate class names Road", refused=True),
     DataFault("valid.txt empty", _empty_valid, "validation list is empty"),
     DataFault(

@@ -39,7 +39,7 @@ def batch(void: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss_of(name: str, weights: list[float] | None = None, **kw) -> object:
-    return build_loss(LossConfig(name=name, **kw), CODES, weights)
+    return build_loss(LossConfig(name=name, **kw), CODES, weights, VOID)
 
 
 def test_the_table_has_every_choice_of_the_schema():
@@ -50,7 +50,7 @@ def test_ce_is_fastais_default_for_masks(camvid_tiny, tmp_path):
     cfg = load_config(None, [f"data.root={small_copy(camvid_tiny, tmp_path / 'd', 2, 2)}"])
     files = find_files(cfg.data)
     default = build_dataloaders(cfg.data, files, batch_size=2).train_ds.loss_func  # Learner's
-    ours = build_loss(cfg.train.loss, files.codes, None)
+    ours = build_loss(cfg.train.loss, files.codes, None, files.ignore_index)
     assert type(default) is CrossEntropyLossFlat and isinstance(ours, CrossEntropyLossFlat)
     assert (ours.axis, ours.func.ignore_index, ours.func.weight) == (default.axis, -100, None)
     x, y = batch(void=True)

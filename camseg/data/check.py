@@ -77,9 +77,10 @@ def _size_problems(img: Path, lbl: Path, loaded: LoadedImage, lsize: tuple[int, 
 
 
 def _read_label(
-    path: Path, n_codes: int, convert: ColorToIndex | None
+    path: Path, n_codes: int, convert: ColorToIndex | None, ignore: int
 ) -> tuple[tuple[int, int] | None, np.ndarray | None, list[str]]:
-    """Size, per-class pixel counts, problems."""
+    """Size, per-class pixel counts (an ignore value outside the classes not counted),
+    problems."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -100,10 +101,23 @@ def _read_label(
     except Exception as e:
         return None, None, [f"{path}: unreadable label ({type(e).__name__}: {e})"]
     counts = np.bincount(arr.ravel(), minlength=n_codes)
-    if len(counts) > n_codes:
-        bad = int(np.nonzero(counts[n_codes:])[0].max()) + n_codes
-        return size, None, [f"{path}: label value {bad} >= number of codes ({n_codes})"]
-    return size, counts, []
+    extra = counts[n_codes:].copy()
+    if ignore >= n_codes and ignore - n_codes < len(extra):
+        extra[ignore - n_codes] = 0  # the ignore value: allowed, not a class
+    if extra.any():
+        values = np.nonzero(extra)[0]
+        listed = ", ".join(f"{v + n_codes} ({extra[v]} px)" for v in values[:4])
+        more = f" and {len(values) - 4} more" if len(values) > 4 else ""
+        return (
+            size,
+            None,
+            [
+                f"{path}: label values {listed}{more} are neither a class (0-{n_codes - 1}) "
+                f"nor data.ignore_index ({ignore}); if they mark unlabelled pixels, set "
+                f"data.ignore_index to that value"
+            ],
+        )
+    return size, counts[:n_codes], []
 
 
 def check_dataset(files: DatasetFiles, workers: int = 4, needs_split: bool = True) -> CheckReport:
@@ -130,7 +144,7 @@ def check_dataset(files: DatasetFiles, workers: int = 4, needs_split: bool = Tru
     def one(pair: tuple[Path, Path]) -> tuple[list[str], np.ndarray | None, tuple[str, ...]]:
         img, lbl = pair
         loaded, ierr = _read_image(img)
-        lsize, counts, lerrs = _read_label(lbl, n, convert)
+        lsize, counts, lerrs = _read_label(lbl, n, convert, files.ignore_index)
         errs = ([ierr] if ierr else []) + lerrs
         if loaded and lsize:
             errs += _size_problems(img, lbl, loaded, lsize)
@@ -148,14 +162,21 @@ def check_dataset(files: DatasetFiles, workers: int = 4, needs_split: bool = Tru
             report.class_pixels += counts
             if in_valid is not None and in_valid(img):
                 valid_read += 1
-                valid_scored += int(counts.sum() - counts[files.void_index])
+                void = files.void_index
+                valid_scored += int(counts.sum() - (counts[void] if void is not None else 0))
     if needs_split or files.valid_file.is_file():
         problems.extend(split_problems)
     if report.n_valid and valid_read == report.n_valid and valid_scored == 0:
+        void = files.void_index
+        ignored = (
+            f"{files.codes[void]} (data.ignore_index {void})"
+            if void is not None
+            else f"{files.ignore_index} (data.ignore_index)"
+        )
         problems.append(
-            f"{files.valid_file}: every pixel of the {report.n_valid} validation labels is Void, "
-            f"which acc_camvid does not score, so there is nothing to validate on; list frames "
-            f"whose labels have other classes"
+            f"{files.valid_file}: every pixel of the {report.n_valid} validation labels is "
+            f"{ignored}, which acc_camvid does not score, so there is nothing to validate on; "
+            f"list frames whose labels have other classes"
         )
     report.notes += [
         f"{paths[0].parent}: {change}: {_shown(paths)}" for change, paths in changed.items()

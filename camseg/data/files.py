@@ -82,11 +82,16 @@ def read_codes(path: Path) -> list[str]:
     dupes = sorted({c for c in codes if codes.count(c) > 1})
     if dupes:
         raise CamsegError(f"{path}: duplicate class names {', '.join(dupes)}; each must be unique")
-    if VOID not in codes:
-        raise CamsegError(
-            f"{path}: no '{VOID}' class; acc_camvid ignores Void pixels, add a line '{VOID}'"
-        )
+    if len(codes) > 255:
+        raise CamsegError(f"{path}: {len(codes)} classes; labels are 8-bit, so at most 255")
     return codes
+
+
+def default_ignore_index(codes: list[str]) -> int:
+    """data.ignore_index when the config leaves it out: Void's index where the codes have one
+    (CamVid: its pixels are a class that is not scored), else 255 (the Cityscapes / VOC / mmseg
+    value of unlabelled pixels, outside the classes)."""
+    return codes.index(VOID) if VOID in codes else 255
 
 
 def read_names(path: Path) -> list[str]:
@@ -203,6 +208,14 @@ class LabelColors:
 def camvid_palette(codes: list[str]) -> np.ndarray:
     """CamVid's colours for these class names: the palette of colour masks, overlays and plots."""
     return read_label_colors(resource_path("label_colors.txt")).palette(codes)
+
+
+def label_palette(codes: list[str]) -> np.ndarray:
+    """(256, 3) uint8: `camvid_palette` for the class values, black for the values above them
+    (an ignore value such as 255 in a ground-truth label)."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(codes)] = camvid_palette(codes)
+    return table
 
 
 def read_label_colors(path: Path) -> LabelColors:

@@ -81,7 +81,7 @@ def count_classes(
     return found
 
 
-def median_frequency_weights(counts: ClassCounts, void: int) -> list[float]:
+def median_frequency_weights(counts: ClassCounts, void: int | None) -> list[float]:
     """SegNet's median-frequency balancing (Badrinarayanan et al. 2017, after Eigen & Fergus):
     freq(c) = pixels of c / pixels of the training images in which c appears, and
     weight(c) = median of freq over the classes present / freq(c).
@@ -95,7 +95,8 @@ def median_frequency_weights(counts: ClassCounts, void: int) -> list[float]:
     pixels = np.asarray(counts.pixels, np.float64)
     totals = np.asarray(counts.image_pixels, np.float64)
     present = pixels > 0
-    present[void] = False
+    if void is not None:
+        present[void] = False
     weights = np.ones(len(pixels))
     if present.any():
         freq = pixels[present] / totals[present]

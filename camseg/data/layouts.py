@@ -8,6 +8,7 @@ are read through camseg.data.files, as `data check`, `evaluate` and `predict` re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from camseg.data.files import (
     IMAGE_SUFFIXES,
     ColorToIndex,
     LabelColors,
+    default_ignore_index,
     natural_key,
     read_codes,
     read_label_colors,
@@ -43,10 +45,17 @@ class DatasetFiles:
     valid_file: Path
     codes_file: Path  # codes.txt, or label_colors.txt for camseq01
     colors: LabelColors | None = field(default=None)
+    ignore: int | None = None  # data.ignore_index as configured (None: the default)
 
     @property
-    def void_index(self) -> int:
-        return self.codes.index("Void")
+    def ignore_index(self) -> int:
+        """The label value neither scored nor, outside the classes, trained on."""
+        return self.ignore if self.ignore is not None else default_ignore_index(self.codes)
+
+    @property
+    def void_index(self) -> int | None:
+        """The class that is not scored (CamVid's Void), when the ignore value is a class."""
+        return self.ignore_index if self.ignore_index < len(self.codes) else None
 
 
 class InValidList:
@@ -215,8 +224,6 @@ def camseq01_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIO
     raw, labelled = camseq01_folders(root)
     colors = read_label_colors(root / "label_colors.txt")
     codes = list(colors.names)
-    if "Void" not in codes:
-        raise CamsegError(f"{root / 'label_colors.txt'}: no 'Void' class; add '0 0 0<TAB>Void'")
     return DatasetFiles(
         root=root,
         layout="camseq01",
@@ -256,4 +263,4 @@ def find_files(cfg: DataConfig, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFi
         raise CamsegError(
             f"unknown data.layout {cfg.layout!r}; valid layouts: {', '.join(LAYOUTS)}"
         ) from None
-    return make(cfg, opts)
+    return dataclasses.replace(make(cfg, opts), ignore=cfg.ignore_index)

@@ -1,0 +1,148 @@
+"""A user's own classes: codes.txt without a Void class and labels that mark unlabelled pixels
+255 (the Cityscapes / VOC / mmsegmentation convention), through `data.ignore_index`. Ignored
+pixels change neither the loss nor the metrics; CamVid keeps Void's index as before."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fast_args, small_copy
+from PIL import Image
+
+from camseg.config import load_config
+from camseg.data import find_files
+from camseg.data.check import check_dataset
+from camseg.losses import LOSSES, build_loss
+from camseg.metrics import acc_camvid, confusion_matrix, miou
+from camseg.schema import LossConfig
+
+CODES = ["Road", "Sky", "Other"]
+ROAD = {"Road", "LaneMkgsDriv", "LaneMkgsNonDriv", "RoadShoulder"}
+
+
+def three_classes(camvid_tiny: Path, dst: Path, n_valid: int = 4, n_train: int = 16) -> Path:
+    """camvid_tiny's frames with Road, Sky and Other as the classes and Void pixels as 255."""
+    root = small_copy(camvid_tiny, dst, n_valid, n_train)
+    camvid = (camvid_tiny / "codes.txt").read_text().split()
+    table = np.full(256, 2, np.uint8)  # Other
+    for i, name in enumerate(camvid):
+        if name in ROAD:
+            table[i] = 0
+        elif name == "Sky":
+            table[i] = 1
+        elif name == "Void":
+            table[i] = 255
+    for label in (root / "labels").iterdir():
+        Image.fromarray(table[np.asarray(Image.open(label))]).save(label)
+    (root / "codes.txt").write_text("\n".join(CODES) + "\n")
+    return root
+
+
+def test_codes_without_void_ignore_255_by_default(camvid_tiny, tmp_path):
+    root = three_classes(camvid_tiny, tmp_path / "own")
+    files = find_files(load_config(None, [f"data.root={root}"]).data)
+    assert files.codes == CODES and files.ignore_index == 255 and files.void_index is None
+    report = check_dataset(files)
+    assert report.ok, report.problems
+    assert report.class_pixels.sum() > 0 and len(report.class_pixels) == 3
+    camvid = find_files(load_config(None, [f"data.root={camvid_tiny}"]).data)
+    assert camvid.ignore_index == camvid.void_index == camvid.codes.index("Void")  # as before
+    chosen = find_files(load_config(None, [f"data.root={root}", "data.ignore_index=2"]).data)
+    assert chosen.ignore_index == chosen.void_index == 2  # a class: Other is not scored
+
+
+def test_a_value_neither_class_nor_ignore_and_a_missing_label_in_one_check(camvid_tiny, tmp_path):
+    root = three_classes(camvid_tiny, tmp_path / "own")
+    labels = sorted((root / "labels").iterdir())
+    arr = np.asarray(Image.open(labels[0])).copy()
+    arr[:2, :3] = 7
+    Image.fromarray(arr).save(labels[0])
+    labels[1].unlink()
+    files = find_files(load_config(None, [f"data.root={root}"]).data)
+    problems = check_dataset(files).problems
+    assert any(
+        "label values 7 (6 px) are neither a class (0-2) nor data.ignore_index (255)" in p
+        and "set data.ignore_index to that value" in p
+        for p in problems
+    ), problems
+    assert any(": no label (expected" in p for p in problems), problems
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 3, 6, 8, generator=g)
+    target = torch.randint(0, 3, (2, 6, 8), generator=g)
+    ignored = torch.zeros_like(target, dtype=torch.bool)
+    ignored[:, :, 5:] = True
+    ignored[0, 0, 0] = True
+    return logits, target.masked_fill(ignored, 255), ignored
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ignored_pixels_change_no_loss(name):
+    """Whatever the network says at a 255 pixel, every loss is the same."""
+    logits, target, ignored = _batch()
+    loss = build_loss(LossConfig(name=name), CODES, None, 255)
+    other = logits.clone()
+    other[ignored.unsqueeze(1).expand_as(other)] = torch.randn(int(ignored.sum()) * 3) * 50
+    base = loss(logits.clone().requires_grad_(), target)
+    assert torch.isfinite(base)
+    assert torch.allclose(loss(other, target), base, atol=1e-6)
+
+
+def test_ce_with_255_is_ce_over_the_other_pixels():
+    logits, target, ignored = _batch()
+    loss = build_loss(LossConfig(name="ce"), CODES, None, 255)
+    kept = ~ignored
+    by_hand = torch.nn.functional.cross_entropy(logits.movedim(1, -1)[kept], target[kept])
+    assert torch.allclose(loss(logits, target), by_hand)
+
+
+def test_ignored_pixels_change_no_metric():
+    logits, target, ignored = _batch()
+    pred = logits.argmax(1)
+    cm = confusion_matrix(pred, target, 3)
+    by_hand = confusion_matrix(pred[~ignored], target[~ignored], 3)
+    assert torch.equal(cm, by_hand) and int(cm.sum()) == int((~ignored).sum())
+    correct = (pred == target)[~ignored].double().mean().item()
+    assert acc_camvid(cm, None) == pytest.approx(correct)
+    assert 0 <= miou(cm, None) <= 1
+
+
+@pytest.mark.slow
+def test_own_classes_train_evaluate_and_predict(camvid_tiny, tmp_path, cli):
+    root = three_classes(camvid_tiny, tmp_path / "own")
+    runs = tmp_path / "runs"
+    args = fast_args(root, runs, "model.pretrained=false")
+    done = cli("train", *args, "--name", "own")
+    assert done.exit_code == 0, done.output
+    run = runs / "own"
+    meta = torch.load(run / "model.pth", weights_only=True)["meta"]
+    assert meta["codes"] == CODES and meta["ignore_index"] == 255
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header and two epochs
+    assert (run / "plots" / "results.png").is_file()
+
+    scored = cli("evaluate", "--run", run, "--json")
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(scored.stdout)
+    assert [c["class"] for c in metrics["per_class"]] == CODES
+    assert all(c["scored"] for c in metrics["per_class"])
+    assert 0 <= metrics["acc_camvid"] <= 1
+
+    # a model file alone, on a copy of the data: the ignore value comes from the model
+    shutil.copytree(root, tmp_path / "copy")
+    alone = cli("evaluate", "--model", run / "model.pth", "--data", tmp_path / "copy", "--json")
+    assert alone.exit_code == 0, alone.output
+    assert json.loads(alone.stdout)["acc_camvid"] == metrics["acc_camvid"]
+
+    frame = next((root / "images").iterdir())
+    out = tmp_path / "pred"
+    assert cli("predict", frame, "--run", run, "--out", out).exit_code == 0
+    mask = np.asarray(Image.open(out / f"{frame.stem}_mask.png"))
+    assert mask.max() < 3
