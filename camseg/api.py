@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camseg.data.files import camvid_palette, open_rgb, upright_rgb
+from camseg.data.files import open_rgb, upright_rgb
 from camseg.errors import CamsegError
 from camseg.infer import Network, class_mask, load_network
 from camseg.model import ModelFile
@@ -62,7 +62,7 @@ class Segmenter:
             model = latest_run(Path("runs")).dir
         source = model if isinstance(model, ModelFile) else Path(model)
         self._net: Network = load_network(source, device=device, precision=precision, tta=tta)
-        self._palette = camvid_palette(self.classes)
+        self._palette = self._net.info.palette()  # what training recorded
 
     @property
     def classes(self) -> list[str]:
@@ -71,7 +71,8 @@ class Segmenter:
 
     @property
     def colors(self) -> np.ndarray:
-        """(classes, 3) uint8: the colour of each class in colour masks (CamVid's table)."""
+        """(classes, 3) uint8: the colour of each class in colour masks and overlays (the
+        model file's: data.palette, or CamVid's colours and distinct ones for other names)."""
         return self._palette.copy()
 
     @property

@@ -22,6 +22,7 @@ from camseg.schema import Config
 PATH_KEYS = (
     ("data", "root"),
     ("data", "cache"),
+    ("data", "palette"),
     ("model", "weights"),
     ("model", "init_from"),
     ("output", "dir"),

@@ -19,6 +19,8 @@ from camseg.errors import CamsegError
 OUTPUT_SUFFIX = {"index": "mask", "color": "color", "overlay": "overlay"}
 # PNG text on every file predict writes, so that a later folder expansion can tell them apart.
 SOFTWARE = "camseg"
+# Beside colour masks and overlays: each class's colour and name.
+LEGEND = "legend.png"
 
 
 @dataclass
@@ -65,9 +67,11 @@ def expand_inputs(inputs: list[str]) -> Inputs:
 
 
 def is_own_output(path: Path) -> bool:
-    """A `<name>_mask|_color|_overlay.png` that predict wrote: it carries camseg's PNG text. The
-    name alone is not enough, a user's own `x_color.png` is an input like any other."""
-    if not path.name.endswith(tuple(f"_{s}.png" for s in OUTPUT_SUFFIX.values())):
+    """A `<name>_mask|_color|_overlay.png` or `legend.png` that predict wrote: it carries
+    camseg's PNG text. The name alone is not enough, a user's own `x_color.png` is an input like
+    any other."""
+    names = tuple(f"_{s}.png" for s in OUTPUT_SUFFIX.values())
+    if not (path.name.endswith(names) or path.name == LEGEND):
         return False
     try:
         with pixel_limit_checked_here(), Image.open(path) as im:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision import models
@@ -244,6 +245,16 @@ class ModelFile:
     state_dict: dict[str, torch.Tensor]
     precision: Precision = "fp32"  # what training validated in (camseg.precision)
     ignore_index: int | None = None  # data.ignore_index of training; None: older files
+    colors: tuple[tuple[int, int, int], ...] | None = None  # class colours; None: older files
+
+    def palette(self) -> np.ndarray:
+        """(classes, 3) uint8: the colours training recorded (data.palette, or its defaults);
+        for a file without them, the default colours of its class names."""
+        from camseg.data.files import class_palette
+
+        if self.colors is None:
+            return class_palette(self.codes)
+        return np.array(self.colors, dtype=np.uint8)
 
     def build(self) -> nn.Module:
         """Rebuild the U-Net and load the weights (fastai's create_unet_model, no download).
@@ -364,6 +375,18 @@ def _checked_meta(path: Path, meta: Any) -> dict[str, Any]:
         or not 0 <= ignore_index <= 255
     ):
         raise bad("ignore_index", "a label value 0-255")
+    colors = meta.get("colors")  # older files: not recorded
+    if colors is not None and (
+        not isinstance(colors, list | tuple)
+        or len(colors) != len(codes)
+        or not all(
+            isinstance(c, list | tuple)
+            and len(c) == 3
+            and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in colors
+        )
+    ):
+        raise bad("colors", "one [R, G, B] (0-255) per class")
     return {
         "arch": meta["arch"],
         "codes": list(codes),
@@ -375,6 +398,7 @@ def _checked_meta(path: Path, meta: Any) -> dict[str, Any]:
         "last_cross": last_cross,
         "precision": precision,
         "ignore_index": ignore_index,
+        "colors": None if colors is None else tuple(tuple(c) for c in colors),
     }
 
 
@@ -385,6 +409,7 @@ def model_meta(
     *,
     precision: Precision = "fp32",
     ignore_index: int | None = None,
+    colors: Any = None,
 ) -> dict[str, Any]:
     """What model.pth records beside the weights; `precision` is what training validated in
     (camseg.precision.validation_precision), which `evaluate` reproduces by default."""
@@ -399,6 +424,7 @@ def model_meta(
         "last_cross": cfg.last_cross,
         "precision": precision,
         "ignore_index": ignore_index,  # the label value training did not score
+        "colors": None if colors is None else [[int(v) for v in c] for c in colors],
         "camseg_version": __version__,
     }
 

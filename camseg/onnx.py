@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from camseg import __version__
-from camseg.data.files import camvid_palette
 from camseg.errors import CamsegError
 from camseg.model import ModelFile
 from camseg.precision import InferencePolicy, RunPrecision
@@ -47,7 +46,7 @@ def metadata(mf: ModelFile) -> dict[str, str]:
         "format": ONNX_FORMAT,
         "format_version": str(ONNX_FORMAT_VERSION),
         "codes": json.dumps(list(mf.codes)),
-        "colors": json.dumps(camvid_palette(mf.codes).tolist()),
+        "colors": json.dumps(mf.palette().tolist()),
         "size": json.dumps(list(mf.size)),
         "mean": json.dumps(list(mf.mean)),
         "std": json.dumps(list(mf.std)),
@@ -123,12 +122,24 @@ def _model_file(path: Path, props: dict[str, str]) -> ModelFile:
             state_dict={},
             precision=precision,  # type: ignore[arg-type]
             ignore_index=_ignore_index(props),
+            colors=_colors(props, len(codes)),
         )
     except (KeyError, ValueError, TypeError):
         raise CamsegError(
             f"{path}: camseg metadata incomplete or malformed (needs codes, size, mean, std); "
             "re-export it with camseg export"
         ) from None
+
+
+def _colors(props: dict[str, str], n: int) -> tuple[tuple[int, int, int], ...] | None:
+    if "colors" not in props:
+        return None
+    colors = json.loads(props["colors"])
+    if len(colors) != n or not all(
+        len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors
+    ):
+        raise ValueError("colors")
+    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors)
 
 
 def _ignore_index(props: dict[str, str]) -> int | None:

@@ -19,8 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
 from camseg.atomic import atomic_write, atomic_write_text
-from camseg.data.files import camvid_palette as palette
-from camseg.data.files import label_palette
+from camseg.data.files import class_palette, label_palette
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -104,10 +103,12 @@ def plot_grid(
     codes: list[str],
     path: Path,
     titles: list[str] | None = None,
+    colors: np.ndarray | None = None,
 ) -> list[int]:
     """Rows of image / ground truth / prediction (paper Fig. 14); uint8 HxWx3 and HxW arrays.
-    Below them a legend of the classes shown, whose indices it returns."""
-    pal = label_palette(codes)  # a ground truth's ignore value (255) shows black
+    Below them a legend of the classes shown, whose indices it returns. `colors`: the class
+    colours (default `class_palette`)."""
+    pal = label_palette(_colors(codes, colors))  # a ground truth's ignore value shows black
     cols = 3 if truths is not None else 2
     n = len(images)
     fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 3 * n), squeeze=False)
@@ -151,8 +152,14 @@ def legend_file(png: Path) -> Path:
     return png.with_name(f"{png.stem}_legend.csv")
 
 
-def _write_legend(path: Path, codes: list[str], classes: list[int]) -> None:
-    pal = palette(codes)
+def _colors(codes: list[str], colors: np.ndarray | None) -> np.ndarray:
+    return class_palette(codes) if colors is None else np.asarray(colors, dtype=np.uint8)
+
+
+def _write_legend(
+    path: Path, codes: list[str], classes: list[int], colors: np.ndarray | None = None
+) -> None:
+    pal = _colors(codes, colors)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["class", "colour"])
@@ -161,7 +168,9 @@ def _write_legend(path: Path, codes: list[str], classes: list[int]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_results(learn: Any, codes: list[str], path: Path, n: int = 4) -> None:
+def plot_results(
+    learn: Any, codes: list[str], path: Path, n: int = 4, colors: np.ndarray | None = None
+) -> None:
     """Image / ground truth / prediction for the first validation images of a learner."""
     dl = learn.dls.valid.new(bs=min(n, len(learn.dls.valid_ds)), shuffle=False)
     xb, yb = dl.one_batch()
@@ -173,8 +182,9 @@ def plot_results(learn: Any, codes: list[str], path: Path, n: int = 4) -> None:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images = ((xb.float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1)
     names = [Path(p).name for p in learn.dls.valid_ds.items[: len(preds)]]
-    shown = plot_grid(images.numpy(), yb.cpu().numpy().astype(np.uint8), preds, codes, path, names)
-    _write_legend(legend_file(path), codes, shown)
+    truths = yb.cpu().numpy().astype(np.uint8)
+    shown = plot_grid(images.numpy(), truths, preds, codes, path, names, colors)
+    _write_legend(legend_file(path), codes, shown, colors)
 
 
 def plot_confusion(cm: np.ndarray, codes: list[str], path: Path) -> None:
@@ -191,8 +201,15 @@ def plot_confusion(cm: np.ndarray, codes: list[str], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_run(learn: Any, iters: dict, valid_points: list, folder: Path, codes: list[str]) -> None:
+def plot_run(
+    learn: Any,
+    iters: dict,
+    valid_points: list,
+    folder: Path,
+    codes: list[str],
+    colors: np.ndarray | None = None,
+) -> None:
     """The plots of a finished run: lr/momentum schedule, losses, validation predictions."""
     plot_schedule(iters, folder / "schedule.png")
     plot_losses(iters, valid_points, folder / "loss.png")
-    plot_results(learn, codes, folder / "results.png")
+    plot_results(learn, codes, folder / "results.png", colors=colors)

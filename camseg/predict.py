@@ -25,13 +25,14 @@ from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
 from camseg.infer import read_model
 from camseg.inputs import (
+    LEGEND,
     OUTPUT_SUFFIX,
     SOFTWARE,
     expand_inputs,
     pixel_limit_checked_here,
     refuse_earlier_outputs,
 )
-from camseg.model import resolve_device
+from camseg.model import ModelFile, resolve_device
 from camseg.precision import PREDICT_DEFAULT, predict_precision
 from camseg.schema import Format, PredictPrecision
 
@@ -65,7 +66,7 @@ def _output_names(images: list[Path]) -> list[str]:
     return names
 
 
-def _save_png(path: Path, im: Image.Image) -> None:
+def save_png(path: Path, im: Image.Image) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", SOFTWARE)
     atomic_write(path, lambda f: im.save(f, format="PNG", pnginfo=info))
@@ -147,11 +148,14 @@ def predict(
                 f"output {target.resolve()} would overwrite an input; choose another --out"
             )
     refuse_earlier_outputs(targets, exist_ok)
+    legend = legend_to_write(out, mf, formats, exist_ok)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
+    if legend is not None:
+        save_png(out / LEGEND, legend)
 
     seg = Segmenter(mf, device=device, precision=precision, tta=tta)
     del mf  # the network holds the weights now (0.2 GB less)
@@ -184,6 +188,52 @@ def predict(
     return result
 
 
+def legend_image(codes: list[str], colors: np.ndarray) -> Image.Image:
+    """Each class's colour beside its name, a row each (the colours of colour masks and
+    overlays)."""
+    from PIL import ImageDraw
+
+    row, width = 20, 40 + 8 * max(len(c) for c in codes)
+    im = Image.new("RGB", (width, row * len(codes) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for i, (name, rgb) in enumerate(zip(codes, colors, strict=True)):
+        y = 2 + i * row
+        draw.rectangle(
+            [4, y + 2, 20, y + 17], fill=tuple(int(v) for v in rgb), outline=(96, 96, 96)
+        )
+        draw.text((28, y + 4), name, fill=(0, 0, 0))
+    return im
+
+
+def legend_to_write(
+    out: Path, mf: ModelFile, formats: tuple[str, ...], exist_ok: bool
+) -> Image.Image | None:
+    """The legend.png that colour masks and overlays need in `out`, or None when none is
+    asked for or the same one is there already; a legend of another model's colours there is
+    an error unless exist_ok (checked before any work)."""
+    if not {"color", "overlay"} & set(formats):
+        return None
+    legend = legend_image(mf.codes, mf.palette())
+    path = out / LEGEND
+    if not path.is_file():
+        return legend
+    try:
+        with Image.open(path) as old:
+            same = old.size == legend.size and np.array_equal(
+                np.asarray(old.convert("RGB")), np.asarray(legend)
+            )
+    except Exception:  # unreadable: not the same
+        same = False
+    if same:
+        return None
+    if not exist_ok:
+        raise CamsegError(
+            f"{path} exists with other classes or colours (another model's); give another "
+            "--out, or --exist-ok to replace it"
+        )
+    return legend
+
+
 def _write(
     image: Path,
     name: str,
@@ -203,18 +253,18 @@ def _write(
     bands = [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
     if "index" in formats:
         files["index"] = out / f"{name}_mask.png"
-        _save_png(files["index"], Image.fromarray(mask, "L"))
+        save_png(files["index"], Image.fromarray(mask, "L"))
     if "overlay" in formats:
         files["overlay"] = out / f"{name}_overlay.png"
         for r0, r1 in bands:
             blend = overlay(np.asarray(im.crop((0, r0, w, r1))), palette[mask[r0:r1]])
             im.paste(Image.fromarray(blend, "RGB"), (0, r0))
-        _save_png(files["overlay"], im)
+        save_png(files["overlay"], im)
     if "color" in formats:
         files["color"] = out / f"{name}_color.png"
         for r0, r1 in bands:
             im.paste(Image.fromarray(palette[mask[r0:r1]], "RGB"), (0, r0))
-        _save_png(files["color"], im)
+        save_png(files["color"], im)
     counts = sum(np.bincount(mask[r0:r1].ravel(), minlength=len(codes)) for r0, r1 in bands)
     total = mask.size
     return {

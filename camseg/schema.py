@@ -107,6 +107,11 @@ class DataConfig(_Section):
     )
     root: Path = Field(Path("data/camvid"), description="dataset folder (relative to the config)")
     valid_file: str = Field("valid.txt", description="file in root listing validation image names")
+    palette: Path | None = Field(
+        None,
+        description="colour file, one 'R G B Name' line per class (or 'R G B' lines in class "
+        "order); default: CamVid's colours for CamVid's class names, distinct ones for others",
+    )
     ignore_index: int | None = Field(
         None,
         ge=0,

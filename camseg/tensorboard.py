@@ -13,7 +13,7 @@ import torch
 from fastai.callback.core import Callback
 
 from camseg.checkpoint import RunState
-from camseg.data.files import label_palette
+from camseg.data.files import class_palette, label_palette
 from camseg.errors import CamsegError
 from camseg.model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -43,9 +43,17 @@ class TensorBoardLog(Callback):
 
     order = 61  # after RunRecorder (60) has appended the epoch's history row
 
-    def __init__(self, folder: Path, codes: list[str], state: RunState, n_images: int = 4) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        codes: list[str],
+        state: RunState,
+        n_images: int = 4,
+        colors: np.ndarray | None = None,
+    ) -> None:
         self.folder, self.state, self.n_images = folder, state, n_images
-        self.palette = torch.from_numpy(label_palette(codes))  # an ignore value shows black
+        colors = class_palette(codes) if colors is None else colors
+        self.palette = torch.from_numpy(label_palette(colors))  # an ignore value shows black
         self.writer: Any = None  # a SummaryWriter while a stage runs
         self._rows = 0  # history rows when the epoch began
         self._frames: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None

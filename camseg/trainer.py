@@ -254,12 +254,17 @@ class Trainer:
                 table = dict(zip(self.files.codes, self.class_weights, strict=True))
                 atomic_write_text(run.class_weights, json.dumps(table, indent=2) + "\n")
         if self.cfg.train.tensorboard and rank_distrib() == 0:
-            self.stage_cbs.append(TensorBoardLog(run.tensorboard, self.files.codes, self.state))
+            self.stage_cbs.append(
+                TensorBoardLog(
+                    run.tensorboard, self.files.codes, self.state, colors=self.files.class_colors()
+                )
+            )
         meta = model_meta(
             self.cfg.model,
             self.files.codes,
             self.size,
             ignore_index=self.files.ignore_index,
+            colors=self.files.class_colors(),
             precision=validation_precision(self.cfg.train.fp16, self.cfg.train.bf16, self.device),
         )
         try:
@@ -307,7 +312,12 @@ class Trainer:
             from camseg.plots import plot_run
 
             plot_run(
-                self.learn, self.state.iters, self.state.valid_points, run.plots, self.files.codes
+                self.learn,
+                self.state.iters,
+                self.state.valid_points,
+                run.plots,
+                self.files.codes,
+                self.files.class_colors(),
             )
         summary = _summary(run, self.state, self.cfg)
         if rank_distrib() == 0 and not self.cfg.train.keep_checkpoints and self.state.history:

@@ -17,10 +17,11 @@ from PIL import Image, PngImagePlugin
 from camseg.api import Segmenter, overlay
 from camseg.atomic import atomic_write, require_writable
 from camseg.errors import CamsegError
-from camseg.inputs import SOFTWARE, refuse_earlier_outputs
+from camseg.infer import read_model
+from camseg.inputs import LEGEND, SOFTWARE, refuse_earlier_outputs
 from camseg.model import resolve_device
 from camseg.precision import PREDICT_DEFAULT, predict_precision
-from camseg.predict import FORMATS, auto_batch_size
+from camseg.predict import FORMATS, auto_batch_size, legend_to_write, save_png
 from camseg.schema import PredictPrecision
 from camseg.video_io import (
     Frame,
@@ -205,13 +206,17 @@ def predict_videos(
                 f"output {target.resolve()} would overwrite an input; choose another --out"
             )
     refuse_earlier_outputs(targets, exist_ok)
+    mf = read_model(model_path)
+    legend = legend_to_write(out, mf, formats, exist_ok)
     codec = h264_encoder() if {"overlay", "color"} & set(formats) else ""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
-    seg = Segmenter(model_path, device=device, precision=precision, tta=tta)
+    if legend is not None:
+        save_png(out / LEGEND, legend)
+    seg = Segmenter(mf, device=device, precision=precision, tta=tta)
     results = []
     for info in infos:
         if on_video is not None:

@@ -146,3 +146,83 @@ def test_own_classes_train_evaluate_and_predict(camvid_tiny, tmp_path, cli):
     assert cli("predict", frame, "--run", run, "--out", out).exit_code == 0
     mask = np.asarray(Image.open(out / f"{frame.stem}_mask.png"))
     assert mask.max() < 3
+
+
+def test_default_colours_are_camvids_for_its_names_and_distinct_for_others():
+    from camseg.data.files import camvid_palette, class_palette
+
+    colors = class_palette(["Road", "Sky", "Other", "Crack", "Weed", "Void"]).astype(int)
+    assert colors[:2].tolist() == camvid_palette(["Road", "Sky"]).tolist()
+    assert colors[5].tolist() == [0, 0, 0]  # CamVid's Void: black
+    distances = np.linalg.norm(colors[:, None] - colors[None], axis=2)
+    np.fill_diagonal(distances, 999)
+    # the made colours (Other, Crack, Weed) are far from every other colour and from black
+    # (Sky and Other were both grey); CamVid's own Road and Sky are 64 apart, as CamVid has them
+    assert distances[2:5].min() >= 100
+    assert np.linalg.norm(colors[2:5], axis=1).min() >= 100
+    assert np.array_equal(class_palette(["Road", "Other"]), class_palette(["Road", "Other"]))
+
+
+def _palette_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        (["255 0 0 Road", "0 0 255 Sky"], "no colour for class Other"),
+        (["255 0 0", "0 0 255"], "2 colours for 3 classes"),
+        (["255 0 0 Road", "0 0 blue Sky"], "palette.txt:2: expected 'R G B Name' or 'R G B'"),
+        (["255 0 0 Road", "0 0 300 Sky", "1 2 3 Other"], "colour values must be 0-255"),
+        (["255 0 0 Road", "0 0 255", "1 2 3 Other"], "give every line a class name, or none"),
+    ],
+    ids=["a class without colour", "too few colours", "not a number", "over 255", "mixed"],
+)
+def test_a_bad_palette_is_one_line(lines, needle, camvid_tiny, tmp_path, cli):
+    from test_faults import one_line_error
+
+    root = three_classes(camvid_tiny, tmp_path / "own", 2, 2)
+    palette = _palette_file(tmp_path / "palette.txt", lines)
+    runs = tmp_path / "runs"
+    one_line_error(cli("train", *fast_args(root, runs, f"data.palette={palette}")), needle)
+    assert not runs.exists()
+
+
+@pytest.mark.slow
+def test_a_palette_reaches_every_coloured_output(camvid_tiny, tmp_path, cli):
+    from camseg import Segmenter
+    from camseg.inputs import is_own_output
+
+    root = three_classes(camvid_tiny, tmp_path / "own")
+    palette = _palette_file(
+        tmp_path / "palette.txt", ["0 0 255 Sky", "250 10 10 Road", "9 200 9 Other"]
+    )
+    runs = tmp_path / "runs"
+    args = fast_args(root, runs, "model.pretrained=false", f"data.palette={palette}")
+    assert cli("train", *args, "--name", "own").exit_code == 0
+    run = runs / "own"
+    wanted = [[250, 10, 10], [0, 0, 255], [9, 200, 9]]  # in class order: Road, Sky, Other
+    assert torch.load(run / "model.pth", weights_only=True)["meta"]["colors"] == wanted
+    seg = Segmenter(run)
+    assert seg.colors.tolist() == wanted
+    frame = next((root / "images").iterdir())
+    out = tmp_path / "pred"
+    assert cli("predict", frame, "--run", run, "--out", out).exit_code == 0
+    mask = np.asarray(Image.open(out / f"{frame.stem}_mask.png"))
+    color = np.asarray(Image.open(out / f"{frame.stem}_color.png"))
+    assert np.array_equal(color, np.array(wanted, np.uint8)[mask])
+    legend = out / "legend.png"
+    assert legend.is_file() and is_own_output(legend)
+    pixels = {tuple(p) for p in np.asarray(Image.open(legend).convert("RGB")).reshape(-1, 3)}
+    assert {tuple(c) for c in wanted} <= pixels
+    legend_csv = (run / "plots" / "results_legend.csv").read_text()
+    assert "#fa0a0a" in legend_csv or "#0000ff" in legend_csv or "#09c809" in legend_csv
+    # a second call into the same folder with the same model: the legend is the same, kept
+    again = cli("predict", frame, "--run", run, "--out", out, "--exist-ok")
+    assert again.exit_code == 0, again.output
+    pytest.importorskip("onnx")
+    exported = cli("export", "--run", run, "--out", tmp_path / "own.onnx")
+    assert exported.exit_code == 0, exported.output
+    assert Segmenter(tmp_path / "own.onnx").colors.tolist() == wanted

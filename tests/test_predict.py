@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from camseg.plots import palette
+from camseg.data.files import camvid_palette as palette
 
 # trained_run trains; the network rebuilt at two sizes takes 8 s each
 pytestmark = pytest.mark.slow

@@ -210,11 +210,75 @@ def camvid_palette(codes: list[str]) -> np.ndarray:
     return read_label_colors(resource_path("label_colors.txt")).palette(codes)
 
 
-def label_palette(codes: list[str]) -> np.ndarray:
-    """(256, 3) uint8: `camvid_palette` for the class values, black for the values above them
+def class_palette(codes: list[str]) -> np.ndarray:
+    """The colours of classes without a palette file: CamVid's colour for each CamVid class
+    name, and for every other name the colour of a fixed grid that lies farthest from the
+    colours already taken (black, kept for ignored pixels, included): distinct colours for a
+    user's own classes, the same for the same names every time."""
+    table = read_label_colors(resource_path("label_colors.txt"))
+    by_name = dict(zip(table.names, table.colors, strict=True))
+    out = np.zeros((len(codes), 3), dtype=np.int64)
+    taken = [np.zeros(3)]
+    unknown = []
+    for i, name in enumerate(codes):
+        if name in by_name:
+            out[i] = by_name[name]
+            taken.append(out[i])
+        else:
+            unknown.append(i)
+    if unknown:
+        steps = np.array([0, 64, 128, 192, 255])
+        grid = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+        used = np.array(taken, dtype=np.float64)
+        nearest = np.linalg.norm(grid[:, None, :] - used[None], axis=2).min(axis=1)
+        for i in unknown:
+            pick = int(nearest.argmax())  # the first of the farthest: deterministic
+            out[i] = grid[pick]
+            nearest = np.minimum(nearest, np.linalg.norm(grid - grid[pick], axis=1))
+    return out.astype(np.uint8)
+
+
+def read_palette(path: Path, codes: list[str]) -> np.ndarray:
+    """data.palette: one `R G B Name` line per class (CamSeq01's label_colors.txt), matched by
+    name, or `R G B` lines in class order. -> (classes, 3) uint8."""
+    if not path.is_file():
+        raise CamsegError(f"data.palette {path}: no such file")
+    rows: list[tuple[tuple[int, int, int], str]] = []
+    for n, line in enumerate(read_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 3 or not all(re.fullmatch(r"\d{1,3}", p) for p in parts[:3]):
+            raise CamsegError(f"{path}:{n}: expected 'R G B Name' or 'R G B', got {line.strip()!r}")
+        rgb = (int(parts[0]), int(parts[1]), int(parts[2]))
+        if max(rgb) > 255:
+            raise CamsegError(f"{path}:{n}: colour values must be 0-255, got {rgb}")
+        rows.append((rgb, " ".join(parts[3:])))
+    named = [name for _, name in rows if name]
+    if named and len(named) != len(rows):
+        raise CamsegError(f"{path}: give every line a class name, or none (colours in class order)")
+    if not named:
+        if len(rows) != len(codes):
+            raise CamsegError(
+                f"{path}: {len(rows)} colours for {len(codes)} classes; give one 'R G B' line "
+                "per class in class order, or 'R G B Name' lines"
+            )
+        return np.array([rgb for rgb, _ in rows], dtype=np.uint8)
+    by_name = {name: rgb for rgb, name in rows}
+    missing = [c for c in codes if c not in by_name]
+    if missing:
+        raise CamsegError(
+            f"{path}: no colour for class {', '.join(missing[:3])}"
+            f"{' and more' if len(missing) > 3 else ''}; add an 'R G B Name' line for each class"
+        )
+    return np.array([by_name[c] for c in codes], dtype=np.uint8)
+
+
+def label_palette(colors: np.ndarray) -> np.ndarray:
+    """(256, 3) uint8: the class colours for the class values, black for the values above them
     (an ignore value such as 255 in a ground-truth label)."""
     table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(codes)] = camvid_palette(codes)
+    table[: len(colors)] = colors
     return table
 
 

@@ -21,11 +21,13 @@ from camseg.data.files import (
     IMAGE_SUFFIXES,
     ColorToIndex,
     LabelColors,
+    class_palette,
     default_ignore_index,
     natural_key,
     read_codes,
     read_label_colors,
     read_names,
+    read_palette,
 )
 from camseg.errors import CamsegError
 from camseg.schema import DataConfig
@@ -46,6 +48,16 @@ class DatasetFiles:
     codes_file: Path  # codes.txt, or label_colors.txt for camseq01
     colors: LabelColors | None = field(default=None)
     ignore: int | None = None  # data.ignore_index as configured (None: the default)
+    palette_file: Path | None = None  # data.palette
+
+    def class_colors(self) -> np.ndarray:
+        """(classes, 3) uint8: data.palette's colours; else a camseq01 set's label colours;
+        else CamVid's colours for CamVid names and distinct ones for the others."""
+        if self.palette_file is not None:
+            return read_palette(self.palette_file, self.codes)
+        if self.colors is not None:
+            return self.colors.palette(self.codes)
+        return class_palette(self.codes)
 
     @property
     def ignore_index(self) -> int:
@@ -263,4 +275,7 @@ def find_files(cfg: DataConfig, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFi
         raise CamsegError(
             f"unknown data.layout {cfg.layout!r}; valid layouts: {', '.join(LAYOUTS)}"
         ) from None
-    return dataclasses.replace(make(cfg, opts), ignore=cfg.ignore_index)
+    files = dataclasses.replace(make(cfg, opts), ignore=cfg.ignore_index, palette_file=cfg.palette)
+    if files.palette_file is not None:
+        files.class_colors()  # a bad palette file is refused with the rest of the data
+    return files
