@@ -96,17 +96,31 @@ class SynthConfig(_Section):
         return v
 
 
-Layout = Literal["camvid", "camseq01", "synthetic"]
+Layout = Literal["camvid", "camseq01", "synthetic", "folders"]
+SplitBy = Literal["valid_file", "folders"]
 
 
 class DataConfig(_Section):
     layout: Layout = Field(
         "camvid",
         description="dataset layout: camvid (images/ + labels/*_P.png), camseq01 (colour "
-        "labels *_L.png + label_colors.txt) or synthetic (generated into root when missing)",
+        "labels *_L.png + label_colors.txt), synthetic (generated into root when missing) or "
+        "folders (data.images, data.labels, data.label_suffix, data.split)",
     )
     root: Path = Field(Path("data/camvid"), description="dataset folder (relative to the config)")
     valid_file: str = Field("valid.txt", description="file in root listing validation image names")
+    images: str = Field("images", description="layout folders: the images' folder under root")
+    labels: str = Field("labels", description="layout folders: the labels' folder under root")
+    label_suffix: str = Field(
+        "",
+        description="layout folders: what follows an image's stem in its label's name, before "
+        ".png (_P for CamVid, _gtFine_labelIds for Cityscapes; empty when the names match)",
+    )
+    split: SplitBy = Field(
+        "valid_file",
+        description="layout folders: valid_file (data.valid_file lists the validation images) "
+        "or folders (train/ and val/ under data.images and data.labels)",
+    )
     palette: Path | None = Field(
         None,
         description="colour file, one 'R G B Name' line per class (or 'R G B' lines in class "

@@ -226,3 +226,89 @@ def test_a_palette_reaches_every_coloured_output(camvid_tiny, tmp_path, cli):
     exported = cli("export", "--run", run, "--out", tmp_path / "own.onnx")
     assert exported.exit_code == 0, exported.output
     assert Segmenter(tmp_path / "own.onnx").colors.tolist() == wanted
+
+
+def as_folders(root: Path) -> Path:
+    """The set in the folders layout: images/{train,val}/<stem>.png and labels/{train,val}/
+    <stem>.png (no _P), split by folder (no valid.txt)."""
+    valid = set((root / "valid.txt").read_text().split())
+    for image in sorted((root / "images").glob("*.png")):
+        split = "val" if image.name in valid else "train"
+        for kind, src in (("images", image), ("labels", root / "labels" / f"{image.stem}_P.png")):
+            (root / kind / split).mkdir(exist_ok=True)
+            src.rename(root / kind / split / f"{image.stem}.png")
+    (root / "valid.txt").unlink()
+    return root
+
+
+@pytest.mark.slow
+def test_a_folders_set_trains_evaluates_and_predicts_from_a_short_config(
+    camvid_tiny, tmp_path, cli, monkeypatch
+):
+    """The issue's case: Road, Sky, Other and 255, labels <stem>.png under labels/, split by
+    images/train + images/val; my.yaml sets only the layout, the root, the split and a small
+    model (and here a small size and one epoch, for time)."""
+    root = as_folders(three_classes(camvid_tiny, tmp_path / "own"))
+    my = tmp_path / "my.yaml"
+    my.write_text(
+        "data:\n  layout: folders\n  root: own\n  split: folders\n  size: [64, 96]\n"
+        "  batch_size: 4\nmodel:\n  arch: resnet18\n  pretrained: false\n"
+        "train:\n  stages:\n  - {epochs: 1, freeze: false, lr: 1.0e-3}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    checked = cli("data", "check", "--config", my)
+    assert checked.exit_code == 0, checked.output
+    done = cli("train", "--config", my)
+    assert done.exit_code == 0, done.output
+    [run] = (tmp_path / "runs").iterdir()
+    assert torch.load(run / "model.pth", weights_only=True)["meta"]["ignore_index"] == 255
+    scored = cli("evaluate", "--json")
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(scored.stdout)
+    assert metrics["evaluated"]["n_images"] == 4 and metrics["evaluated"]["ignore_index"] == 255
+    frame = next((root / "images" / "val").iterdir())
+    predicted = cli("predict", frame)
+    assert predicted.exit_code == 0, predicted.output
+    [out] = run.glob("predictions*")
+    color = np.asarray(Image.open(out / f"{frame.stem}_color.png")).reshape(-1, 3)
+    assert len({tuple(c) for c in color}) <= 3 and (out / "legend.png").is_file()
+    seg_colors = {
+        tuple(c) for c in torch.load(run / "model.pth", weights_only=True)["meta"]["colors"]
+    }
+    assert len(seg_colors) == 3  # three distinct colours
+
+
+def test_folders_layout_reads_palette_pngs_as_indices(camvid_tiny, tmp_path):
+    root = as_folders(three_classes(camvid_tiny, tmp_path / "own", 2, 2))
+    label = next((root / "labels" / "train").iterdir())
+    arr = np.asarray(Image.open(label))
+    pal = Image.fromarray(arr, "L").convert("P")
+    pal.putpalette([200, 0, 0, 0, 200, 0, 0, 0, 200] + [0] * (256 * 3 - 9))
+    pal.save(label)
+    assert Image.open(label).mode == "P"
+    cfg = load_config(None, [f"data.root={root}", "data.layout=folders", "data.split=folders"])
+    files = find_files(cfg.data)
+    assert check_dataset(files).ok
+    from camseg.data.layouts import label_reader
+
+    image = next(p for p in files.images if files.label_for(p) == label)
+    assert np.array_equal(label_reader(files)(image), arr)
+
+
+@pytest.mark.faults
+def test_folders_faults_are_one_line(camvid_tiny, tmp_path, cli):
+    from test_faults import one_line_error
+
+    root = as_folders(three_classes(camvid_tiny, tmp_path / "own", 2, 2))
+    base = fast_args(root, tmp_path / "runs", "data.layout=folders", "data.split=folders")
+    one_line_error(
+        cli("train", *base, "--set", "data.label_suffix=_gtFine_labelIds"),
+        "no image has a label",
+        "_gtFine_labelIds.png; check data.labels and data.label_suffix ('_gtFine_labelIds')",
+    )
+    shutil.rmtree(root / "labels" / "val")
+    one_line_error(
+        cli("train", *base),
+        "val folder of labels/ (data.split folders: train/ and val/ under images/ and labels/)",
+    )
+    assert not (tmp_path / "runs").exists()

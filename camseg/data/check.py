@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from camseg.data.files import ColorToIndex, LoadedImage, read_image, read_list
-from camseg.data.layouts import DatasetFiles, InValidList
+from camseg.data.layouts import DatasetFiles, InFolder, InValidList
 from camseg.errors import CamsegError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _size_problems(img: Path, lbl: Path, loaded: LoadedImage, lsize: tuple[int, 
 
 
 def _read_label(
-    path: Path, n_codes: int, convert: ColorToIndex | None, ignore: int
+    path: Path, n_codes: int, convert: ColorToIndex | None, ignore: int, palette_png: bool = False
 ) -> tuple[tuple[int, int] | None, np.ndarray | None, list[str]]:
     """Size, per-class pixel counts (an ignore value outside the classes not counted),
     problems."""
@@ -94,7 +94,7 @@ def _read_label(
                 return size, np.bincount(idx.ravel(), minlength=n_codes), []
             if mode not in ("L", "P"):
                 return size, None, [f"{path}: label must be 8-bit class indices, got mode {mode}"]
-            if mode == "P":
+            if mode == "P" and not palette_png:
                 # fastai opens masks as 'L', which maps a palette through luminance: wrong classes.
                 return size, None, [f"{path}: palette-mode label; save it as 8-bit grey (mode L)"]
             arr = np.asarray(im)
@@ -134,9 +134,15 @@ def check_dataset(files: DatasetFiles, workers: int = 4, needs_split: bool = Tru
     convert = ColorToIndex(files.colors) if files.colors is not None else None
     labels = [files.label_for(p) for p in images]
     pairs = [(img, lbl) for img, lbl in zip(images, labels, strict=True) if lbl.is_file()]
-    for img, lbl in zip(images, labels, strict=True):
-        if not lbl.is_file():
-            problems.append(f"{img}: no label (expected {lbl})")
+    if not pairs and files.layout == "folders":  # one line, not one per image
+        problems.append(
+            f"no image has a label: {images[0].name} would have {labels[0]}; check "
+            f"data.labels and data.label_suffix ({files.label_suffix!r})"
+        )
+    else:
+        for img, lbl in zip(images, labels, strict=True):
+            if not lbl.is_file():
+                problems.append(f"{img}: no label (expected {lbl})")
     problems.extend(_shared_labels(images, labels))
     problems.extend(_orphan_labels(files, set(labels)))
     in_valid, split_problems = _check_split(files, report)
@@ -144,7 +150,9 @@ def check_dataset(files: DatasetFiles, workers: int = 4, needs_split: bool = Tru
     def one(pair: tuple[Path, Path]) -> tuple[list[str], np.ndarray | None, tuple[str, ...]]:
         img, lbl = pair
         loaded, ierr = _read_image(img)
-        lsize, counts, lerrs = _read_label(lbl, n, convert, files.ignore_index)
+        lsize, counts, lerrs = _read_label(
+            lbl, n, convert, files.ignore_index, palette_png=files.layout == "folders"
+        )
         errs = ([ierr] if ierr else []) + lerrs
         if loaded and lsize:
             errs += _size_problems(img, lbl, loaded, lsize)
@@ -209,7 +217,7 @@ def _shared_labels(images: list[Path], labels: list[Path]) -> list[str]:
 def _orphan_labels(files: DatasetFiles, expected: set[Path]) -> list[str]:
     folders = {p.parent for p in expected}
     out = []
-    suffix = "_L" if files.colors is not None else "_P"
+    suffix = files.label_suffix
     for folder in sorted(folders):
         for p in sorted(folder.glob(f"*{suffix}.png")):
             if p not in expected:
@@ -217,11 +225,23 @@ def _orphan_labels(files: DatasetFiles, expected: set[Path]) -> list[str]:
     return out
 
 
-def _check_split(files: DatasetFiles, report: CheckReport) -> tuple[InValidList | None, list[str]]:
+def _check_split(
+    files: DatasetFiles, report: CheckReport
+) -> tuple[InValidList | InFolder | None, list[str]]:
     """The split training will use (its own splitter) and the problems of the list files;
     sets n_train / n_valid and notes what the name reader changed in codes.txt and valid.txt."""
     if files.colors is None:  # camseq01's label_colors.txt is parsed on whitespace anyway
         report.notes += [f"{files.codes_file}: {c}" for c in read_list(files.codes_file).changes]
+    if files.valid_folder is not None:  # data.split folders
+        in_folder = InFolder(files.valid_folder)
+        report.n_valid = sum(1 for p in files.images if in_folder(p))
+        report.n_train = report.n_images - report.n_valid
+        problems = []
+        if not report.n_valid:
+            problems.append(f"{files.valid_folder}: no validation images")
+        if not report.n_train:
+            problems.append(f"{files.valid_folder.parent / 'train'}: no training images")
+        return in_folder, problems
     if not files.valid_file.is_file():
         return None, [
             f"{files.valid_file}: validation list missing; list the validation frames one per "

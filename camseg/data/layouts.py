@@ -49,6 +49,8 @@ class DatasetFiles:
     colors: LabelColors | None = field(default=None)
     ignore: int | None = None  # data.ignore_index as configured (None: the default)
     palette_file: Path | None = None  # data.palette
+    valid_folder: Path | None = None  # data.split folders: the validation images' folder
+    label_suffix: str = "_P"  # for finding labels without an image
 
     def class_colors(self) -> np.ndarray:
         """(classes, 3) uint8: data.palette's colours; else a camseq01 set's label colours;
@@ -81,8 +83,21 @@ class InValidList:
         return Path(image).name in self.names
 
 
-def valid_split(files: DatasetFiles) -> InValidList:
-    """The validation frames of `files.valid_file`, read by the shared name reader."""
+class InFolder:
+    """Is this image a validation image? data.split folders: it is in the val folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, image: Path) -> bool:
+        return Path(image).parent == self.folder
+
+
+def valid_split(files: DatasetFiles) -> InValidList | InFolder:
+    """The validation images: the val folder (data.split folders), else the names of
+    `files.valid_file`, read by the shared name reader."""
+    if files.valid_folder is not None:
+        return InFolder(files.valid_folder)
     return InValidList(read_names(files.valid_file))
 
 
@@ -104,6 +119,18 @@ class Camseq01Label:
 
     def __call__(self, image: Path) -> Path:
         return self.labels_dir / f"{image.stem}_L.png"
+
+
+class FolderLabel:
+    """get_y for the folders layout: images/[split/]<stem>.* ->
+    labels/[split/]<stem><suffix>.png."""
+
+    def __init__(self, images_dir: Path, labels_dir: Path, suffix: str) -> None:
+        self.images_dir, self.labels_dir, self.suffix = images_dir, labels_dir, suffix
+
+    def __call__(self, image: Path) -> Path:
+        folder = self.labels_dir / Path(image).parent.relative_to(self.images_dir)
+        return folder / f"{Path(image).stem}{self.suffix}.png"
 
 
 class ColorMask:
@@ -206,6 +233,66 @@ def _other_layout(root: Path, layout: str, opts: DataOptions) -> None:
         )
 
 
+def folders_files(cfg: DataConfig, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
+    """Images and labels in folders of the user's naming (data.images, data.labels), labels
+    named <stem><data.label_suffix>.png, split by data.valid_file or by train/ and val/
+    subfolders (data.split folders). Labels hold class indices (8-bit grey, or a palette PNG
+    read as its indices) or colours (RGB, converted through data.palette)."""
+    root = cfg.root
+    require_root(root, opts)
+    images, labels = root / cfg.images, root / cfg.labels
+    _require_dir(images, f"data.images folder (layout folders: {cfg.images}/ under data.root)")
+    _require_dir(labels, f"data.labels folder (layout folders: {cfg.labels}/ under data.root)")
+    valid_folder = None
+    if cfg.split == "folders":
+        for folder in (images, labels):
+            for sub in ("train", "val"):
+                _require_dir(
+                    folder / sub,
+                    f"{sub} folder of {folder.name}/ (data.split folders: train/ and val/ under "
+                    f"{cfg.images}/ and {cfg.labels}/)",
+                )
+        found = _image_files(images / "train") + _image_files(images / "val")
+        valid_folder = images / "val"
+    else:
+        found = _image_files(images)
+    codes = read_codes(root / "codes.txt")
+    label_for = FolderLabel(images, labels, cfg.label_suffix)
+    colors = _label_colors(found, label_for, codes, cfg.palette)
+    return DatasetFiles(
+        root=root,
+        layout="folders",
+        codes=codes,
+        images=found,
+        label_for=label_for,
+        valid_file=root / cfg.valid_file,
+        codes_file=root / "codes.txt",
+        colors=colors,
+        valid_folder=valid_folder,
+        label_suffix=cfg.label_suffix,
+    )
+
+
+def _label_colors(
+    images: list[Path], label_for: Callable[[Path], Path], codes: list[str], palette: Path | None
+) -> LabelColors | None:
+    """The colour table that colour (RGB) labels are converted through, from data.palette;
+    None for index labels. Decided by the first label there is."""
+    first = next((label_for(p) for p in images if label_for(p).is_file()), None)
+    if first is None:
+        return None
+    with Image.open(first) as im:
+        if im.mode not in ("RGB", "RGBA"):
+            return None
+    if palette is None:
+        raise CamsegError(
+            f"{first}: a colour label; set data.palette to the colour of each class "
+            "('R G B Name' lines) so that colours can be read as classes"
+        )
+    colors = read_palette(palette, codes)
+    return LabelColors(tuple(tuple(int(v) for v in c) for c in colors), tuple(codes))  # type: ignore[arg-type]
+
+
 def camvid_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
     require_root(root, opts)
     _other_layout(root, "camvid", opts)
@@ -245,6 +332,7 @@ def camseq01_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIO
         valid_file=root / valid_file,
         codes_file=root / "label_colors.txt",
         colors=colors,
+        label_suffix="_L",
     )
 
 
@@ -263,6 +351,7 @@ LAYOUTS: dict[str, Callable[[DataConfig, DataOptions], DatasetFiles]] = {
     "camvid": lambda cfg, opts: camvid_files(cfg.root, cfg.valid_file, opts),
     "camseq01": lambda cfg, opts: camseq01_files(cfg.root, cfg.valid_file, opts),
     "synthetic": synthetic_files,
+    "folders": folders_files,
 }
 
 

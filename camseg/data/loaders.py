@@ -13,7 +13,7 @@ import numpy as np
 
 from camseg.data.cache import build_cache, cache_root
 from camseg.data.files import image_size, load_rgb
-from camseg.data.layouts import ColorMask, DatasetFiles, valid_split
+from camseg.data.layouts import ColorMask, DatasetFiles, IndexLabel, valid_split
 from camseg.schema import DataConfig
 
 
@@ -57,6 +57,8 @@ def build_dataloaders(
     size = resolve_size(cfg.size, files.images[0])
     get_x: Callable[[Path], np.ndarray] = load_rgb
     get_y = files.label_for if files.colors is None else ColorMask(files.label_for, files.colors)
+    if files.layout == "folders" and files.colors is None:
+        get_y = IndexLabel(files.label_for)  # a palette PNG's indices, not its luminance
     if cfg.cache is not False:
         root = cache_root(cfg.cache)
         get_x, get_y = build_cache(files, size, root)
