@@ -126,7 +126,9 @@ CONFIG_FAULTS = [
         ("train.keep_checkpoints = 'maybe'",),
     ),
     ConfigFault(
-        "unknown layout", "data:\n  layout: voc\n", ("'camvid', 'camseq01' or 'synthetic'",)
+        "unknown layout",
+        "data:\n  layout: voc\n",
+        ("'camvid', 'camseq01', 'synthetic' or 'folders'",),
     ),
     ConfigFault(
         "unknown arch", "model:\n  arch: resnet9\n", ("'resnet18', 'resnet34' or 'resnet50'",)

@@ -217,8 +217,9 @@ def test_a_palette_reaches_every_coloured_output(camvid_tiny, tmp_path, cli):
     assert legend.is_file() and is_own_output(legend)
     pixels = {tuple(p) for p in np.asarray(Image.open(legend).convert("RGB")).reshape(-1, 3)}
     assert {tuple(c) for c in wanted} <= pixels
-    legend_csv = (run / "plots" / "results_legend.csv").read_text()
-    assert "#fa0a0a" in legend_csv or "#0000ff" in legend_csv or "#09c809" in legend_csv
+    rows = (run / "plots" / "results_legend.csv").read_text().splitlines()[1:]
+    hexes = {"Road": "#fa0a0a", "Sky": "#0000ff", "Other": "#09c809"}
+    assert rows and all(hexes[row.split(",")[0]] == row.split(",")[1] for row in rows), rows
     # a second call into the same folder with the same model: the legend is the same, kept
     again = cli("predict", frame, "--run", run, "--out", out, "--exist-ok")
     assert again.exit_code == 0, again.output
