@@ -256,6 +256,7 @@ def test_predict_with_a_model_file(trained_run, camvid_tiny, tmp_path, cli):
     frame = camvid_tiny / "images" / "0001TP_006750.png"
     r = cli("predict", frame, "--model", folder / "net.pth", "--format", "color")
     assert r.exit_code == 0, r.output
-    assert [p.name for p in (folder / "predictions").iterdir()] == ["0001TP_006750_color.png"]
+    written = sorted(p.name for p in (folder / "predictions").iterdir())
+    assert written == ["0001TP_006750_color.png", "legend.png"]
     both = cli("predict", frame, "--model", folder / "net.pth", "--run", trained_run)
     assert both.exit_code == 2 and "--run" in both.stderr and "--model" in both.stderr

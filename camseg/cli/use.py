@@ -209,7 +209,7 @@ def predict(
 ) -> None:
     """Write segmentation masks for images at their own resolution."""
     quiet_mode(quiet)
-    from camseg.inputs import expand_inputs
+    from camseg.inputs import LEGEND, expand_inputs
     from camseg.video_io import is_video_source
 
     source = model_source(run, model, weights)
@@ -234,8 +234,9 @@ def predict(
         else:
             _predict_images(expanded, source, out_dir, formats, json_lines, **options)
     except BaseException:
-        if new_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing written: no empty folder left behind
+        if new_dir and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {LEGEND}:
+            (out_dir / LEGEND).unlink(missing_ok=True)  # nothing segmented: no folder left
+            out_dir.rmdir()
         raise
 
 
