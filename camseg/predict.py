@@ -154,8 +154,6 @@ def predict(
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
-    if legend is not None:
-        save_png(out / LEGEND, legend)
 
     seg = Segmenter(mf, device=device, precision=precision, tta=tta)
     del mf  # the network holds the weights now (0.2 GB less)
@@ -172,7 +170,11 @@ def predict(
                     on_image(None)
         if not good:
             return
+        nonlocal legend
         masks = seg.masks([im for _, im in good])
+        if legend is not None:  # with the first coloured output: a failed call writes nothing
+            save_png(out / LEGEND, legend)
+            legend = None
         for (i, im), mask in zip(good, masks, strict=True):
             record = _write(images[i], names[i], im, mask, palette, codes, out, formats)
             result.written.append(record)

@@ -70,6 +70,7 @@ def predict_video(
     batch_size: int,
     codec: str,
     on_frame: Callable[[int, dict | None], None] | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> VideoResult:
     """Segment every `stride`-th frame of one source, in batches of `batch_size`. Every frame
     goes into the overlay/colour videos, the frames in between with the mask before them; index
@@ -119,6 +120,8 @@ def predict_video(
     try:
         for frame in reader:
             if painted and not writers:
+                if before_write is not None:
+                    before_write()
                 size = frame.image.size  # type: ignore[union-attr]
                 for fmt in painted:
                     path = out / f"{info.name}_{fmt}.mp4"
@@ -214,9 +217,14 @@ def predict_videos(
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
-    if legend is not None:
-        save_png(out / LEGEND, legend)
     seg = Segmenter(mf, device=device, precision=precision, tta=tta)
+
+    def before_videos() -> None:  # with the first video file: a failed call writes nothing
+        nonlocal legend
+        if legend is not None:
+            save_png(out / LEGEND, legend)
+            legend = None
+
     results = []
     for info in infos:
         if on_video is not None:
@@ -231,6 +239,7 @@ def predict_videos(
                 batch_size=batch_size or auto_batch_size(dev),
                 codec=codec,
                 on_frame=on_frame,
+                before_write=before_videos,
             )
         )
     return results

@@ -46,6 +46,7 @@ def _set(key: str, value: object) -> Callable[[dict], None]:
 
 def _codes31(obj: dict) -> None:
     obj["meta"]["codes"] = obj["meta"]["codes"][:31]
+    obj["meta"]["colors"] = obj["meta"]["colors"][:31]  # the colours as consistent as the codes
 
 
 def _flip_last_cross(obj: dict) -> None:

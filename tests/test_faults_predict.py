@@ -74,7 +74,8 @@ def test_outputs_of_inputs_with_one_name_never_overwrite(trained_run, camvid_tin
     records = _records(result)
     assert len(records) == 4
     written = [Path(p) for r in records for p in r["outputs"].values()]
-    assert len(set(written)) == 12 and sorted(written) == sorted(out.iterdir())
+    assert len(set(written)) == 12
+    assert sorted([*written, out / "legend.png"]) == sorted(out.iterdir())
     for r in records:
         given = Path(r["image"]).relative_to(tmp_path).as_posix()
         for path in r["outputs"].values():
@@ -114,12 +115,12 @@ def test_folder_with_earlier_outputs_segments_only_the_photos(
     shutil.copy(camvid_tiny / "images" / FRAME, folder / "b_color.png")
     first = cli("predict", folder, "--run", trained_run, "--out", folder, "--json")
     assert first.exit_code == 0, first.output
-    assert len(_records(first)) == 2 and len(list(folder.iterdir())) == 8
+    assert len(_records(first)) == 2 and len(list(folder.iterdir())) == 9  # and legend.png
 
     again = cli("predict", folder, "--run", trained_run, "--out", tmp_path / "out", "--json")
     assert again.exit_code == 0, again.output
     assert sorted(Path(r["image"]).name for r in _records(again)) == ["a.png", "b_color.png"]
-    assert "left out 6 file(s) that camseg predict wrote earlier" in again.stderr
+    assert "left out 7 file(s) that camseg predict wrote earlier" in again.stderr
 
     # named on its own, an output is still segmented
     named = cli("predict", folder / "a_mask.png", "--run", trained_run, "--out", tmp_path / "o2")
