@@ -79,7 +79,7 @@ class Network:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with self.lock, torch.inference_mode():
             scores = self.model(xb).float()
-        if not bool(torch.isfinite(scores).all()):  # 2 ms at 360x480: a mask of class 0 instead
+        if not bool(torch.isfinite(scores).all()):  # 5.5 ms (32 classes, 360x480): not class 0s
             raise CamsegError(
                 f"{self.info.path}: the network gave NaN or infinite scores, so its masks would "
                 "be meaningless; the model file may be damaged (or try --precision fp32)"
