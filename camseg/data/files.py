@@ -243,17 +243,7 @@ def read_palette(path: Path, codes: list[str]) -> np.ndarray:
     name, or `R G B` lines in class order. -> (classes, 3) uint8."""
     if not path.is_file():
         raise CamsegError(f"data.palette {path}: no such file")
-    rows: list[tuple[tuple[int, int, int], str]] = []
-    for n, line in enumerate(read_lines(path), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 3 or not all(re.fullmatch(r"\d{1,3}", p) for p in parts[:3]):
-            raise CamsegError(f"{path}:{n}: expected 'R G B Name' or 'R G B', got {line.strip()!r}")
-        rgb = (int(parts[0]), int(parts[1]), int(parts[2]))
-        if max(rgb) > 255:
-            raise CamsegError(f"{path}:{n}: colour values must be 0-255, got {rgb}")
-        rows.append((rgb, " ".join(parts[3:])))
+    rows = _color_lines(path, "'R G B Name' or 'R G B'", names_required=False)
     named = [name for _, name in rows if name]
     if named and len(named) != len(rows):
         raise CamsegError(f"{path}: give every line a class name, or none (colours in class order)")
@@ -286,21 +276,31 @@ def read_label_colors(path: Path) -> LabelColors:
     """Parse `R G B<TAB>Name` lines (CamSeq01's label_colors.txt; tabs vary)."""
     if not path.is_file():
         raise CamsegError(f"label colour table not found: {path}")
-    colors, names = [], []
+    rows = _color_lines(path, "'R G B<TAB>Name'", names_required=True)
+    if not rows:
+        raise CamsegError(f"{path}: label colour table is empty")
+    return LabelColors(tuple(rgb for rgb, _ in rows), tuple(name for _, name in rows))
+
+
+def _color_lines(
+    path: Path, expected: str, names_required: bool
+) -> list[tuple[tuple[int, int, int], str]]:
+    """The (R, G, B), name of each `R G B [Name]` line (blank lines skipped; name "" where a
+    line has none): the one parser of label_colors.txt and data.palette files."""
+    rows = []
     for n, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
         parts = line.split()
-        if len(parts) < 4 or not all(re.fullmatch(r"\d{1,3}", p) for p in parts[:3]):
-            raise CamsegError(f"{path}:{n}: expected 'R G B<TAB>Name', got {line.strip()!r}")
-        rgb = tuple(int(p) for p in parts[:3])
+        if not parts:
+            continue
+        if len(parts) < (4 if names_required else 3) or not all(
+            re.fullmatch(r"\d{1,3}", p) for p in parts[:3]
+        ):
+            raise CamsegError(f"{path}:{n}: expected {expected}, got {line.strip()!r}")
+        rgb = (int(parts[0]), int(parts[1]), int(parts[2]))
         if max(rgb) > 255:
             raise CamsegError(f"{path}:{n}: colour values must be 0-255, got {rgb}")
-        colors.append(rgb)
-        names.append(" ".join(parts[3:]))
-    if not names:
-        raise CamsegError(f"{path}: label colour table is empty")
-    return LabelColors(tuple(colors), tuple(names))  # type: ignore[arg-type]
+        rows.append((rgb, " ".join(parts[3:])))
+    return rows
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
