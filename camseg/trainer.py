@@ -157,6 +157,7 @@ class Trainer:
             init_distributed(self.device)
         with rank0_first():  # rank 0 generates a synthetic set while the others wait
             self.files = find_files(cfg.data)
+        self.colors = self.files.class_colors()  # model.pth, plots and TensorBoard show these
         if ckpt:
             check_same_classes(self.files.root, self.files.codes, ckpt)
         report = check_dataset(self.files)
@@ -255,16 +256,14 @@ class Trainer:
                 atomic_write_text(run.class_weights, json.dumps(table, indent=2) + "\n")
         if self.cfg.train.tensorboard and rank_distrib() == 0:
             self.stage_cbs.append(
-                TensorBoardLog(
-                    run.tensorboard, self.files.codes, self.state, colors=self.files.class_colors()
-                )
+                TensorBoardLog(run.tensorboard, self.files.codes, self.state, colors=self.colors)
             )
         meta = model_meta(
             self.cfg.model,
             self.files.codes,
             self.size,
             ignore_index=self.files.ignore_index,
-            colors=self.files.class_colors(),
+            colors=self.colors,
             precision=validation_precision(self.cfg.train.fp16, self.cfg.train.bf16, self.device),
         )
         try:
@@ -317,7 +316,7 @@ class Trainer:
                 self.state.valid_points,
                 run.plots,
                 self.files.codes,
-                self.files.class_colors(),
+                self.colors,
             )
         summary = _summary(run, self.state, self.cfg)
         if rank_distrib() == 0 and not self.cfg.train.keep_checkpoints and self.state.history:
