@@ -61,17 +61,17 @@ def require_folder_path(path: Path, what: str, fix: str) -> None:
             raise CamsegError(f"{what} {path} {at}, not a folder; {fix}")
 
 
-def require_writable(folder: Path, what: str) -> None:
+def require_writable(path: Path, what: str, fix: str = "choose a writable folder") -> None:
     """Refuse, before the expensive part, a folder that cannot take a file (read-only, not
-    permitted); `what` names the option or key in the message."""
+    permitted); a folder still to be made is judged by the nearest one that exists. `what`
+    names the option or key in the message, `fix` says what to do."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), path)
     probe = folder / f".camseg-write-test.{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise CamsegError(
-            f"{what} {folder}: cannot write there ({e.strerror}); choose a writable folder"
-        ) from None
+        raise CamsegError(f"{what} {folder}: cannot write there ({e.strerror}); {fix}") from None
 
 
 def _umask() -> int:

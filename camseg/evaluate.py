@@ -229,11 +229,7 @@ def _require_writable_parent(parent: Path, given: bool) -> None:
     what = "--out" if given else "evaluate writes its results to"
     fix = "choose a writable folder" if given else "give --out FOLDER"
     require_folder_path(parent, what, fix)
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    try:
-        require_writable(existing, what)
-    except CamsegError as e:
-        raise CamsegError(f"{e}".replace("choose a writable folder", fix)) from None
+    require_writable(parent, what, fix)
 
 
 def _new_dir(parent: Path, name: str) -> Path:
