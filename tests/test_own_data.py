@@ -313,3 +313,28 @@ def test_folders_faults_are_one_line(camvid_tiny, tmp_path, cli):
         "val folder of labels/ (data.split folders: train/ and val/ under images/ and labels/)",
     )
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.faults
+def test_folders_of_other_names(camvid_tiny, tmp_path, cli):
+    """data.images and data.labels name the folders; a folder that is not there is one line."""
+    from test_faults import one_line_error
+
+    root = as_folders(three_classes(camvid_tiny, tmp_path / "own", 2, 2))
+    (root / "images").rename(root / "photos")
+    (root / "labels").rename(root / "masks")
+    sets = [f"data.root={root}", "data.layout=folders", "data.split=folders"]
+    named = [*sets, "data.images=photos", "data.labels=masks"]
+    files = find_files(load_config(None, named).data)
+    assert files.images and all(p.is_relative_to(root / "photos") for p in files.images)
+    assert check_dataset(files).ok
+    runs = tmp_path / "runs"
+    one_line_error(
+        cli("train", *fast_args(root, runs, "data.layout=folders", "data.split=folders")),
+        "data.images folder (layout folders: images/ under data.root) not found",
+    )
+    one_line_error(
+        cli("train", *fast_args(root, runs, *named[1:3], "data.images=photos")),
+        "data.labels folder (layout folders: labels/ under data.root) not found",
+    )
+    assert not runs.exists()
