@@ -4,14 +4,44 @@ model file). The CLI turns it into a single stderr line and exit code 2."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 
 class CamsegError(Exception):
     """A user-actionable failure: the message names the file or key and what to do."""
+
+
+# the names users know these optional packages by, where they differ from the import name
+PACKAGE_NAMES = {"av": "PyAV"}
+
+
+def require_extra(*modules: str, extra: str, what: str, otherwise: str = "") -> ModuleType:
+    """Import the optional packages `what` needs (the last one is returned), or one error naming
+    every missing one and the extra that installs them; `otherwise` adds the way round it."""
+    missing, found = [], None
+    for name in modules:
+        try:
+            found = importlib.import_module(name)
+        except ImportError:
+            missing.append(PACKAGE_NAMES.get(name, name))
+    if missing or found is None:
+        instead = f" (or {otherwise})" if otherwise else ""
+        raise CamsegError(
+            f"{what} needs {', '.join(missing)}, which is not installed: "
+            f"pip install 'camseg[{extra}]'{instead}"
+        )
+    return found
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line (at most 200 characters), or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 class Terminated(KeyboardInterrupt):

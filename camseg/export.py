@@ -1,6 +1,7 @@
 """`camseg export`: a model file's network traced to one self-contained .onnx file (the file
-camseg.onnx reads and runs), checked against PyTorch, never written over a file. Needs fastai,
-which builds the network, and the `export` extra (onnx, onnxscript, onnxruntime).
+camseg.model.onnx_file reads and camseg.infer.onnx_runtime runs), checked against PyTorch, never
+written over a file. Needs fastai, which builds the network, and the `export` extra (onnx,
+onnxscript, onnxruntime).
 """
 
 from __future__ import annotations
@@ -17,21 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camseg import __version__
-from camseg.atomic import require_writable
-from camseg.errors import CamsegError
-from camseg.model import ModelFile, read_model_file
-from camseg.onnx import (
-    DOC,
-    INPUT,
-    OUTPUT,
-    first_line,
-    graph_sha256,
-    is_onnx,
-    metadata,
-    require_modules,
-)
-from camseg.runs import run_of, weights_of
+from camseg.core import __version__
+from camseg.core.atomic import require_writable
+from camseg.core.runs import run_of, weights_of
+from camseg.errors import CamsegError, first_line, require_extra
+from camseg.model.files import ModelFile, read_model_file
+from camseg.model.onnx_file import DOC, INPUT, OUTPUT, graph_sha256, is_onnx, metadata
 
 # The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
 # and reorders the arithmetic); anything past this, relative to the largest score, is a bad export.
@@ -80,7 +72,7 @@ def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
     where = source.path if isinstance(source, ModelFile) else source
     if is_onnx(where):
         raise CamsegError(f"{where}: already an ONNX model; export a run folder or model.pth")
-    require_modules("onnx", "onnxscript", "onnxruntime", extra="export", what="camseg export")
+    require_extra("onnx", "onnxscript", "onnxruntime", extra="export", what="camseg export")
     if out is not None and out.exists():
         raise CamsegError(f"--out {out} exists; camseg export never overwrites a file")
     if out is not None and not out.parent.is_dir():

@@ -141,7 +141,7 @@ def pytest_report_header(config) -> str:
 def network_spy(monkeypatch):
     """What the rebuilt network really runs: per pass through its first convolution, the
     output's dtype, the device and the input's shape."""
-    from camseg.model import ModelFile
+    from camseg.model.files import ModelFile
 
     seen: list[tuple[torch.dtype, str, tuple[int, ...]]] = []
     build = ModelFile.build

@@ -70,9 +70,9 @@ def test_batch_of_images_of_different_sizes(seg, camseq01_sample):
 
 
 def test_what_the_model_is(seg, trained_run):
-    from camseg.model import read_model_file
+    from camseg.model.files import read_model_file
 
-    mf = read_model_file(trained_run)
+    mf = read_model_file(trained_run / "model.pth")
     assert seg.classes == mf.codes and seg.size == mf.size
     assert seg.colors.shape == (32, 3) and str(seg.device) == "cpu"
     assert seg.precision in ("fp32", "bf16")
@@ -141,7 +141,7 @@ def test_pil_images_and_arrays_are_read_as_files_are(seg, trained_run, tmp_path)
 
 
 def _frames(run):
-    from camseg.config import load_config
+    from camseg.config.load import load_config
 
     return sorted((load_config(run / "config.yaml").data.root / "images").iterdir())[:40]
 

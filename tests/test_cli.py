@@ -266,8 +266,8 @@ def test_quiet_verbose_and_completion(cli):
 def test_export_json_is_one_document(tmp_path, cli, monkeypatch):
     import json
 
-    import camseg.onnx_export
-    from camseg.onnx_export import Export
+    import camseg.export
+    from camseg.export import Export
 
     model = tmp_path / "model.pth"
     model.write_bytes(b"")
@@ -277,7 +277,7 @@ def test_export_json_is_one_document(tmp_path, cli, monkeypatch):
         path.write_bytes(b"x" * 10)
         return Export(path, (96, 128), 32, 1e-6, 2.0)
 
-    monkeypatch.setattr(camseg.onnx_export, "export_onnx", fake)
+    monkeypatch.setattr(camseg.export, "export_onnx", fake)
     result = cli("export", "--model", model, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from fault_cases import CONFIG_FAULTS
 
-from camseg.config import dump_config, load_config, validate_config
+from camseg.config.load import dump_config, load_config, validate_config
+from camseg.config.schema import Config, LrSlice
 from camseg.errors import CamsegError
-from camseg.schema import Config, LrSlice
 
 REPO = Path(__file__).resolve().parents[1]
 

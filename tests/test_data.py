@@ -14,7 +14,7 @@ import torch
 from fault_cases import DATA_FAULTS, broken_copy, paint_unknown_colour
 from PIL import Image
 
-from camseg.config import load_config
+from camseg.config.load import load_config
 from camseg.data import build_dataloaders, check_dataset, find_files
 from camseg.data.files import read_codes, resource_path
 from camseg.data.prepare import camvid_valid_names, prepare_camseq01

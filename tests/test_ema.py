@@ -14,10 +14,10 @@ from conftest import TINY, fast_args, history, small_copy
 from test_faults import _resume_and_check, _train_cmd, _wait_rows
 from torch import nn
 
-from camseg.checkpoint import load_checkpoint
-from camseg.config import load_config
-from camseg.ema import ModelEMA
-from camseg.trainer import Trainer
+from camseg.config.load import load_config
+from camseg.train.checkpoint import load_checkpoint
+from camseg.train.ema import ModelEMA
+from camseg.train.trainer import Trainer
 
 
 def _attached(model: nn.Module, decay: float) -> ModelEMA:

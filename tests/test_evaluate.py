@@ -13,7 +13,7 @@ import torch
 from conftest import history, written_dir
 
 from camseg.data.prepare import prepare_camseq01
-from camseg.model import read_model_file, weights_sha256
+from camseg.model.files import read_model_file, weights_sha256
 
 pytestmark = pytest.mark.slow  # every test here reads trained_run, which trains
 
@@ -34,7 +34,7 @@ def test_evaluate_equals_the_training_metric(run_copy, cli):
     assert [r["acc_camvid"] for r in metrics["references"]] == [0.9307, 0.9333, 0.9367]
     assert metrics["evaluated"]["n_images"] == 15 and metrics["evaluated"]["split"] == "valid"
     # by default in the precision training validated in, which model.pth records
-    assert metrics["evaluated"]["precision"] == read_model_file(run_copy).precision
+    assert metrics["evaluated"]["precision"] == read_model_file(run_copy / "model.pth").precision
     assert metrics["evaluated"]["precision_note"] is None
     assert f"acc_camvid {metrics['acc_camvid']:.4f}" in result.stdout
     assert "0.9307" in result.stdout and "not comparable" in result.stdout

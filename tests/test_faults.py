@@ -23,9 +23,9 @@ from conftest import REPO, TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback
 from fault_cases import CONFIG_FAULTS, DATA_FAULTS, broken_copy, paint_unknown_colour
 
-import camseg.trainer
+import camseg.train.trainer
+from camseg.core.runs import Run
 from camseg.errors import Terminated
-from camseg.runs import Run
 
 pytestmark = pytest.mark.faults
 
@@ -132,10 +132,10 @@ def test_size_not_divisible_by_32_trains(camvid_tiny, tmp_path, cli):
         *fast_args(camvid_tiny, tmp_path, "data.size=[50,70]", "train.stages=[{epochs: 1}]"),
     )
     assert result.exit_code == 0, result.output
-    from camseg.model import read_model_file
+    from camseg.model.files import read_model_file
 
     [run] = tmp_path.iterdir()
-    assert read_model_file(run).size == (50, 70)
+    assert read_model_file(run / "model.pth").size == (50, 70)
 
 
 # ---- bad data ---------------------------------------------------------------------------
@@ -319,14 +319,14 @@ class _InjectNaN(Callback):
 
 @pytest.mark.slow
 def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path, cli, monkeypatch):
-    real = camseg.trainer.build_learner
+    real = camseg.train.trainer.build_learner
 
     def build(*args, **kwargs):
         learn = real(*args, **kwargs)
         learn.add_cb(_InjectNaN(epoch=1, step=3))
         return learn
 
-    monkeypatch.setattr(camseg.trainer, "build_learner", build)
+    monkeypatch.setattr(camseg.train.trainer, "build_learner", build)
     args = fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=2")
     line = one_line_error(
         cli("train", *args, "--name", "nan"), "loss became NaN/inf at epoch 1 step 3"
@@ -435,9 +435,9 @@ def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
 # final files (model.pth, plots, summary.json, report) are being written.
 SIGNAL_IN_WRITE = """
 import os, signal, sys, time
-import camseg.callbacks, camseg.plots
+import camseg.train.callbacks, camseg.report.plots
 at = os.environ["CAMSEG_TEST_AT"]
-real_save, real_plot = camseg.callbacks.atomic_torch_save, camseg.plots.plot_run
+real_save, real_plot = camseg.train.callbacks.atomic_torch_save, camseg.report.plots.plot_run
 calls = {"n": 0}
 def save(path, obj):
     calls["n"] += 1
@@ -450,7 +450,7 @@ def plot(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.5)
     real_plot(*a, **k)
-camseg.callbacks.atomic_torch_save, camseg.plots.plot_run = save, plot
+camseg.train.callbacks.atomic_torch_save, camseg.report.plots.plot_run = save, plot
 sys.argv = ["camseg", *sys.argv[1:]]
 from camseg.cli import main
 main()
@@ -542,7 +542,7 @@ def test_a_stop_signal_in_any_command_is_one_line(cli, monkeypatch, raised, code
     def stopped(*args: object) -> None:
         raise raised
 
-    monkeypatch.setattr("camseg.config.load_config", stopped)
+    monkeypatch.setattr("camseg.config.load.load_config", stopped)
     result = cli("config", "show", "--config", "tiny.yaml")
     assert result.exit_code == code, result.output
     assert result.stderr == f"camseg: {said}\n"
@@ -589,7 +589,7 @@ def test_run_name_cannot_escape_the_output_folder(camvid_tiny, tmp_path, cli):
 
 
 def test_config_paths_are_relative_to_the_config_file(camvid_tiny, tmp_path, monkeypatch):
-    from camseg.config import load_config
+    from camseg.config.load import load_config
 
     folder = tmp_path / "cfgs"
     folder.mkdir()

@@ -15,7 +15,7 @@ from conftest import TINY, fast_args, small_copy
 from PIL import Image
 from test_faults import one_line_error
 
-from camseg.config import load_config
+from camseg.config.load import load_config
 from camseg.data import build_dataloaders, find_files
 from camseg.data.files import load_rgb
 

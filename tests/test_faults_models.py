@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_faults import one_line_error
 
-from camseg.model import read_model_file, weights_sha256
+from camseg.model.files import read_model_file, weights_sha256
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]  # every case starts from trained_run
 
@@ -112,7 +112,7 @@ def test_a_file_without_checksum_still_loads(trained_run, tmp_path):
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
-    from camseg.onnx_export import export_onnx
+    from camseg.export import export_onnx
 
     return export_onnx(trained_run, tmp_path_factory.mktemp("onnx") / "model.onnx").path
 

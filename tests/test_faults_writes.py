@@ -21,7 +21,7 @@ import pytest
 from conftest import fast_args, small_copy
 from test_faults import one_line_error
 
-from camseg.runs import Run, run_lock
+from camseg.core.runs import Run, run_lock
 
 pytestmark = pytest.mark.faults
 
@@ -162,7 +162,7 @@ def test_full_disk_reported_by_torch_is_one_line(camvid_tiny, tmp_path, cli, mon
     "cannot write ... resume with" line as an OSError, and the previous checkpoint whole."""
     import torch
 
-    import camseg.atomic
+    import camseg.core.atomic
 
     root = small_copy(camvid_tiny, tmp_path / "data")
     real_save = torch.save
@@ -178,7 +178,7 @@ def test_full_disk_reported_by_torch_is_one_line(camvid_tiny, tmp_path, cli, mon
         free = 4096
 
     monkeypatch.setattr(torch, "save", full_disk)
-    monkeypatch.setattr(camseg.atomic.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(camseg.core.atomic.shutil, "disk_usage", lambda path: Usage)
     runs = tmp_path / "runs"
     line = one_line_error(cli("train", *fast_args(root, runs)), "No space left on device")
     [run] = runs.iterdir()
@@ -189,7 +189,7 @@ def test_full_disk_reported_by_torch_is_one_line(camvid_tiny, tmp_path, cli, mon
 
 
 def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
-    from camseg.atomic import atomic_write_text
+    from camseg.core.atomic import atomic_write_text
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -232,7 +232,7 @@ def test_a_killed_trainer_does_not_leave_its_run_locked(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from camseg.runs import run_lock\n"
+            "import sys, time; from camseg.core.runs import run_lock\n"
             "with run_lock(__import__('pathlib').Path(sys.argv[1])): time.sleep(120)",
             str(run),
         ]

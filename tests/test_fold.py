@@ -1,4 +1,4 @@
-"""camseg.fold: BatchNorm folded into convolutions and in-place ReLUs for inference, the same
+"""camseg.infer.fold: BatchNorm folded into convolutions and in-place ReLUs for inference, the same
 network function."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from fastai.vision.learner import create_unet_model
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
-from camseg.fold import fold_for_inference
-from camseg.infer import load_network
+from camseg.infer.fold import fold_for_inference
+from camseg.infer.network import load_network
 
 
 def _unet(arch, size=(64, 96)) -> nn.Module:

@@ -1,5 +1,5 @@
-"""camseg.heap: inference on a CPU keeps freed memory for the next pass instead of faulting it in
-again (glibc only)."""
+"""camseg.core.heap: inference on a CPU keeps freed memory for the next pass instead of faulting
+it in again (glibc only)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-import camseg.infer
+import camseg.infer.network
 
 # Page faults of allocating and filling 48 MB after 64 MB were freed (both above glibc's largest
 # mmap threshold, 32 MB, as a U-Net's full-resolution activations are).
 PROBE = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from camseg.heap import keep_freed_memory
+    from camseg.core.heap import keep_freed_memory
     assert keep_freed_memory()
     assert keep_freed_memory()  # a second call is harmless
 def faults():
@@ -48,6 +48,6 @@ def test_freed_memory_is_reused_without_page_faults():
 
 def test_loading_a_network_on_the_cpu_keeps_freed_memory(monkeypatch, trained_run):
     calls = []
-    monkeypatch.setattr(camseg.infer, "keep_freed_memory", lambda: calls.append(1))
-    camseg.infer.load_network(trained_run, device="cpu")
+    monkeypatch.setattr(camseg.infer.network, "keep_freed_memory", lambda: calls.append(1))
+    camseg.infer.network.load_network(trained_run, device="cpu")
     assert calls == [1]

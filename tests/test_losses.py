@@ -17,12 +17,12 @@ from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
 from PIL import Image
 
 import camseg.data.frequencies
-import camseg.trainer
-from camseg.config import load_config
+import camseg.train.trainer
+from camseg.config.load import load_config
+from camseg.config.schema import LossConfig, LossName
 from camseg.data import build_dataloaders, find_files
 from camseg.data.frequencies import count_classes, median_frequency_weights, training_images
-from camseg.losses import LOSSES, build_loss, class_weights, lovasz_softmax
-from camseg.schema import LossConfig, LossName
+from camseg.train.losses import LOSSES, build_loss, class_weights, lovasz_softmax
 
 CODES = ["Car", "Void", "Road", "Sky"]
 VOID = 1
@@ -309,7 +309,7 @@ def test_the_learner_trains_with_the_configured_loss_and_weights(camvid_tiny, tm
     data = small_copy(camvid_tiny, tmp_path / "d", 2, 2)
     loss_sets = ["train.loss.name=focal", "train.loss.gamma=3", "train.loss.ignore_void=true"]
     sets = fast_args(data, tmp_path, *loss_sets, "train.class_weights={Pedestrian: 4}")[3::2]
-    trainer = camseg.trainer.Trainer(load_config(TINY, sets), progress=False)
+    trainer = camseg.train.trainer.Trainer(load_config(TINY, sets), progress=False)
     loss, codes = trainer.learn.loss_func, trainer.files.codes
     assert isinstance(loss, FocalLossFlat) and loss.func.gamma == 3.0
     assert loss.func.ignore_index == codes.index("Void")
@@ -328,13 +328,13 @@ def test_a_ce_dice_median_frequency_run_records_its_weights_and_resumes_with_the
     data = small_copy(camvid_tiny, tmp_path / "d", 2, 6)
     sets = ["train.loss.name=ce_dice", "train.class_weights=median_frequency"]
     built: list[object] = []
-    real = camseg.trainer.build_learner
+    real = camseg.train.trainer.build_learner
 
     def build(*args, **kwargs):
         built.append(kwargs["loss_func"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(camseg.trainer, "build_learner", build)
+    monkeypatch.setattr(camseg.train.trainer, "build_learner", build)
     result = cli("train", *fast_args(data, tmp_path / "runs", *sets), "--name", "w")
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "w"

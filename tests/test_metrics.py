@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from camseg.callbacks import AccCamvid, MeanIoU
-from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
+from camseg.core.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
+from camseg.train.callbacks import AccCamvid, MeanIoU
 
 VOID = 3  # classes 0, 1, 2 are scored, 3 is Void
 

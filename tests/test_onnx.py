@@ -49,7 +49,7 @@ def _frames(camvid_tiny: Path, n: int) -> list[Path]:
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory) -> Path:
     """trained_run's model exported once to a folder of its own (trained_run stays untouched)."""
-    from camseg.onnx_export import export_onnx
+    from camseg.export import export_onnx
 
     return export_onnx(trained_run, tmp_path_factory.mktemp("onnx") / "model.onnx").path
 
@@ -257,11 +257,12 @@ def test_evaluate_reads_data_as_fastai_validation_does(camvid_tiny, camseq01_sam
     """evaluate's own reader (no fastai) gives the tensors of fastai's validation DataLoader, to
     the bit, so scores from either are equal; checked where both resize: another size than the
     frames', index labels (camvid) and colour labels (camseq01)."""
-    from camseg.config import load_config
+    from camseg.config.load import load_config
     from camseg.data import build_dataloaders, find_files
     from camseg.data.layouts import label_reader
-    from camseg.evaluate import labelled_batches, split_items
-    from camseg.model import IMAGENET_MEAN, IMAGENET_STD, ModelFile
+    from camseg.infer.evaluate import labelled_batches, split_items
+    from camseg.model.files import ModelFile
+    from camseg.model.network import IMAGENET_MEAN, IMAGENET_STD
 
     camseq01 = shutil.copytree(camseq01_sample, tmp_path / "camseq01")
     (camseq01 / "valid.txt").write_text("0016E5_07979.png\n")
@@ -287,8 +288,8 @@ def test_evaluate_reads_data_as_fastai_validation_does(camvid_tiny, camseq01_sam
 
 
 def test_export_weights_best_writes_best_onnx(tmp_path, cli, monkeypatch):
-    import camseg.onnx_export
-    from camseg.onnx_export import default_onnx_path
+    import camseg.export
+    from camseg.export import default_onnx_path
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -298,7 +299,7 @@ def test_export_weights_best_writes_best_onnx(tmp_path, cli, monkeypatch):
     assert default_onnx_path(run / "model.pth") == run / "model.onnx"
     given = []
     monkeypatch.setattr(
-        camseg.onnx_export, "export_onnx", lambda source, out: given.append(source) or 1 / 0
+        camseg.export, "export_onnx", lambda source, out: given.append(source) or 1 / 0
     )
     for args in ([], ["--weights", "best"]):
         with pytest.raises(ZeroDivisionError):

@@ -14,12 +14,12 @@ import torch
 from conftest import fast_args, small_copy
 from PIL import Image
 
-from camseg.config import load_config
+from camseg.config.load import load_config
+from camseg.config.schema import LossConfig
+from camseg.core.metrics import acc_camvid, confusion_matrix, miou
 from camseg.data import find_files
 from camseg.data.check import check_dataset
-from camseg.losses import LOSSES, build_loss
-from camseg.metrics import acc_camvid, confusion_matrix, miou
-from camseg.schema import LossConfig
+from camseg.train.losses import LOSSES, build_loss
 
 CODES = ["Road", "Sky", "Other"]
 ROAD = {"Road", "LaneMkgsDriv", "LaneMkgsNonDriv", "RoadShoulder"}
@@ -193,7 +193,7 @@ def test_a_bad_palette_is_one_line(lines, needle, camvid_tiny, tmp_path, cli):
 @pytest.mark.slow
 def test_a_palette_reaches_every_coloured_output(camvid_tiny, tmp_path, cli):
     from camseg import Segmenter
-    from camseg.inputs import is_own_output
+    from camseg.infer.inputs import is_own_output
 
     root = three_classes(camvid_tiny, tmp_path / "own")
     palette = _palette_file(

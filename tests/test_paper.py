@@ -38,9 +38,9 @@ def test_the_papers_two_phases_on_real_camseq01_frames(camseq01_sample, tmp_path
     full_cfg = (full_run / "config.yaml").read_text()
     assert str(half_run / "model.pth") in full_cfg  # started from the first phase
     assert [r["stage_name"] for r in history(full_run)] == ["frozen", "unfrozen"]
-    from camseg.model import read_model_file
+    from camseg.model.files import read_model_file
 
-    assert read_model_file(full_run).size == (144, 192)  # 0.2 of 720x960
+    assert read_model_file(full_run / "model.pth").size == (144, 192)  # 0.2 of 720x960
 
     scored = cli("evaluate", "--size", "native")  # the newest finished run: full
     assert scored.exit_code == 0, scored.output

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-import camseg.plots
+import camseg.report.plots
 from camseg.data.files import camvid_palette
-from camseg.plots import plot_grid, present_classes
+from camseg.report.plots import plot_grid, present_classes
 
 CODES = ["Animal", "Road", "Sky", "Tree", "Void"]
 
@@ -26,7 +26,7 @@ def test_grid_legend_names_the_classes_shown(tmp_path, monkeypatch):
     truths[1, :4] = 4
     preds = np.full((2, 8, 12), 2, dtype=np.uint8)
     drawn: list[tuple[list[str], list[tuple[float, ...]]]] = []
-    save = camseg.plots._save
+    save = camseg.report.plots._save
 
     def spy(fig, path):
         (legend,) = fig.legends
@@ -35,7 +35,7 @@ def test_grid_legend_names_the_classes_shown(tmp_path, monkeypatch):
         drawn.append((names, colours))
         save(fig, path)
 
-    monkeypatch.setattr(camseg.plots, "_save", spy)
+    monkeypatch.setattr(camseg.report.plots, "_save", spy)
     out = tmp_path / "results.png"
     assert plot_grid(images, truths, preds, CODES, out, ["a.png", "b.png"]) == [1, 2, 4]
     names, colours = drawn[0]

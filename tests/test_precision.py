@@ -1,4 +1,4 @@
-"""The shared precision policy (camseg/precision.py), checked without a GPU: a CUDA device is
+"""The shared precision policy (camseg/core/precision.py), checked without a GPU: a CUDA device is
 only a `torch.device("cuda")` here, which the policy reads but never runs on."""
 
 from __future__ import annotations
@@ -7,16 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-import camseg.precision as precision
-from camseg.errors import CamsegError
-from camseg.model import model_meta, read_model_file, write_model_file
-from camseg.precision import (
+import camseg.core.precision as precision
+from camseg.config.schema import ModelConfig
+from camseg.core.precision import (
     evaluate_precision,
     predict_precision,
     training_precision,
     validation_precision,
 )
-from camseg.schema import ModelConfig
+from camseg.errors import CamsegError
+from camseg.model.files import model_meta, read_model_file, write_model_file
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

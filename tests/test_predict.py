@@ -20,13 +20,13 @@ def _palette_set(codes: list[str]) -> set[tuple[int, int, int]]:
 
 
 def test_predict_camseq01_frames_at_full_resolution(trained_run, camseq01_sample, tmp_path, cli):
-    from camseg.model import read_model_file
+    from camseg.model.files import read_model_file
 
     out = tmp_path / "pred"
     frames = camseq01_sample / "CamSeq01_Raw"
     result = cli("predict", frames, "--run", trained_run, "--out", out, "--batch-size", "3")
     assert result.exit_code == 0, result.output
-    codes = read_model_file(trained_run).codes
+    codes = read_model_file(trained_run / "model.pth").codes
     allowed = _palette_set(codes)
     for frame in sorted(frames.iterdir()):
         mask = Image.open(out / f"{frame.stem}_mask.png")
@@ -144,7 +144,7 @@ def test_predict_errors(trained_run, camvid_tiny, tmp_path, cli):
 def test_fast_precision_agrees_with_fp32(trained_run, camvid_tiny, tmp_path):
     """bf16 (auto's choice on CPUs that have it: the whole network in bf16) labels nearly
     every pixel as fp32 does."""
-    from camseg.predict import predict
+    from camseg.infer.predict import predict
 
     frames = sorted((camvid_tiny / "images").glob("0016E5_0*.png"))[:6]
     a = predict([str(p) for p in frames], trained_run, tmp_path / "a", precision="fp32")
@@ -168,8 +168,8 @@ def test_rebuilt_network_equals_one_built_at_the_training_size(size, tmp_path, c
     from fastai.vision.learner import create_unet_model
     from torchvision.models import resnet18
 
-    from camseg.model import model_meta, read_model_file, write_model_file
-    from camseg.schema import ModelConfig
+    from camseg.config.schema import ModelConfig
+    from camseg.model.files import model_meta, read_model_file, write_model_file
 
     codes = (camvid_tiny / "codes.txt").read_text().split()
     torch.manual_seed(0)
@@ -185,9 +185,9 @@ def test_rebuilt_network_equals_one_built_at_the_training_size(size, tmp_path, c
 def test_model_file_is_rebuilt_around_its_own_tensors(trained_run):
     """Built on the meta device and given the file's tensors: nothing randomly initialised and
     then overwritten, and nothing left without a value."""
-    from camseg.model import read_model_file
+    from camseg.model.files import read_model_file
 
-    mf = read_model_file(trained_run)
+    mf = read_model_file(trained_run / "model.pth")
     model = mf.build()
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     ours = model.state_dict()
@@ -197,7 +197,7 @@ def test_model_file_is_rebuilt_around_its_own_tensors(trained_run):
 def test_predict_precision_option_sets_the_network_dtype(
     trained_run, camvid_tiny, tmp_path, cli, network_spy
 ):
-    from camseg.model import cpu_has_bf16
+    from camseg.core.device import cpu_has_bf16
 
     frame = camvid_tiny / "images" / "0001TP_006750.png"
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import camseg.api
+import camseg.infer.api
 from camseg.data.files import load_rgb, open_rgb
-from camseg.infer import mask_in_bands, to_model_input
-from camseg.model import read_model_file
-from camseg.predict import MAX_PIXELS, predict
+from camseg.infer.network import mask_in_bands, to_model_input
+from camseg.infer.predict import MAX_PIXELS, predict
+from camseg.model.files import read_model_file
 
 FRAME = "0016E5_07973.png"
 
@@ -40,7 +40,7 @@ def _assert_same_mask(mask: np.ndarray, scores: torch.Tensor) -> None:
 @pytest.fixture(scope="module")
 def logits(trained_run, camseq01_sample) -> torch.Tensor:
     """Real class scores of one CamSeq01 frame, channels-last as predict's network returns them."""
-    mf = read_model_file(trained_run)
+    mf = read_model_file(trained_run / "model.pth")
     model = mf.build().eval().to(memory_format=torch.channels_last)
     x = to_model_input(Image.open(camseq01_sample / "CamSeq01_Raw" / FRAME).convert("RGB"), mf)
     with torch.inference_mode():
@@ -109,14 +109,14 @@ def test_big_photo_in_bands_with_bounded_memory(
 def _spy_on_masks(monkeypatch) -> list:
     """(logits, h, w, mask) of every `class_mask` call predict makes."""
     seen = []
-    real = camseg.api.class_mask
+    real = camseg.infer.api.class_mask
 
     def spy(logits, h, w):
         mask = real(logits, h, w)
         seen.append((logits.clone(), h, w, mask.cpu().numpy()))
         return mask
 
-    monkeypatch.setattr(camseg.api, "class_mask", spy)
+    monkeypatch.setattr(camseg.infer.api, "class_mask", spy)
     return seen
 
 
@@ -140,7 +140,7 @@ def test_rgb_files_read_as_load_rgb_reads_them(camvid_tiny, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_class_mask_takes_the_first_of_tied_classes(size, dtype):
     """bf16 scores tie often; the mask must take the first class, as argmax does."""
-    from camseg.infer import class_mask
+    from camseg.infer.network import class_mask
 
     scores = torch.zeros(1, 32, 6, 8, dtype=dtype)
     scores[:, [3, 7, 20]] = 1.0  # three classes tie everywhere

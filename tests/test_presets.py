@@ -66,7 +66,7 @@ def test_config_list_shows_every_preset_with_its_description(cli):
 
 def test_the_configs_folder_is_the_packaged_presets():
     # one source: the top-level configs/ is the package's presets folder, not a copy
-    assert (REPO / "configs").resolve() == (REPO / "camseg" / "presets").resolve()
+    assert (REPO / "configs").resolve() == (REPO / "camseg" / "config" / "presets").resolve()
 
 
 @pytest.mark.slow
@@ -137,9 +137,9 @@ def _wheel(tmp_path: Path) -> Path:
 def test_the_wheel_holds_the_presets_and_resources(tmp_path):
     names = zipfile.ZipFile(_wheel(tmp_path)).namelist()
     for preset in ("half", "full", "tiny", "tiny-scratch", "tiny-rare", "demo"):
-        assert f"camseg/presets/{preset}.yaml" in names
+        assert f"camseg/config/presets/{preset}.yaml" in names
     for resource in ("codes.txt", "label_colors.txt", "paper_fig13.csv"):
-        assert f"camseg/resources/{resource}" in names
+        assert f"camseg/data/resources/{resource}" in names
 
 
 @pytest.mark.slow

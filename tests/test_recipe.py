@@ -14,10 +14,10 @@ import torch
 from conftest import TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback, CancelFitException
 
-from camseg.config import load_config
-from camseg.schema import LrSlice, StageConfig
-from camseg.train import train_new, train_resume
-from camseg.trainer import Trainer, fit_stage
+from camseg.config.load import load_config
+from camseg.config.schema import LrSlice, StageConfig
+from camseg.train.entry import train_new, train_resume
+from camseg.train.trainer import Trainer, fit_stage
 
 
 class GroupLrs(Callback):
@@ -75,7 +75,7 @@ def test_init_from_takes_the_newest_finished_run_of_its_family_and_says_so(
 ):
     import torchvision.models._api as api
 
-    from camseg.runs import resolve_init_from
+    from camseg.core.runs import resolve_init_from
 
     def offline(*args, **kwargs):
         raise AssertionError("init_from must not download ImageNet weights")
@@ -146,7 +146,7 @@ def _interrupt_after(n: int):
 
 
 def _train(cfg, name: str, on_epoch=None) -> Path:
-    from camseg.trainer import TrainingInterrupted
+    from camseg.train.trainer import TrainingInterrupted
 
     try:
         train_new(
@@ -215,8 +215,8 @@ def test_lr_find_for_a_later_stage_starts_from_the_given_run(
 
 
 def test_init_from_a_run_takes_its_last_or_its_best_weights(tmp_path):
+    from camseg.core.runs import resolve_init_from
     from camseg.errors import CamsegError
-    from camseg.runs import resolve_init_from
 
     run = tmp_path / "runs" / "half"
     (run / "checkpoints").mkdir(parents=True)

@@ -14,7 +14,7 @@ import torch
 from conftest import TINY
 
 from camseg.data.files import camvid_palette
-from camseg.model import read_model_file
+from camseg.model.files import read_model_file
 
 pytestmark = pytest.mark.slow  # every test reads trained_run (or a copy), which trains
 
@@ -31,7 +31,7 @@ def test_report_links_resolve_and_tables_are_there(run_copy, cli):
 
 
 def test_report_puts_the_paper_beside_its_recipe_only(run_copy):
-    from camseg.report import write_report
+    from camseg.report.page import write_report
 
     page = write_report(run_copy).read_text()  # a tiny.yaml run
     assert "0.930656" not in page and "shown beside runs of half.yaml and full.yaml" in page
@@ -62,7 +62,7 @@ def test_report_lists_every_evaluation_with_its_weights(run_copy, cli):
 def test_report_shows_the_legend_of_the_predictions_figure(trained_run):
     with (trained_run / "plots" / "results_legend.csv").open() as f:
         legend = [(r["colour"], r["class"]) for r in csv.DictReader(f)]
-    codes = read_model_file(trained_run).codes
+    codes = read_model_file(trained_run / "model.pth").codes
     pal = camvid_palette(codes)
     assert legend and all(
         colour == "#{:02x}{:02x}{:02x}".format(*pal[codes.index(name)]) for colour, name in legend

@@ -11,10 +11,10 @@ import torch
 from conftest import TINY, fast_args, small_copy
 from fastai.callback.core import Callback, CancelFitException
 
-from camseg.config import load_config
-from camseg.machine import describe_device
-from camseg.model import cuda_kernels
-from camseg.trainer import Trainer
+from camseg.config.load import load_config
+from camseg.core.device import cuda_kernels
+from camseg.core.machine import describe_device
+from camseg.train.trainer import Trainer
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_train_deterministic_sets_the_kernel_choice(
 def test_train_compile_compiles_the_model_in_place(camvid_tiny, tmp_path):
     """The speed settings of a CUDA run compile the model (no batch runs here, so a CPU learner
     stands in for the GPU's)."""
-    from camseg.callbacks import apply_speed_settings
+    from camseg.train.callbacks import apply_speed_settings
 
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
     plain = _trainer(root).learn.model
@@ -91,10 +91,10 @@ def test_train_compile_on_a_cpu_is_refused_at_once(camvid_tiny, tmp_path, cli):
 
 
 def test_device_line_says_where_and_in_what_precision(monkeypatch):
-    import camseg.precision
+    import camseg.core.precision
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(camseg.precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(camseg.core.precision, "cpu_has_bf16", lambda: False)
     auto = load_config(TINY, [])
     line = describe_device(torch.device("cpu"), auto)
     assert line.startswith(f"training on cpu ({torch.get_num_threads()} threads; torch ")
@@ -105,7 +105,7 @@ def test_device_line_says_where_and_in_what_precision(monkeypatch):
         f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast (train.bf16 true, "
         "but this CPU has no native bf16: emulated, slower than fp32)"
     )
-    monkeypatch.setattr(camseg.precision, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(camseg.core.precision, "cpu_has_bf16", lambda: True)
     line = describe_device(torch.device("cpu"), asked)  # asked for and native: no excuse given
     assert line == f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast"
     line = describe_device(torch.device("cpu"), load_config(TINY, ["train.device=cpu"]))
@@ -123,10 +123,10 @@ def test_device_line_says_where_and_in_what_precision(monkeypatch):
 def test_tiny_scratch_trains_in_bf16_only_where_the_cpu_has_it(
     camvid_tiny, tmp_path, monkeypatch, native
 ):
-    import camseg.precision
-    from camseg.callbacks import BF16Autocast
+    import camseg.core.precision
+    from camseg.train.callbacks import BF16Autocast
 
-    monkeypatch.setattr(camseg.precision, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(camseg.core.precision, "cpu_has_bf16", lambda: native)
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
     cfg = load_config(
         Path("tiny-scratch.yaml"), [f"data.root={root}", "data.num_workers=0", "train.device=cpu"]
@@ -144,8 +144,8 @@ class _CancelAtFirstBatch(Callback):
 
 
 def test_a_fit_cancelled_mid_batch_leaves_no_autocast_on(camvid_tiny, tmp_path):
-    from camseg.schema import StageConfig
-    from camseg.trainer import fit_stage
+    from camseg.config.schema import StageConfig
+    from camseg.train.trainer import fit_stage
 
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
     trainer = _trainer(root, "train.bf16=true", "train.device=cpu")

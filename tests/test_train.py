@@ -17,10 +17,10 @@ import torch
 import yaml
 from conftest import TINY, fast_args, history, small_copy, written_dir
 
-from camseg.config import load_config
+from camseg.config.load import load_config
+from camseg.core.runs import HISTORY_COLUMNS, create_run_dir
 from camseg.errors import CamsegError
-from camseg.model import read_model_file
-from camseg.runs import HISTORY_COLUMNS, create_run_dir
+from camseg.model.files import read_model_file
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_per_class_iou_is_what_miou_averages(trained_run, camvid_tiny):
 def test_model_pth_is_plain_data_and_rebuilds(trained_run, camvid_tiny):
     raw = torch.load(trained_run / "model.pth", weights_only=True)  # no pickled code inside
     assert raw["format"] == "camseg-model"
-    mf = read_model_file(trained_run)
+    mf = read_model_file(trained_run / "model.pth")
     assert mf.arch == "resnet18" and mf.size == (64, 96) and len(mf.codes) == 32
     assert mf.codes == (camvid_tiny / "codes.txt").read_text().split()
     model = mf.build().eval()
@@ -175,7 +175,7 @@ def test_local_encoder_weights_file(camvid_tiny, tmp_path):
     from torchvision.models import resnet18
 
     from camseg.data import build_dataloaders, find_files
-    from camseg.model import build_learner
+    from camseg.model.network import build_learner
 
     state = resnet18(weights=None).state_dict()
     weights = tmp_path / "r18.pth"
@@ -273,7 +273,7 @@ def test_lr_find_writes_plot_and_suggestions(camvid_tiny, tmp_path, cli):
 
 
 def test_lr_find_suggestions_of_any_curve_are_computed_or_reported():
-    from camseg.lrfind import suggest
+    from camseg.train.lrfind import suggest
 
     lrs = [1e-7 * 1.5**i for i in range(30)]
     smooth = [2.0 - 0.04 * i for i in range(20)] + [1.2 + 0.5 * i for i in range(10)]
@@ -292,7 +292,7 @@ def test_lr_find_suggestions_of_any_curve_are_computed_or_reported():
 
 
 def test_a_failed_lr_find_leaves_no_folder(camvid_tiny, tmp_path, cli, monkeypatch):
-    from camseg.trainer import Trainer
+    from camseg.train.trainer import Trainer
 
     def fails(self, plot, on_iter=None):
         plot.parent.joinpath("half.png").write_bytes(b"")  # what a cut-short write leaves
@@ -344,14 +344,14 @@ def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
     assert proc.stdout.count("run folder") == 1 and proc.stdout.count("best acc_camvid") == 1
     assert len(history(tmp_path / "ddp")) == 2
     assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
-    assert read_model_file(tmp_path / "ddp").arch == "resnet18"
+    assert read_model_file(tmp_path / "ddp" / "model.pth").arch == "resnet18"
 
 
 @pytest.mark.slow
 def test_bf16_and_no_last_cross_train_and_rebuild(camvid_tiny, tmp_path, cli):
     """The fast CPU options: convolutions run in bf16 while training (fp32 weights), the lighter
     decoder is recorded in model.pth, and evaluate reproduces the (fp32) validation metric."""
-    from camseg.callbacks import BF16Autocast
+    from camseg.train.callbacks import BF16Autocast
 
     seen: list[torch.dtype] = []
 
@@ -387,7 +387,7 @@ def test_bf16_and_no_last_cross_train_and_rebuild(camvid_tiny, tmp_path, cli):
     assert seen[:n_train_batches] == [torch.bfloat16] * n_train_batches
     assert set(seen[n_train_batches:]) == {torch.float32}  # validation in fp32
     run = tmp_path / "fast"
-    mf = read_model_file(run)
+    mf = read_model_file(run / "model.pth")
     assert mf.last_cross is False
     assert all(p.dtype == torch.float32 for p in mf.state_dict.values() if p.is_floating_point())
     row = history(run)[-1]
@@ -409,7 +409,7 @@ def test_fp16_and_bf16_together_is_a_config_error(tmp_path):
 def test_checkpoint_writer_runs_one_write_at_a_time_and_reports_errors():
     import threading
 
-    from camseg.checkpoint import CheckpointWriter
+    from camseg.train.checkpoint import CheckpointWriter
 
     writer, order, gate = CheckpointWriter(), [], threading.Event()
 
@@ -440,7 +440,7 @@ def test_checkpoint_is_a_snapshot_not_the_live_weights():
     from fastai.vision.learner import create_unet_model
     from torchvision.models import resnet18
 
-    from camseg.checkpoint import RunState, checkpoint_dict
+    from camseg.train.checkpoint import RunState, checkpoint_dict
 
     model = create_unet_model(resnet18, 32, (64, 96), pretrained=False)
     learn = Learner(None, model, loss_func=torch.nn.CrossEntropyLoss())

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camseg.video_io import h264_encoder, is_video_source, output_name
+from camseg.infer.video_io import h264_encoder, is_video_source, output_name
 
 RATE = Fraction(15)
 
@@ -354,7 +354,7 @@ def test_full_disk_while_a_video_is_written_is_one_line(trained_run, camvid_tiny
     av.error.OSError's traceback, a .tmp left, the cleanup's own traceback chained to it)."""
     import errno
 
-    from camseg.video_io import VideoWriter
+    from camseg.infer.video_io import VideoWriter
 
     clip = write_video(tmp_path / "clip.mp4", camvid_frames(camvid_tiny, 4))
     real = VideoWriter.write

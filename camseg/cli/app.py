@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from typer.core import TyperCommand, TyperGroup
 
+from camseg.config.schema import Weights
 from camseg.errors import CamsegError, stop_signal
-from camseg.schema import Weights
 
 
 class _Group(TyperGroup):
@@ -154,13 +154,13 @@ WeightsOpt = Annotated[
 def model_source(run: Path | None, model: Path | None, weights: Any = None) -> Path:
     """--run or --model; with neither, the newest finished run under ./runs (said on stderr).
     A run folder becomes the file of its --weights (default last): the model file itself."""
-    from camseg.runs import Run, model_file
+    from camseg.core.runs import Run, model_file
 
     if run is not None and model is not None:
         raise CamsegError("give either --run RUN_DIR or --model model.pth, not both")
     source = run if run is not None else model
     if source is None:
-        from camseg.runs import latest_run
+        from camseg.core.runs import latest_run
 
         source = latest_run(Path("runs")).dir
         err.print(f"using the newest finished run: {source}", soft_wrap=True)
@@ -219,7 +219,7 @@ def _version(value: bool) -> None:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from camseg import __version__
+    from camseg.core import __version__
 
     libs = []
     for name in ("torch", "torchvision", "fastai"):

@@ -24,8 +24,8 @@ from camseg.cli.app import (
     quiet_mode,
     user_errors,
 )
+from camseg.config.schema import Layout, parse_size
 from camseg.errors import CamsegError
-from camseg.schema import Layout, parse_size
 
 LayoutChoice = choices("LayoutChoice", Layout)
 
@@ -34,7 +34,7 @@ LayoutChoice = choices("LayoutChoice", Layout)
 def config_list(quiet: QuietOpt = False) -> None:
     """List the presets shipped with camseg (use them as --config NAME.yaml from any folder)."""
     quiet_mode(quiet)
-    from camseg.config import PRESETS, preset_description, preset_names
+    from camseg.config.load import PRESETS, preset_description, preset_names
 
     table = Table("preset", "what", title=f"presets in {PRESETS}")
     for name in preset_names():
@@ -47,7 +47,7 @@ def config_list(quiet: QuietOpt = False) -> None:
 def config_show(config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Print the resolved config (defaults + file + --set) as YAML."""
     quiet_mode(quiet)
-    from camseg.config import dump_config, load_config
+    from camseg.config.load import dump_config, load_config
 
     out.print(dump_config(load_config(config, set_ or [])), end="", soft_wrap=True)
 
@@ -63,7 +63,7 @@ def data_check(
 ) -> None:
     """Check a dataset: pairs, sizes, label values, codes, valid.txt, unreadable files."""
     quiet_mode(quiet)
-    from camseg.config import load_config
+    from camseg.config.load import load_config
     from camseg.data import check_dataset, find_files
     from camseg.data.layouts import CHECK_OPTIONS, CONFIG_OPTIONS
 

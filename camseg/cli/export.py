@@ -1,4 +1,4 @@
-"""`camseg export`: a trained model as one self-contained ONNX file (camseg/onnx_export.py), which
+"""`camseg export`: a trained model as one self-contained ONNX file (camseg/export.py), which
 `camseg predict` and `camseg evaluate` take as --model, and ONNX Runtime runs without fastai."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def export(
 ) -> None:
     """Export a trained model to ONNX: weights, classes, colours, size and normalisation."""
     quiet_mode(quiet or json_out)
-    from camseg.onnx_export import export_onnx
+    from camseg.export import export_onnx
 
     source = model_source(run, model, weights)
     result = export_onnx(source, out_file)

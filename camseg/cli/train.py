@@ -72,9 +72,9 @@ def train(
     """Train a U-Net with the staged recipe of a config (or resume a run)."""
     quiet_mode(quiet or json_out)
     set_ = [*(set_ or []), *([f"train.device={device}"] if device is not None else [])]
-    from camseg.config import absolute_paths, load_config
-    from camseg.preflight import check_inputs
-    from camseg.runs import resumable_run
+    from camseg.config.load import absolute_paths, load_config
+    from camseg.core.runs import resumable_run
+    from camseg.train.preflight import check_inputs
 
     if (config is None) == (resume is None):
         raise CamsegError("give either --config FILE (a new run) or --resume RUN_DIR")
@@ -84,7 +84,7 @@ def train(
     else:
         cfg = load_config(config, set_ or [])
         check_inputs(absolute_paths(cfg))
-    from camseg.train import TrainingInterrupted, describe_command, train_new, train_resume
+    from camseg.train.entry import TrainingInterrupted, describe_command, train_new, train_resume
 
     progress = shows_progress(no_progress, out)
     try:
@@ -166,16 +166,16 @@ def lr_find(
     quiet_mode(quiet)
     import json
 
-    from camseg.config import load_config
-    from camseg.preflight import check_inputs
+    from camseg.config.load import load_config
+    from camseg.train.preflight import check_inputs
 
     if config is None:
         config = Path("half.yaml")
         err.print("no --config: using the paper's first phase, half.yaml")
     cfg = load_config(config, set_ or [])
     check_inputs(cfg)  # before torch and fastai are imported (5-10 s)
-    from camseg.train import lr_find as find
-    from camseg.train import run_name
+    from camseg.train.entry import lr_find as find
+    from camseg.train.entry import run_name
 
     progress = shows_progress(no_progress, out)
 

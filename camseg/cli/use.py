@@ -28,9 +28,16 @@ from camseg.cli.app import (
     shows_progress,
     user_errors,
 )
+from camseg.config.schema import (
+    EvaluatePrecision,
+    Format,
+    Layout,
+    PredictPrecision,
+    Split,
+    parse_size,
+)
 from camseg.errors import CamsegError
-from camseg.inputs import Inputs
-from camseg.schema import EvaluatePrecision, Format, Layout, PredictPrecision, Split, parse_size
+from camseg.infer.inputs import Inputs
 
 SplitChoice = choices("SplitChoice", Split)
 LayoutChoice = choices("LayoutChoice", Layout)
@@ -90,8 +97,8 @@ def evaluate(
 
         require_root(data, EVALUATE_OPTIONS)
     # mistakes above are answered before torch is imported (5 s)
-    from camseg.evaluate import REFERENCES
-    from camseg.evaluate import evaluate as run_eval
+    from camseg.infer.evaluate import REFERENCES
+    from camseg.infer.evaluate import evaluate as run_eval
 
     result = run_eval(
         source,
@@ -209,8 +216,8 @@ def predict(
 ) -> None:
     """Write segmentation masks for images at their own resolution."""
     quiet_mode(quiet)
-    from camseg.inputs import LEGEND, expand_inputs
-    from camseg.video_io import is_video_source
+    from camseg.infer.inputs import LEGEND, expand_inputs
+    from camseg.infer.video_io import is_video_source
 
     source = model_source(run, model, weights)
     options: dict[str, Any] = dict(
@@ -224,7 +231,7 @@ def predict(
     expanded = None if videos else expand_inputs(inputs)
     new_dir = out_dir is None
     if out_dir is None:  # a folder of its own for each call: earlier outputs stay as they were
-        from camseg.runs import create_run_dir, predictions_dir
+        from camseg.core.runs import create_run_dir, predictions_dir
 
         default = predictions_dir(source)
         out_dir = create_run_dir(default.parent, default.name)
@@ -252,7 +259,7 @@ def _predict_images(
     inputs, exit 1 when an input could not be read (the others are written)."""
     from rich.progress import Progress
 
-    from camseg.predict import predict as run_predict
+    from camseg.infer.predict import predict as run_predict
 
     n = len(expanded.images)
     if expanded.own_outputs:
@@ -322,8 +329,8 @@ def _predict_videos(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from camseg.video import predict_videos
-    from camseg.video_io import VideoInfo
+    from camseg.infer.video import predict_videos
+    from camseg.infer.video_io import VideoInfo
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(

@@ -1,7 +1,7 @@
 """Reading a config: `load_config(path, overrides)` finds the file (or a preset shipped with
 camseg), applies `--set` overrides, resolves paths against the file's folder and validates
-against the typed tree in camseg.schema, turning every failure into one `CamsegError` line that
-names the key; `dump_config` writes one back.
+against the typed tree in camseg.config.schema, turning every failure into one `CamsegError`
+line that names the key; `dump_config` writes one back.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from camseg.config.schema import Config
 from camseg.errors import CamsegError
-from camseg.schema import Config
 
 # Keys holding paths: values written in a config file are relative to that file's folder.
 PATH_KEYS = (

@@ -1,6 +1,6 @@
 """The typed config tree (data, model, train, output): every key, its type, default, check and
 description. Defaults live here and only here; preset YAML files hold what differs. Reading a
-file and `--set` overrides are camseg.config's.
+file and `--set` overrides are camseg.config.load's.
 """
 
 from __future__ import annotations

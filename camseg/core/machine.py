@@ -12,9 +12,9 @@ import torch
 import torchvision
 from fastai.torch_core import num_distrib
 
-from camseg import __version__
-from camseg.precision import training_precision, training_precision_reason
-from camseg.schema import Config
+from camseg.config.schema import Config
+from camseg.core import __version__
+from camseg.core.precision import training_precision, training_precision_reason
 
 
 def environment(device: torch.device) -> dict[str, Any]:

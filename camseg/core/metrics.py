@@ -1,6 +1,6 @@
 """Void-masked pixel accuracy (the paper's acc_camvid), mIoU and per-class scores, all from one
 confusion matrix accumulated over a whole split. Plain torch, no fastai: the fastai `Metric`s
-that accumulate the matrix in training are in camseg.callbacks.
+that accumulate the matrix in training are in camseg.train.callbacks.
 
 Not a mean of batch means: a batch with few non-Void pixels weighs what its pixels weigh.
 mIoU follows mmsegmentation and torchmetrics: a class predicted but never labelled scores 0.

@@ -1,6 +1,6 @@
 """The one precision policy of train, evaluate and predict: the names, each verb's default, and
 what a name runs as on a device. It decides; training records what it validated in (model.pth),
-inference (camseg.infer) runs the network through `RunPrecision.apply`.
+inference (camseg.infer.network) runs the network through `RunPrecision.apply`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from camseg.config.schema import EvaluatePrecision, Precision, PredictPrecision
+from camseg.core.device import cpu_has_bf16
 from camseg.errors import CamsegError
-from camseg.model import cpu_has_bf16
-from camseg.schema import EvaluatePrecision, Precision, PredictPrecision
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 InferencePolicy = Literal["predict", "evaluate"]

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from camseg.atomic import atomic_write_text
-from camseg.config import dump_config
+from camseg.config.load import dump_config
+from camseg.config.schema import Config, Weights
+from camseg.core.atomic import atomic_write_text
 from camseg.errors import CamsegError
-from camseg.schema import Config, Weights
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def start_run(
     cfg: Config, config_path: Path | None, name: str | None, command: str, env: dict[str, Any]
 ) -> Run:
     """Make the run folder and write config.yaml, command.txt, env.json (`env`: the versions
-    and machine, camseg.machine.environment) before any batch."""
+    and machine, camseg.core.machine.environment) before any batch."""
     run = Run(create_run_dir(cfg.output.dir, run_name(cfg, config_path, name)))
     atomic_write_text(run.config, dump_config(cfg))
     atomic_write_text(run.command, command + "\n")

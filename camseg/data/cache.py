@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camseg.atomic import atomic_write
+from camseg.core.atomic import atomic_write
 from camseg.data.files import load_rgb, resize_label, resize_rgb
 from camseg.data.layouts import DatasetFiles, label_reader
 from camseg.errors import CamsegError

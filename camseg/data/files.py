@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def resource_path(name: str) -> Path:
     """A file shipped inside the package (codes.txt, label_colors.txt, paper_fig13.csv)."""
-    return Path(str(resources.files("camseg") / "resources" / name))
+    return Path(str(resources.files("camseg.data") / "resources" / name))
 
 
 def _decode(path: Path, data: bytes) -> str:

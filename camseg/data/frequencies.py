@@ -1,6 +1,6 @@
 """Class frequencies of a dataset's training frames and SegNet's median-frequency class weights
 from them. The counts are cached beside `data.cache` (one small JSON file per dataset, training
-split, size and label files' state); what a loss does with the weights is camseg.losses'.
+split, size and label files' state); what a loss does with the weights is camseg.train.losses'.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camseg.atomic import atomic_write_text
+from camseg.core.atomic import atomic_write_text
 from camseg.data.files import resize_label
 from camseg.data.layouts import DatasetFiles, label_reader, valid_split
 

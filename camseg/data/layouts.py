@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from camseg.config.schema import DataConfig
 from camseg.data.files import (
     IMAGE_SUFFIXES,
     ColorToIndex,
@@ -30,7 +31,6 @@ from camseg.data.files import (
     read_palette,
 )
 from camseg.errors import CamsegError
-from camseg.schema import DataConfig
 
 log = logging.getLogger(__name__)
 

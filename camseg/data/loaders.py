@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from camseg.config.schema import DataConfig
 from camseg.data.cache import build_cache, cache_root
 from camseg.data.files import image_size, load_rgb
 from camseg.data.layouts import ColorMask, DatasetFiles, IndexLabel, valid_split
-from camseg.schema import DataConfig
 
 
 def resolve_size(size: tuple[int, int] | float, first_image: Path) -> tuple[int, int]:

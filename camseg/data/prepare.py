@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camseg.atomic import require_folder_path
+from camseg.core.atomic import require_folder_path
 from camseg.data.files import (
     ColorToIndex,
     new_dataset_folder,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from camseg.atomic import require_folder_path
+from camseg.core.atomic import require_folder_path
 from camseg.data.files import (
     new_dataset_folder,
     read_codes,

@@ -23,8 +23,8 @@ from PIL import Image
 
 from camseg.data.files import open_rgb, upright_rgb
 from camseg.errors import CamsegError
-from camseg.infer import Network, class_mask, load_network
-from camseg.model import ModelFile
+from camseg.infer.network import Network, class_mask, load_network
+from camseg.model.files import ModelFile
 
 Output = Literal["index", "color", "overlay", "scores"]
 ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007  (documented type alias)
@@ -57,7 +57,7 @@ class Segmenter:
         tta: bool = False,
     ) -> None:
         if model is None:
-            from camseg.runs import latest_run
+            from camseg.core.runs import latest_run
 
             model = latest_run(Path("runs")).dir
         source = model if isinstance(model, ModelFile) else Path(model)

@@ -20,19 +20,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camseg.atomic import atomic_write_text, require_folder_path, require_writable
-from camseg.config import load_config
+from camseg.config.load import load_config
+from camseg.config.schema import DataConfig, EvaluatePrecision, Layout, Split
+from camseg.core.atomic import atomic_write_text, require_folder_path, require_writable
+from camseg.core.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
+from camseg.core.precision import EVALUATE_DEFAULT
+from camseg.core.runs import Run, create_run_dir, run_of, weights_of
 from camseg.data import check_dataset, find_files
 from camseg.data.files import load_rgb, resize_label
 from camseg.data.layouts import EVALUATE_OPTIONS, DatasetFiles, label_reader, valid_split
 from camseg.errors import CamsegError
-from camseg.infer import Network, class_mask, load_network, read_model, to_model_input
-from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
-from camseg.model import ModelFile
-from camseg.onnx import is_onnx
-from camseg.precision import EVALUATE_DEFAULT
-from camseg.runs import Run, create_run_dir, run_of, weights_of
-from camseg.schema import DataConfig, EvaluatePrecision, Layout, Split
+from camseg.infer.network import Network, class_mask, load_network, read_model, to_model_input
+from camseg.model.files import ModelFile
+from camseg.model.onnx_file import is_onnx
 
 EvalSize = tuple[int, int] | Literal["model", "native"]
 
@@ -209,7 +209,7 @@ def evaluate(
     }
     per_class = _write_outputs(out_dir, scores, without, files.codes, void, evaluated)
     if run is not None:
-        from camseg.report import write_report
+        from camseg.report.page import write_report
 
         write_report(run.dir)
     return Evaluation(scores, without, per_class, out_dir, evaluated)
@@ -244,7 +244,7 @@ def _write_outputs(
     void: int | None,
     evaluated: dict,
 ) -> list[dict]:
-    from camseg.plots import plot_confusion
+    from camseg.report.plots import plot_confusion
 
     cs = class_scores(torch.from_numpy(scores.cm), void)
     per_class = [

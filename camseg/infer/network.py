@@ -1,10 +1,11 @@
 """Inference with a trained model, shared by evaluate, predict and anything built on them: load
-a model file onto a device in one precision (camseg.precision), preprocess an image exactly as
+a model file onto a device in one precision (camseg.core.precision), preprocess an image exactly as
 training's validation pipeline did (from what model.pth records), optional flip TTA, and class
 scores -> class indices at an image's or a label's own size.
 
 Needs only the model file: no training config, no fastai Learner. An exported model.onnx runs
-through the same `Network`, its module an ONNX Runtime session (camseg.onnx), without fastai.
+through the same `Network`, its module an ONNX Runtime session (camseg.infer.onnx_runtime),
+without fastai.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from camseg.core.device import cuda_kernels, resolve_device
+from camseg.core.heap import keep_freed_memory
+from camseg.core.precision import InferencePolicy, RunPrecision, inference_precision
+from camseg.core.runs import model_file
 from camseg.data.files import resize_rgb
 from camseg.errors import CamsegError
-from camseg.fold import fold_for_inference
-from camseg.heap import keep_freed_memory
-from camseg.model import ModelFile, cuda_kernels, read_model_file, resolve_device
-from camseg.onnx import is_onnx, load_onnx_network, read_onnx_file
-from camseg.precision import InferencePolicy, RunPrecision, inference_precision
+from camseg.infer.fold import fold_for_inference
+from camseg.infer.onnx_runtime import onnx_module, onnx_precision
+from camseg.model.files import ModelFile, read_model_file
+from camseg.model.onnx_file import is_onnx, read_onnx_file
 
 # Full-resolution class scores take 4 bytes x classes a pixel (128 B with CamVid's 32 classes):
 # up to ONE_PIECE_BYTES (4 MP) they are upsampled in one F.interpolate call, a bigger image in
@@ -97,7 +101,7 @@ class Network:
 
 def read_model(path: Path) -> ModelFile:
     """What a run folder / model.pth / checkpoint, or an exported .onnx, says about its model."""
-    return read_onnx_file(path) if is_onnx(path) else read_model_file(path)
+    return read_onnx_file(path) if is_onnx(path) else read_model_file(model_file(path))
 
 
 def load_network(
@@ -110,20 +114,23 @@ def load_network(
     exact: bool = False,
 ) -> Network:
     """Load a run folder / model.pth / checkpoint / model.onnx (or a ModelFile read already)
-    for inference; a model.onnx runs on ONNX Runtime (camseg.onnx.load_onnx_network).
+    for inference; a model.onnx runs on ONNX Runtime (camseg.infer.onnx_runtime) in fp32.
 
     `precision`: one of `policy`'s choices: auto (predict: the fastest the device runs well),
-    train (evaluate: what training validated in) or fp32 / fp16 / bf16; see camseg.precision.
+    train (evaluate: what training validated in) or fp32 / fp16 / bf16; see camseg.core.precision.
     By default the network runs in NHWC (channels-last: oneDNN and cuDNN both run these
     convolutions faster, 1.5x on a CPU) with its BatchNorms folded into the convolutions
-    (camseg.fold), which changes float rounding only. `exact` keeps the layers and layout
+    (camseg.infer.fold), which changes float rounding only. `exact` keeps the layers and layout
     training validated with: evaluate uses it to reproduce the training table's numbers on a
     CPU to the last pixel.
-    On a CPU the process keeps freed memory for the next pass (camseg.heap, process-wide).
+    On a CPU the process keeps freed memory for the next pass (camseg.core.heap, process-wide).
     """
     mf = source if isinstance(source, ModelFile) else read_model(source)
     if is_onnx(mf.path):
-        return load_onnx_network(mf, device=device, precision=precision, policy=policy, tta=tta)
+        module = onnx_module(mf, device)
+        chosen = onnx_precision(precision, mf.precision, policy)
+        net = Network(module, mf, torch.device("cpu"), chosen, channels_last=False)
+        return net.with_flip_tta() if tta else net
     dev = resolve_device(device, "--device")
     chosen = inference_precision(precision, mf.precision, dev, policy)
     if dev.type == "cuda":

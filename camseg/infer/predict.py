@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from camseg.api import MAX_PIXELS, Segmenter, overlay
-from camseg.atomic import atomic_write, require_writable
+from camseg.config.schema import Format, PredictPrecision
+from camseg.core.atomic import atomic_write, require_writable
+from camseg.core.device import resolve_device
+from camseg.core.precision import PREDICT_DEFAULT, predict_precision
 from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
-from camseg.infer import read_model
-from camseg.inputs import (
+from camseg.infer.api import MAX_PIXELS, Segmenter, overlay
+from camseg.infer.inputs import (
     LEGEND,
     OUTPUT_SUFFIX,
     SOFTWARE,
@@ -32,9 +34,8 @@ from camseg.inputs import (
     pixel_limit_checked_here,
     refuse_earlier_outputs,
 )
-from camseg.model import ModelFile, resolve_device
-from camseg.precision import PREDICT_DEFAULT, predict_precision
-from camseg.schema import Format, PredictPrecision
+from camseg.infer.network import read_model
+from camseg.model.files import ModelFile
 
 FORMATS: tuple[str, ...] = get_args(Format)
 

@@ -1,4 +1,4 @@
-"""Video in, video out for `camseg predict`: each source's frames (camseg.video_io reads and
+"""Video in, video out for `camseg predict`: each source's frames (camseg.infer.video_io reads and
 writes them) segmented through `Segmenter.masks` as image files are, into H.264 overlay/colour
 videos and index-mask PNGs, a frame written once its mask is known (memory stays bounded).
 """
@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from camseg.api import Segmenter, overlay
-from camseg.atomic import atomic_write, require_writable
+from camseg.config.schema import PredictPrecision
+from camseg.core.atomic import atomic_write, require_writable
+from camseg.core.device import resolve_device
+from camseg.core.precision import PREDICT_DEFAULT, predict_precision
 from camseg.errors import CamsegError
-from camseg.infer import read_model
-from camseg.inputs import LEGEND, SOFTWARE, refuse_earlier_outputs
-from camseg.model import resolve_device
-from camseg.precision import PREDICT_DEFAULT, predict_precision
-from camseg.predict import FORMATS, auto_batch_size, legend_to_write, save_png
-from camseg.schema import PredictPrecision
-from camseg.video_io import (
+from camseg.infer.api import Segmenter, overlay
+from camseg.infer.inputs import LEGEND, SOFTWARE, refuse_earlier_outputs
+from camseg.infer.network import read_model
+from camseg.infer.predict import FORMATS, auto_batch_size, legend_to_write, save_png
+from camseg.infer.video_io import (
     Frame,
     FrameReader,
     VideoInfo,

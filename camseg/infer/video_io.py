@@ -1,6 +1,6 @@
 """Video through PyAV (the optional `video` extra): which inputs are video sources, what their
 containers say, frames decoded in a thread ahead of the consumer, and H.264 .mp4 files written
-whole or not at all. No model here: camseg.video segments the frames.
+whole or not at all. No model here: camseg.infer.video segments the frames.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from camseg.atomic import remove_stale_temporaries
-from camseg.errors import CamsegError
-from camseg.inputs import SOFTWARE
+from camseg.core.atomic import remove_stale_temporaries
+from camseg.errors import CamsegError, require_extra
+from camseg.infer.inputs import SOFTWARE
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 INSTALL = "pip install 'camseg[video]'"
@@ -61,14 +61,6 @@ def output_name(source: str) -> str:
         path = Path(source)
         stem = _FRAME_NUMBER.sub("", path.stem).strip("_-. ") or path.absolute().parent.name
     return re.sub(r"[^\w.-]", "_", stem) or "video"
-
-
-def require_av(source: str) -> ModuleType:
-    try:
-        import av
-    except ImportError:
-        raise CamsegError(f"{source}: reading video needs PyAV, not installed: {INSTALL}") from None
-    return av
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,7 @@ def expand_videos(inputs: list[str]) -> list[str]:
 
 def probe(source: str) -> VideoInfo:
     """Open a source and read what its container says about the first video stream."""
-    av = require_av(source)
+    av = require_extra("av", extra="video", what=f"{source}: reading video")
     try:
         with av.open(source) as container:
             if not container.streams.video:

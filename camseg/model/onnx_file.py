@@ -1,7 +1,6 @@
-"""The .onnx file camseg exports (camseg.onnx_export writes it): its input, output and metadata,
-read without loading the graph, and the graph run by ONNX Runtime as the module of infer's
-`Network`, so a model.onnx goes wherever a model.pth does. Needs onnxruntime, never fastai.
-"""
+"""The .onnx file camseg exports (camseg.export writes it): its input, output and metadata,
+read without loading the graph into a `ModelFile`, so a model.onnx goes wherever a model.pth
+does (camseg.infer.onnx_runtime runs it). Never imports fastai."""
 
 from __future__ import annotations
 
@@ -11,19 +10,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, get_args
+from typing import IO, get_args
 
-import numpy as np
-import torch
-
-from camseg import __version__
-from camseg.errors import CamsegError
-from camseg.model import ModelFile
-from camseg.precision import InferencePolicy, RunPrecision
-from camseg.schema import MAX_SIDE, EvaluatePrecision, Precision, PredictPrecision
-
-if TYPE_CHECKING:
-    from camseg.infer import Network
+from camseg.config.schema import MAX_SIDE, Precision
+from camseg.core import __version__
+from camseg.errors import CamsegError, require_extra
+from camseg.model.files import ModelFile
 
 ONNX_FORMAT = "camseg-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -91,7 +83,7 @@ def read_onnx_file(path: Path) -> ModelFile:
             "file is damaged; export it again (camseg export)"
         )
     info = _model_file(path, props)
-    require_modules("onnxruntime", extra="onnx", what="running an ONNX model")
+    require_extra("onnxruntime", extra="onnx", what="running an ONNX model")
     return info
 
 
@@ -147,109 +139,6 @@ def _ignore_index(props: dict[str, str]) -> int | None:
     if value is not None and (not isinstance(value, int) or not 0 <= value <= 255):
         raise ValueError("ignore_index")
     return value
-
-
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module: model input in, fp32 class scores out, on the input's
-    device, as `Network` expects of its module."""
-
-    def __init__(self, session: Any, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.session = session
-        self.size = size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != self.size:
-            h, w = self.size
-            raise CamsegError(
-                f"an ONNX model runs at the size it was exported at, {h}x{w}, not "
-                f"{x.shape[-2]}x{x.shape[-1]}; use the model.pth for other sizes"
-            )
-        xb = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {INPUT: xb})[0]).to(x.device)
-
-
-def load_onnx_network(
-    info: ModelFile,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    policy: InferencePolicy = "predict",
-    tta: bool = False,
-) -> Network:
-    """camseg.infer's `Network` around an ONNX Runtime session on the CPU, in fp32: the graph's
-    own precision (int8 or fp16 graphs are not camseg exports). `device` auto or cpu."""
-    from camseg.infer import Network
-
-    if device not in ("auto", "cpu"):
-        raise CamsegError(
-            f"--device {device}: an ONNX model runs on the CPU here (ONNX Runtime's CPU "
-            "provider); use --device cpu or auto, or the model.pth for a GPU"
-        )
-    chosen = _precision(precision, info.precision, policy)
-    require_modules("onnxruntime", extra="onnx", what="running an ONNX model")
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise CamsegError(f"{info.path}: ONNX Runtime cannot load it: {first_line(e)}") from None
-    inputs = session.get_inputs()
-    if [i.name for i in inputs] != [INPUT] or list(inputs[0].shape[1:]) != [3, *info.size]:
-        found = [(i.name, i.shape) for i in inputs]
-        raise CamsegError(
-            f"{info.path}: the graph takes {found}, not '{INPUT}' (N, 3, {info.size[0]}, "
-            f"{info.size[1]}) as its metadata says; re-export it with camseg export"
-        )
-    channels = session.get_outputs()[0].shape[1:2]
-    if channels != [len(info.codes)]:
-        raise CamsegError(
-            f"{info.path}: the graph gives {channels[0] if channels else '?'} class scores a "
-            f"pixel but its metadata lists {len(info.codes)} classes; re-export it with camseg "
-            "export"
-        )
-    module = OnnxModule(session, info.size)
-    net = Network(module, info, torch.device("cpu"), chosen, channels_last=False)
-    return net.with_flip_tta() if tta else net
-
-
-def _precision(choice: str, recorded: Precision, policy: InferencePolicy) -> RunPrecision:
-    """fp32 for every choice that allows it (auto, train, fp32); a note when training validated
-    in another precision; an error for fp16 and bf16."""
-    choices = get_args(PredictPrecision if policy == "predict" else EvaluatePrecision)
-    if choice not in choices:
-        raise CamsegError(f"--precision {choice!r}: choose {', '.join(choices)}")
-    if choice in ("fp16", "bf16"):
-        allowed = "auto or fp32" if policy == "predict" else "train or fp32"
-        raise CamsegError(
-            f"--precision {choice}: an ONNX model runs in fp32; choose {allowed}, or use the "
-            f"model.pth for {choice}"
-        )
-    if choice == "train" and recorded != "fp32":
-        return RunPrecision(
-            "fp32", f"training validated in {recorded}, but an ONNX model runs in fp32"
-        )
-    return RunPrecision("fp32")
-
-
-def require_modules(*modules: str, extra: str, what: str) -> None:
-    """An error naming the extra to install when any of `modules` cannot be imported."""
-    missing = []
-    for name in modules:
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise CamsegError(
-            f"{what} needs {', '.join(missing)}, which is not installed: "
-            f"pip install 'camseg[{extra}]'"
-        )
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 # --- metadata_props straight from the protobuf bytes -------------------------------------------

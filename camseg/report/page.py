@@ -15,10 +15,10 @@ import re
 import shlex
 from pathlib import Path
 
-from camseg.atomic import atomic_write_text
+from camseg.core.atomic import atomic_write_text
+from camseg.core.runs import Run
 from camseg.data.files import resource_path
-from camseg.plots import legend_file
-from camseg.runs import Run
+from camseg.report.plots import legend_file
 
 PAPER_SOURCE = (
     "H. Gupta, \u201cImage Segmentation Using Deep Learning\u201d, Fig. 13: full-size stage, "

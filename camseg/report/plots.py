@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -18,9 +18,9 @@ import torch
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from camseg.atomic import atomic_write, atomic_write_text
+from camseg.core.atomic import atomic_write, atomic_write_text
 from camseg.data.files import class_palette, label_palette
-from camseg.model import IMAGENET_MEAN, IMAGENET_STD
+from camseg.model.network import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -28,9 +28,6 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
-
-if TYPE_CHECKING:  # lrfind imports fastai, which evaluating an ONNX model must not need
-    from camseg.lrfind import Suggestions
 
 # What each of fastai's lr_find suggestions is, for the plot's legend
 LR_FIND_MEANINGS = {
@@ -41,7 +38,12 @@ LR_FIND_MEANINGS = {
 }
 
 
-def plot_lr_find(recorder: Any, found: Suggestions, path: Path) -> None:
+def plot_lr_find(
+    recorder: Any,
+    suggested: dict[str, float | None],
+    points: dict[str, tuple[float, float]],
+    path: Path,
+) -> None:
     """Loss against learning rate (paper Fig. 9/10) with fastai's suggestions marked: a line at
     each suggested lr and a marker where it sits on the curve, each in its own style, so two
     suggestions at the same lr both stay visible."""
@@ -51,14 +53,14 @@ def plot_lr_find(recorder: Any, found: Suggestions, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lrs[: len(lrs) - skip], losses[: len(losses) - skip], color="C0")
     styles = zip(("C1", "C2", "C3", "C4"), ("--", ":", "-.", (0, (6, 2))), "osD^", strict=True)
-    for (name, lr), (colour, dash, marker) in zip(found.lrs.items(), styles, strict=True):
+    for (name, lr), (colour, dash, marker) in zip(suggested.items(), styles, strict=True):
         label = LR_FIND_MEANINGS.get(name, name)
         if lr is None:
             ax.plot([], [], " ", label=f"{label}: not computed")
             continue
         ax.axvline(lr, color=colour, linestyle=dash, linewidth=1.2, label=f"{label}: {lr:.2e}")
-        if name in found.points:
-            x, y = found.points[name]
+        if name in points:
+            x, y = points[name]
             ax.plot(x, y, marker=marker, color=colour, markersize=7, fillstyle="none")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="lr finder")
     ax.legend(fontsize="small")

@@ -19,14 +19,15 @@ from fastai.callback.progress import ProgressCallback
 from fastai.learner import Metric
 from fastai.torch_core import rank_distrib
 
-from camseg.atomic import atomic_link, atomic_torch_save
-from camseg.checkpoint import CheckpointWriter, RunState, checkpoint_dict, load_opt_state
+from camseg.config.schema import Config
+from camseg.core.atomic import atomic_link, atomic_torch_save
+from camseg.core.device import cpu_has_bf16
+from camseg.core.metrics import acc_camvid, class_scores, confusion_matrix, miou
+from camseg.core.precision import training_precision
+from camseg.core.runs import Run, write_class_iou, write_history
 from camseg.errors import CamsegError
-from camseg.metrics import acc_camvid, class_scores, confusion_matrix, miou
-from camseg.model import cpu_has_bf16, weights_sha256
-from camseg.precision import training_precision
-from camseg.runs import Run, write_class_iou, write_history
-from camseg.schema import Config
+from camseg.model.files import weights_sha256
+from camseg.train.checkpoint import CheckpointWriter, RunState, checkpoint_dict, load_opt_state
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class BF16Autocast(Callback):
 
 
 def apply_speed_settings(learn: Any, cfg: Config, device: torch.device) -> None:
-    """train.fp16/bf16 (camseg.precision), channels_last and torch.compile on a learner."""
+    """train.fp16/bf16 (camseg.core.precision), channels_last and torch.compile on a learner."""
     precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         log.warning(

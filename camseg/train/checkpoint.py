@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from fastai.torch_core import get_model
 
-from camseg.atomic import atomic_torch_save
+from camseg.core.atomic import atomic_torch_save
 from camseg.errors import CamsegError
-from camseg.model import CHECKPOINT_FORMAT, FILE_VERSION, MODEL_FORMAT, verify_weights
+from camseg.model.files import CHECKPOINT_FORMAT, FILE_VERSION, MODEL_FORMAT, verify_weights
 
 
 @dataclass
@@ -102,9 +103,9 @@ def checkpoint_dict(learn: Any, state: RunState, meta: dict, config: dict) -> di
     tensor itself), so the dict can be written while training goes on.
 
     "model" holds the weights validation scored, which evaluate, predict and init_from read:
-    with train.ema the average (camseg.ema), and then "ema" holds the weights the optimizer
+    with train.ema the average (camseg.train.ema), and then "ema" holds the weights the optimizer
     trains ("train_model"), which resume goes on from, and the average's update count."""
-    model = learn.model.module if hasattr(learn.model, "module") else learn.model
+    model = get_model(learn.model)
     weights = {k: _snapshot(v) for k, v in model.state_dict().items()}
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -133,7 +134,7 @@ def training_weights(ckpt: dict) -> dict[str, torch.Tensor]:
 
 
 def ema_state(ckpt: dict | None) -> dict[str, Any]:
-    """camseg.ema.ModelEMA's arguments that continue a checkpoint's average; none (a fresh
+    """camseg.train.ema.ModelEMA's arguments that continue a checkpoint's average; none (a fresh
     average) when the checkpoint was written without train.ema."""
     if ckpt is None or "ema" not in ckpt:
         return {}

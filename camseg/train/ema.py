@@ -5,10 +5,9 @@ average; where checkpoints keep it is checkpoint.py's business, model.pth's is t
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -39,7 +38,7 @@ class ModelEMA(Callback):
     ) -> None:
         """`averaged` and `updates` come from a checkpoint on resume; otherwise the average
         starts as a copy of the model's weights."""
-        source = averaged if averaged is not None else _unwrap(model).state_dict()
+        source = averaged if averaged is not None else get_model(model).state_dict()
         self.averaged = {k: v.detach().clone() for k, v in source.items()}
         self.decay, self.updates = decay, updates
         self._live: list[torch.Tensor] = []  # the model's own tensors, in averaged's order
@@ -49,7 +48,7 @@ class ModelEMA(Callback):
 
     def before_fit(self) -> None:
         # Looked up once per stage: moving and converting the model replaces its tensors.
-        live = _unwrap(self.learn.model).state_dict()
+        live = get_model(self.learn.model).state_dict()
         self.averaged = {k: v.to(live[k].device) for k, v in self.averaged.items()}
         self._live = [live[k] for k in self.averaged]
         pairs = list(zip(self.averaged.values(), self._live, strict=True))
@@ -85,9 +84,4 @@ class ModelEMA(Callback):
 
     def copy_to(self, model: nn.Module) -> None:
         """Put the average into `model` for good (the end of training: model.pth, plots)."""
-        _unwrap(model).load_state_dict(self.averaged)
-
-
-def _unwrap(model: Any) -> nn.Module:
-    """The network itself: under distrib_ctx the learner holds it in DistributedDataParallel."""
-    return model.module if hasattr(model, "module") else model
+        get_model(model).load_state_dict(self.averaged)

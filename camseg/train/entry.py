@@ -14,14 +14,11 @@ from typing import Any
 
 from fastai.torch_core import rank_distrib
 
-from camseg.atomic import atomic_write_text, require_folder_path
-from camseg.checkpoint import load_checkpoint
-from camseg.config import absolute_paths, dump_config, load_config
-from camseg.distributed import share_path
-from camseg.errors import CamsegError
-from camseg.lrfind import OnIter, Suggestions
-from camseg.machine import describe_device, environment
-from camseg.runs import (
+from camseg.config.load import absolute_paths, dump_config, load_config
+from camseg.config.schema import Config, ModelConfig
+from camseg.core.atomic import atomic_write_text, require_folder_path
+from camseg.core.machine import describe_device, environment
+from camseg.core.runs import (
     Run,
     create_run_dir,
     resolve_init_from,
@@ -30,8 +27,11 @@ from camseg.runs import (
     run_name,
     start_run,
 )
-from camseg.schema import Config, ModelConfig
-from camseg.trainer import EpochRow, Summary, Trainer, TrainingInterrupted
+from camseg.errors import CamsegError
+from camseg.train.checkpoint import load_checkpoint
+from camseg.train.distributed import share_path
+from camseg.train.lrfind import OnIter, Suggestions
+from camseg.train.trainer import EpochRow, Summary, Trainer, TrainingInterrupted
 
 __all__ = [
     "TrainingInterrupted",
@@ -75,7 +75,8 @@ def train_new(
     on_stage: Callable[[int, str, Any], None] | None = None,
 ) -> Summary:
     """A new run: check and build everything, then make the run folder and train. on_start gets
-    the run folder and the device line (camseg.machine.describe_device) before the first batch."""
+    the run folder and the device line (camseg.core.machine.describe_device) before the first
+    batch."""
     cfg = _init_file_resolved(absolute_paths(cfg))  # config.yaml names the exact file taken
     _check_output_dir(cfg.output.dir)
     trainer = Trainer(cfg, progress=progress)

@@ -1,6 +1,6 @@
 """The training loss: `train.loss` and `train.class_weights` -> the fastai loss function that
 unet_learner trains with (model.build_learner). Counting classes for median-frequency weights is
-camseg.data.frequencies'; the metrics, which always ignore Void, are camseg.metrics'.
+camseg.data.frequencies'; the metrics, which always ignore Void, are camseg.core.metrics'.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from fastai.losses import BaseLoss, CrossEntropyLossFlat, DiceLoss, FocalLoss, FocalLossFlat
 
-from camseg.config import did_you_mean
+from camseg.config.load import did_you_mean
+from camseg.config.schema import ClassWeights, LossConfig, LovaszClasses
 from camseg.data.frequencies import count_classes, median_frequency_weights
 from camseg.data.layouts import DatasetFiles
 from camseg.errors import CamsegError
-from camseg.schema import ClassWeights, LossConfig, LovaszClasses
 
 NO_IGNORE = -100  # nn.CrossEntropyLoss's default ignore_index: no label has it
 

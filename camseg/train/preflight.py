@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from camseg.atomic import require_folder_path
+from camseg.config.schema import Config
+from camseg.core.atomic import require_folder_path
 from camseg.data.cache import cache_root
 from camseg.data.layouts import find_files
 from camseg.errors import CamsegError
-from camseg.schema import Config
 
 
 def check_data_folders(cfg: Config) -> None:

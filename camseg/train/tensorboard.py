@@ -12,23 +12,11 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from camseg.checkpoint import RunState
 from camseg.data.files import class_palette, label_palette
-from camseg.errors import CamsegError
-from camseg.model import IMAGENET_MEAN, IMAGENET_STD
+from camseg.model.network import IMAGENET_MEAN, IMAGENET_STD
+from camseg.train.checkpoint import RunState
 
 SCALARS = ("train_loss", "valid_loss", "acc_camvid", "miou", "lr")  # history.csv's names
-
-
-def require_tensorboard() -> None:
-    """Refuse train.tensorboard before anything is made when the package is missing."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise CamsegError(
-            "train.tensorboard=true needs the tensorboard package: pip install "
-            "'camseg[tensorboard]' (or set train.tensorboard=false)"
-        ) from None
 
 
 class TensorBoardLog(Callback):

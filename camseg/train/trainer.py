@@ -21,10 +21,19 @@ from typing import Any
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastai.torch_core import get_model, num_distrib, rank_distrib, set_seed
 
-from camseg.atomic import atomic_write_text
-from camseg.callbacks import (
+from camseg.config.schema import Config, LrSlice, StageConfig, TrainConfig
+from camseg.core.atomic import atomic_write_text
+from camseg.core.device import cuda_kernels, resolve_device
+from camseg.core.precision import validation_precision
+from camseg.core.runs import Run, write_summary
+from camseg.data import build_dataloaders, check_dataset, find_files, resolve_size
+from camseg.data.cache import cache_root
+from camseg.errors import CamsegError, require_extra, stop_signal, stops_held
+from camseg.model.files import load_init_weights, model_meta, write_model_file
+from camseg.model.network import build_learner
+from camseg.train.callbacks import (
     AccCamvid,
     BarsOnly,
     BF16Autocast,
@@ -34,7 +43,7 @@ from camseg.callbacks import (
     StopOnNaN,
     apply_speed_settings,
 )
-from camseg.checkpoint import (
+from camseg.train.checkpoint import (
     CheckpointWriter,
     RunState,
     ema_state,
@@ -42,20 +51,13 @@ from camseg.checkpoint import (
     restore_rng,
     training_weights,
 )
-from camseg.data import build_dataloaders, check_dataset, find_files, resolve_size
-from camseg.data.cache import cache_root
-from camseg.distributed import init_distributed, rank0_first
-from camseg.ema import ModelEMA
-from camseg.errors import CamsegError, stop_signal, stops_held
-from camseg.losses import build_loss
-from camseg.losses import class_weights as class_weights_of
-from camseg.lrfind import LrFindProgress, OnIter, Suggestions, suggest
-from camseg.model import build_learner, cuda_kernels, model_meta, resolve_device, write_model_file
-from camseg.precision import validation_precision
-from camseg.preflight import check_batch_norm, check_data_folders, check_same_classes
-from camseg.runs import Run, write_summary
-from camseg.schema import Config, LrSlice, StageConfig, TrainConfig
-from camseg.tensorboard import TensorBoardLog, require_tensorboard
+from camseg.train.distributed import init_distributed, rank0_first
+from camseg.train.ema import ModelEMA
+from camseg.train.losses import build_loss
+from camseg.train.losses import class_weights as class_weights_of
+from camseg.train.lrfind import LrFindProgress, OnIter, Suggestions, suggest
+from camseg.train.preflight import check_batch_norm, check_data_folders, check_same_classes
+from camseg.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,12 @@ class Trainer:
                 f"(torch {torch.__version__}), in the first epoch; set train.compile=false"
             )
         if cfg.train.tensorboard:
-            require_tensorboard()
+            require_extra(
+                "tensorboard",
+                extra="tensorboard",
+                what="train.tensorboard=true",
+                otherwise="set train.tensorboard=false",
+            )
         check_data_folders(cfg)
         state = RunState(**ckpt["state"]) if ckpt else RunState()
         self.state = state
@@ -198,6 +205,8 @@ class Trainer:
                 cfg.train.loss, self.files.codes, self.class_weights, self.files.ignore_index
             ),
         )
+        if model_cfg.init_from is not None:  # progressive resizing: the half-size run's weights
+            load_init_weights(get_model(learn.model), model_cfg.init_from, self.files.codes)
         learn.logger = lambda *_: None  # the CLI prints the table
         learn.remove_cb(ProgressCallback)
         if progress and rank_distrib() == 0:
@@ -307,8 +316,8 @@ class Trainer:
         if self.ema is not None:  # model.pth, the plots and the report: the weights validated
             self.ema.copy_to(self.learn.model)
         if rank_distrib() == 0:
-            write_model_file(run.model, self.learn.model, meta)
-            from camseg.plots import plot_run
+            write_model_file(run.model, get_model(self.learn.model), meta)
+            from camseg.report.plots import plot_run
 
             plot_run(
                 self.learn,
@@ -323,7 +332,7 @@ class Trainer:
             last_at = [self.state.history[-1]["stage"], self.state.history[-1]["epoch"]]
             finish_checkpoints(run.last, run.best, best_is_last=self.state.best_at == last_at)
         if rank_distrib() == 0:
-            from camseg.report import write_report
+            from camseg.report.page import write_report
 
             write_report(run.dir)
         return summary
@@ -400,7 +409,7 @@ class Trainer:
         """fastai lr_find: its four suggestions (valley, slide, minimum, steep; one the curve
         cannot give is None, with why), plotted, and the curve itself (lr, smoothed loss per
         iteration) as CSV beside the plot. on_iter hears of the progress (LrFindProgress)."""
-        from camseg.plots import plot_lr_find
+        from camseg.report.plots import plot_lr_find
 
         num_it = self.cfg.train.lr_find_iters
         cbs = [LrFindProgress(num_it, on_iter)] if on_iter is not None else []
@@ -409,7 +418,7 @@ class Trainer:
         rec = self.learn.recorder
         found = suggest(rec.lrs, rec.losses, num_it)
         if rank_distrib() == 0:
-            plot_lr_find(rec, found, plot)
+            plot_lr_find(rec, found.lrs, found.points, plot)
             rows = "".join(
                 f"{float(lr):.6g},{float(loss):.6g}\n"
                 for lr, loss in zip(rec.lrs, rec.losses, strict=True)

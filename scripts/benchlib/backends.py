@@ -21,7 +21,7 @@ from benchlib.common import Results, Size, learn_predict, upscaled_frames
 
 if TYPE_CHECKING:
     from camseg import Segmenter
-    from camseg.model import ModelFile
+    from camseg.model.files import ModelFile
 
 # Every backend but PyTorch fp32, the reference. int8 dynamic runs its convolutions as
 # ConvInteger, which has no fast kernel in ONNX Runtime's CPU provider: measured 5-6x slower than
@@ -49,7 +49,7 @@ def quantized(fp32: Path, tmp: Path, calibration: list[Path], info: ModelFile) -
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from camseg.infer import to_model_input
+    from camseg.infer.network import to_model_input
 
     class Frames(CalibrationDataReader):
         def __init__(self) -> None:
@@ -99,22 +99,23 @@ def bench_backends(
     on the validation frames at size, scored as evaluate scores them (labels resized nearest).
     Timings on a shared machine move with its load: the load average goes with the numbers.
     All rows share one process, which keeps freed memory from the first PyTorch load on
-    (camseg.heap), the learn.predict row too; `bench.py predict` times that loop in a process
+    (camseg.core.heap), the learn.predict row too; `bench.py predict` times that loop in a process
     of its own."""
     import onnxruntime
 
     from camseg import Segmenter
-    from camseg.config import load_config
+    from camseg.config.load import load_config
+    from camseg.core.metrics import acc_camvid, confusion_matrix
+    from camseg.core.runs import model_file
     from camseg.data import find_files
     from camseg.data.files import load_rgb, resize_rgb
     from camseg.data.layouts import label_reader
-    from camseg.evaluate import split_items
-    from camseg.metrics import acc_camvid, confusion_matrix
-    from camseg.model import read_model_file
-    from camseg.onnx_export import export_onnx
+    from camseg.export import export_onnx
+    from camseg.infer.evaluate import split_items
+    from camseg.model.files import read_model_file
 
     h, w = size
-    trained = read_model_file(model)
+    trained = read_model_file(model_file(model))
     info = dataclasses.replace(trained, size=size)
     files = find_files(load_config(None, [f"data.root={data}"]).data)
     valid = split_items(files, "valid")

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from camseg.model import ModelFile
+    from camseg.model.files import ModelFile
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid_tiny"
@@ -154,8 +154,9 @@ def untrained_model_file(path: Path, arch: str, size: Size, codes: list[str]) ->
     """A model.pth with random weights: speed does not depend on what the weights are."""
     from fastai.vision.learner import create_unet_model
 
-    from camseg.config import load_config
-    from camseg.model import arch_fn, model_meta, write_model_file
+    from camseg.config.load import load_config
+    from camseg.model.files import model_meta, write_model_file
+    from camseg.model.network import arch_fn
 
     cfg = load_config(None, [f"model.arch={arch}", "model.pretrained=false"]).model
     model = create_unet_model(arch_fn(arch), len(codes), size, pretrained=False)
@@ -172,7 +173,7 @@ def learn_predict(
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
 
-    from camseg.config import load_config
+    from camseg.config.load import load_config
     from camseg.data import build_dataloaders, find_files
 
     sets = [f"data.root={data}", f"data.size=[{size[0]},{size[1]}]", "data.num_workers=0"]

@@ -43,11 +43,11 @@ def bench_predict(
 ) -> None:
     """camseg's predict against the plain per-image `learn.predict` loop, each timed run in a
     fresh process of its own (alternating), so that neither inherits the other's process
-    settings (camseg.heap) or warm caches. Each process first segments one image untimed (thread
-    pools, first-call kernel choices), then times the whole call on the n images: for camseg
+    settings (camseg.core.heap) or warm caches. Each process first segments one image untimed
+    (thread pools, first-call kernel choices), then times the whole call on the n images: for camseg
     that includes loading the model, as `camseg predict` does."""
+    from camseg.core.device import resolve_device
     from camseg.data.files import read_codes
-    from camseg.model import resolve_device
 
     device = resolve_device(device_name)
     codes = read_codes(data / "codes.txt")
@@ -112,7 +112,7 @@ def _timed_side(name: str, job: dict) -> dict:
     images = [Path(p) for p in job["images"]]
     out = Path(job["out"])
     if name == "camseg":
-        from camseg.predict import predict
+        from camseg.infer.predict import predict
 
         def call(paths: list[Path], dst: Path) -> None:
             predict(
@@ -125,7 +125,7 @@ def _timed_side(name: str, job: dict) -> dict:
                 formats=("index",),
             )
     else:
-        from camseg.model import read_model_file
+        from camseg.model.files import read_model_file
 
         baseline = learn_predict(
             read_model_file(Path(job["model"])),
@@ -224,7 +224,7 @@ def bench_checksum(results: Results, data: Path, arch: str, repeats: int, onnx: 
     import torch
 
     from camseg.data.files import read_codes
-    from camseg.model import read_model_file, weights_sha256
+    from camseg.model.files import read_model_file, weights_sha256
 
     codes = read_codes(data / "codes.txt")
     size = (64, 96)  # the weights do not depend on the size
@@ -253,8 +253,8 @@ def bench_checksum(results: Results, data: Path, arch: str, repeats: int, onnx: 
             lambda: read_model_file(tmp / "unchecked.pth")
         )
         if onnx:
-            from camseg.onnx import _scan
-            from camseg.onnx_export import export_onnx
+            from camseg.export import export_onnx
+            from camseg.model.onnx_file import _scan
 
             exported = export_onnx(path, tmp / "model.onnx").path
             row["onnx_mb"] = round(exported.stat().st_size / 1e6, 1)

@@ -271,9 +271,9 @@ def bench_bf16(results: Results, data: Path, repeats: int, epochs: int = 2) -> N
 def bench_data(
     results: Results, data: Path, size: Size, n: int, device_name: str, source_size: Size
 ) -> None:
-    from camseg.config import load_config
+    from camseg.config.load import load_config
+    from camseg.core.device import resolve_device
     from camseg.data import auto_workers, build_dataloaders, find_files
-    from camseg.model import resolve_device
 
     device = resolve_device(device_name)
     with tempfile.TemporaryDirectory() as tmp:

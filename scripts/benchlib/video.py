@@ -22,7 +22,7 @@ def write_clip(path: Path, data: Path, n: int, size: Size) -> Path:
     import av
     from PIL import Image
 
-    from camseg.video_io import h264_encoder
+    from camseg.infer.video_io import h264_encoder
 
     frames = sorted((data / "images").glob("*.png"))
     with av.open(str(path), "w") as container:
@@ -61,8 +61,8 @@ def overlap(clip: Path, model: Path, device: str, out: Path, rounds: int) -> dic
     import av
 
     from camseg import Segmenter
-    from camseg.video import predict_video
-    from camseg.video_io import h264_encoder, probe
+    from camseg.infer.video import predict_video
+    from camseg.infer.video_io import h264_encoder, probe
 
     seg = Segmenter(model, device=device)
     with av.open(str(clip)) as container:
