@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the test extras (first run only), then lint and run the whole test suite.
+# Set up .venv with the test extras (first run only), then lint, check the import layers and run
+# the whole test suite.
 # Usage: ./scripts/test.sh [pytest args]
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh" test,distributed
@@ -10,4 +11,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 ruff check .
 ruff format --check .
+lint-imports  # the floors of docs/architecture.md (contract in pyproject.toml)
 python -m pytest "$@"
