@@ -3,6 +3,8 @@ own size, with the masks `camseg predict` writes."""
 
 from __future__ import annotations
 
+import json
+import platform
 import subprocess
 import sys
 
@@ -182,3 +184,56 @@ def test_import_camseg_does_not_load_torch():
     code = "import sys, camseg; assert 'torch' not in sys.modules; camseg.Segmenter; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+# What a notebook that uses camseg can see of the process: the settings camseg's commands change
+# (cuDNN's kernel search, the matplotlib backend, Pillow's pixel limit, glibc's heap policy).
+PROCESS_STATE = """
+import json, sys
+import matplotlib, torch
+from PIL import Image
+import camseg.core.heap
+
+
+def state():
+    return {
+        "cudnn.benchmark": torch.backends.cudnn.benchmark,
+        "cudnn.deterministic": torch.backends.cudnn.deterministic,
+        # the backend as set, without resolving it (get_backend() would choose one)
+        "matplotlib backend": str(dict.__getitem__(matplotlib.rcParams, "backend")),
+        "MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS,
+        "heap tuned": camseg.core.heap._applied,
+    }
+
+
+before = state()
+from camseg import Segmenter
+import camseg.report.plots, camseg.report.page, camseg.infer.evaluate, camseg.infer.predict
+
+seg = Segmenter(sys.argv[1], device="cpu", tune_process=sys.argv[2] == "tune")
+seg.masks([Image.open(sys.argv[3]).convert("RGB")])
+seg.predict(sys.argv[3], output="overlay")
+print(json.dumps({"before": before, "after": state()}))
+"""
+
+
+def _process_state(run, image, mode):
+    proc = subprocess.run(
+        [sys.executable, "-c", PROCESS_STATE, str(run), mode, str(image)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_the_library_leaves_the_process_alone(trained_run, camvid_tiny):
+    image = next((camvid_tiny / "images").glob("*.png"))
+    seen = _process_state(trained_run, image, "plain")
+    assert seen["after"] == seen["before"]
+    assert seen["before"]["heap tuned"] is False
+    # the opt-in is what the CLI's commands use: here it changes the heap policy
+    tuned = _process_state(trained_run, image, "tune")
+    changed = {k for k in tuned["after"] if tuned["after"][k] != tuned["before"][k]}
+    assert changed == ({"heap tuned"} if platform.libc_ver()[0] == "glibc" else set())

@@ -9,7 +9,8 @@ import yaml
 from fault_cases import CONFIG_FAULTS
 
 from camseg.config.load import dump_config, load_config, validate_config
-from camseg.config.schema import Config, LrSlice
+from camseg.config.schema import Config
+from camseg.config.values import LrSlice
 from camseg.errors import CamsegError
 
 REPO = Path(__file__).resolve().parents[1]

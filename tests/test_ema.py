@@ -17,6 +17,7 @@ from torch import nn
 from camseg.config.load import load_config
 from camseg.train.checkpoint import load_checkpoint
 from camseg.train.ema import ModelEMA
+from camseg.train.plan import make_plan
 from camseg.train.trainer import Trainer
 
 
@@ -127,7 +128,9 @@ def test_resume_after_kill_9_continues_the_average(camvid_tiny, tmp_path):
 
     ckpt = load_checkpoint(run / "checkpoints" / "last.pth")
     assert ckpt["ema"]["updates"] == 2 * len(ckpt["state"]["history"])
-    trainer = Trainer(load_config(run / "config.yaml"), ckpt=ckpt, progress=False)
+    trainer = Trainer(
+        make_plan(load_config(run / "config.yaml"), ckpt=ckpt), ckpt=ckpt, progress=False
+    )
     assert trainer.ema is not None and trainer.ema.updates == ckpt["ema"]["updates"]
     assert _equal(trainer.ema.averaged, ckpt["model"])
     assert _equal(trainer.learn.model.state_dict(), ckpt["ema"]["train_model"])

@@ -17,6 +17,7 @@ from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
 from PIL import Image
 
 import camseg.data.frequencies
+import camseg.train.plan
 import camseg.train.trainer
 from camseg.config.load import load_config
 from camseg.config.schema import LossConfig, LossName
@@ -309,7 +310,8 @@ def test_the_learner_trains_with_the_configured_loss_and_weights(camvid_tiny, tm
     data = small_copy(camvid_tiny, tmp_path / "d", 2, 2)
     loss_sets = ["train.loss.name=focal", "train.loss.gamma=3", "train.loss.ignore_void=true"]
     sets = fast_args(data, tmp_path, *loss_sets, "train.class_weights={Pedestrian: 4}")[3::2]
-    trainer = camseg.train.trainer.Trainer(load_config(TINY, sets), progress=False)
+    plan = camseg.train.plan.make_plan(load_config(TINY, sets))
+    trainer = camseg.train.trainer.Trainer(plan, progress=False)
     loss, codes = trainer.learn.loss_func, trainer.files.codes
     assert isinstance(loss, FocalLossFlat) and loss.func.gamma == 3.0
     assert loss.func.ignore_index == codes.index("Void")

@@ -10,10 +10,10 @@ from torch import nn
 import camseg.core.precision as precision
 from camseg.config.schema import ModelConfig
 from camseg.core.precision import (
+    TrainingPrecision,
     evaluate_precision,
     predict_precision,
     training_precision,
-    validation_precision,
 )
 from camseg.errors import CamsegError
 from camseg.model.files import model_meta, read_model_file, write_model_file
@@ -33,7 +33,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ],
 )
 def test_validation_precision_is_what_training_validates_in(fp16, bf16, device, expected):
-    assert validation_precision(fp16, bf16, device) == expected
+    assert TrainingPrecision(training_precision(fp16, bf16, device)).validation == expected
 
 
 def test_training_precision_names_the_mixed_precision_used():

@@ -15,8 +15,10 @@ from conftest import TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback, CancelFitException
 
 from camseg.config.load import load_config
-from camseg.config.schema import LrSlice, StageConfig
+from camseg.config.schema import StageConfig
+from camseg.config.values import LrSlice
 from camseg.train.entry import train_new, train_resume
+from camseg.train.plan import make_plan
 from camseg.train.trainer import Trainer, fit_stage
 
 
@@ -35,7 +37,7 @@ def _trainer(root: Path) -> Trainer:
         TINY,
         [f"data.root={root}", "data.size=[64,96]", "model.arch=resnet18", "data.num_workers=0"],
     )
-    return Trainer(cfg, progress=False)
+    return Trainer(make_plan(cfg), progress=False)
 
 
 @pytest.mark.slow
@@ -47,7 +49,7 @@ def test_slice_lr_sets_the_groups_fastai_sets(camvid_tiny, lr, fastai_lr):
     stage = StageConfig(epochs=10, freeze=True, lr=lr, pct_start=0.9)
     ours, theirs = GroupLrs(), GroupLrs()
     trainer = _trainer(camvid_tiny)
-    fit_stage(trainer.learn, stage, lr, trainer.cfg.train, cbs=[ours])
+    fit_stage(trainer.learn, stage, lr, trainer.plan.train, cbs=[ours])
     learn = _trainer(camvid_tiny).learn
     learn.freeze()
     learn.fit_one_cycle(10, fastai_lr, pct_start=0.9, cbs=[theirs])
@@ -60,7 +62,7 @@ def test_plain_number_gives_every_group_the_same_lr(camvid_tiny):
     stage = StageConfig(epochs=10, freeze=True, lr=1e-3, pct_start=0.9)
     cb = GroupLrs()
     trainer = _trainer(camvid_tiny)
-    fit_stage(trainer.learn, stage, 1e-3, trainer.cfg.train, cbs=[cb])
+    fit_stage(trainer.learn, stage, 1e-3, trainer.plan.train, cbs=[cb])
     assert len(set(cb.lrs)) == 1
 
 

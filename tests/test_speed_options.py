@@ -14,6 +14,7 @@ from fastai.callback.core import Callback, CancelFitException
 from camseg.config.load import load_config
 from camseg.core.device import cuda_kernels
 from camseg.core.machine import describe_device
+from camseg.train.plan import make_plan
 from camseg.train.trainer import Trainer
 
 
@@ -38,7 +39,7 @@ def _trainer(root: Path, *sets: str) -> Trainer:
             *sets,
         ],
     )
-    return Trainer(cfg, progress=False)
+    return Trainer(make_plan(cfg), progress=False)
 
 
 def test_cuda_kernels_policy(cudnn_flags):
@@ -70,8 +71,7 @@ def test_train_compile_compiles_the_model_in_place(camvid_tiny, tmp_path):
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
     plain = _trainer(root).learn.model
     learn = _trainer(root).learn
-    cfg = load_config(TINY, ["train.compile=true", "train.fp16=false", "train.bf16=false"])
-    apply_speed_settings(learn, cfg, torch.device("cuda"))
+    apply_speed_settings(learn, "fp32", torch.device("cuda"), channels_last=False, compile=True)
     compiled = learn.model
     assert getattr(plain, "_compiled_call_impl", None) is None
     assert getattr(compiled, "_compiled_call_impl", None) is not None
@@ -90,29 +90,37 @@ def test_train_compile_on_a_cpu_is_refused_at_once(camvid_tiny, tmp_path, cli):
     assert not (tmp_path / "runs").exists()
 
 
+def device_line(device: torch.device, cfg) -> str:
+    """The device line a run of `cfg` prints on `device`, its precision decided as the plan does."""
+    from camseg.core.precision import resolve_training_precision
+
+    precision = resolve_training_precision(cfg.train.fp16, cfg.train.bf16, device)
+    return describe_device(device, precision, cfg.train.device)
+
+
 def test_device_line_says_where_and_in_what_precision(monkeypatch):
     import camseg.core.precision
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(camseg.core.precision, "cpu_has_bf16", lambda: False)
     auto = load_config(TINY, [])
-    line = describe_device(torch.device("cpu"), auto)
+    line = device_line(torch.device("cpu"), auto)
     assert line.startswith(f"training on cpu ({torch.get_num_threads()} threads; torch ")
     assert line.endswith("sees no CUDA GPU), fp32 (train.bf16 auto: this CPU has no native bf16)")
     asked = load_config(TINY, ["train.device=cpu", "train.bf16=true"])
-    line = describe_device(torch.device("cpu"), asked)
+    line = device_line(torch.device("cpu"), asked)
     assert line == (
         f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast (train.bf16 true, "
         "but this CPU has no native bf16: emulated, slower than fp32)"
     )
     monkeypatch.setattr(camseg.core.precision, "cpu_has_bf16", lambda: True)
-    line = describe_device(torch.device("cpu"), asked)  # asked for and native: no excuse given
+    line = device_line(torch.device("cpu"), asked)  # asked for and native: no excuse given
     assert line == f"training on cpu ({torch.get_num_threads()} threads), bf16 autocast"
-    line = describe_device(torch.device("cpu"), load_config(TINY, ["train.device=cpu"]))
+    line = device_line(torch.device("cpu"), load_config(TINY, ["train.device=cpu"]))
     assert line.endswith("bf16 autocast (train.bf16 auto: this CPU has native bf16)")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "NVIDIA H200")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    line = describe_device(torch.device("cuda", 1), auto)  # train.fp16 auto: fp16 on CUDA
+    line = device_line(torch.device("cuda", 1), auto)  # train.fp16 auto: fp16 on CUDA
     assert line == (
         "training on cuda:1 (NVIDIA H200), fp16 mixed precision (train.fp16 auto: on for CUDA), "
         "2 processes"
@@ -132,7 +140,7 @@ def test_tiny_scratch_trains_in_bf16_only_where_the_cpu_has_it(
         Path("tiny-scratch.yaml"), [f"data.root={root}", "data.num_workers=0", "train.device=cpu"]
     )
     assert cfg.train.bf16 == "auto"  # the preset no longer forces it
-    learn = Trainer(cfg, progress=False).learn
+    learn = Trainer(make_plan(cfg), progress=False).learn
     assert any(isinstance(cb, BF16Autocast) for cb in learn.cbs) == native
 
 
@@ -150,6 +158,6 @@ def test_a_fit_cancelled_mid_batch_leaves_no_autocast_on(camvid_tiny, tmp_path):
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=2, n_train=4)
     trainer = _trainer(root, "train.bf16=true", "train.device=cpu")
     stage = StageConfig(epochs=1, freeze=True, lr=1e-3)
-    fit_stage(trainer.learn, stage, 1e-3, trainer.cfg.train, cbs=[_CancelAtFirstBatch()])
+    fit_stage(trainer.learn, stage, 1e-3, trainer.plan.train, cbs=[_CancelAtFirstBatch()])
     # autocast is thread state: left on, it turned every later fit in the process to bf16
     assert not torch.is_autocast_enabled("cpu")

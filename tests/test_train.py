@@ -18,9 +18,10 @@ import yaml
 from conftest import TINY, fast_args, history, small_copy, written_dir
 
 from camseg.config.load import load_config
-from camseg.core.runs import HISTORY_COLUMNS, create_run_dir
+from camseg.core.runs import create_run_dir
 from camseg.errors import CamsegError
 from camseg.model.files import read_model_file
+from camseg.train.callbacks import HISTORY_COLUMNS
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from typer.core import TyperCommand, TyperGroup
 
-from camseg.config.schema import Weights
+from camseg.config.values import Weights
 from camseg.errors import CamsegError, stop_signal
 
 

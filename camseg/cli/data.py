@@ -24,7 +24,8 @@ from camseg.cli.app import (
     quiet_mode,
     user_errors,
 )
-from camseg.config.schema import Layout, parse_size
+from camseg.config.schema import Layout
+from camseg.config.values import parse_size
 from camseg.errors import CamsegError
 
 LayoutChoice = choices("LayoutChoice", Layout)

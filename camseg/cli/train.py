@@ -83,7 +83,8 @@ def train(
         resumable_run(resume)
     else:
         cfg = load_config(config, set_ or [])
-        check_inputs(absolute_paths(cfg))
+        resolved = absolute_paths(cfg)
+        check_inputs(resolved.data, resolved.output.dir)
     from camseg.train.entry import TrainingInterrupted, describe_command, train_new, train_resume
 
     progress = shows_progress(no_progress, out)
@@ -173,7 +174,7 @@ def lr_find(
         config = Path("half.yaml")
         err.print("no --config: using the paper's first phase, half.yaml")
     cfg = load_config(config, set_ or [])
-    check_inputs(cfg)  # before torch and fastai are imported (5-10 s)
+    check_inputs(cfg.data, cfg.output.dir)  # before torch and fastai are imported (5-10 s)
     from camseg.train.entry import lr_find as find
     from camseg.train.entry import run_name
 
@@ -186,7 +187,7 @@ def lr_find(
         cfg,
         stage,
         cfg.output.dir,
-        run_name(cfg, config, name),
+        run_name(name, cfg.output.name, config_path=config),
         progress,
         start_from,
         on_iter=None if progress else on_iter,

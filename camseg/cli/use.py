@@ -28,14 +28,8 @@ from camseg.cli.app import (
     shows_progress,
     user_errors,
 )
-from camseg.config.schema import (
-    EvaluatePrecision,
-    Format,
-    Layout,
-    PredictPrecision,
-    Split,
-    parse_size,
-)
+from camseg.config.schema import Layout
+from camseg.config.values import EvaluatePrecision, Format, PredictPrecision, Split, parse_size
 from camseg.errors import CamsegError
 from camseg.infer.inputs import Inputs
 
@@ -111,6 +105,7 @@ def evaluate(
         batch_size=batch_size,
         precision=precision.value,  # type: ignore[arg-type]
         out=out_dir,
+        tune_process=True,  # this process is the command's own
     )
     if json_out:
         print_json(json.loads((result.out_dir / "metrics.json").read_text(encoding="utf-8")))
@@ -216,12 +211,23 @@ def predict(
 ) -> None:
     """Write segmentation masks for images at their own resolution."""
     quiet_mode(quiet)
+    from PIL import Image
+
     from camseg.infer.inputs import LEGEND, expand_inputs
     from camseg.infer.video_io import is_video_source
 
+    # this process is the command's own: predict checks each image's pixels against its own
+    # limit from the header (MAX_PIXELS, 200 MP), so Pillow's check (a warning from 89 MP, an
+    # error from 179 MP) is off, and camseg's inference settings are on (tune_process)
+    Image.MAX_IMAGE_PIXELS = None
     source = model_source(run, model, weights)
     options: dict[str, Any] = dict(
-        batch_size=batch_size, tta=tta, device=device, precision=precision.value, exist_ok=exist_ok
+        batch_size=batch_size,
+        tta=tta,
+        device=device,
+        precision=precision.value,
+        exist_ok=exist_ok,
+        tune_process=True,
     )
     videos = any(is_video_source(item) for item in inputs)
     if not videos and stride != 1:

@@ -5,65 +5,30 @@ file and `--set` overrides are camseg.config.load's.
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     field_validator,
     model_validator,
 )
 
-from camseg.errors import CamsegError
-
-# Choices of the inference commands, here so the CLI can offer them without importing torch.
-Precision = Literal["fp32", "fp16", "bf16"]
-PredictPrecision = Literal["auto", "fp32", "fp16", "bf16"]  # auto: the fastest the device has
-EvaluatePrecision = Literal["train", "fp32", "fp16", "bf16"]  # train: what training validated in
-Split = Literal["valid", "train", "all"]
-Format = Literal["index", "color", "overlay"]
-Weights = Literal["last", "best"]  # a run's last epoch (model.pth) or its best by acc_camvid
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-_SIZE = re.compile(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*")
+from camseg.config.values import (
+    DEVICE_PATTERN,
+    MAX_CLASS_WEIGHT,
+    MAX_SEED,
+    MAX_SIDE,
+    LearningRate,
+    Section,
+    Size,
+    SizeOrScale,
+    as_number,
+    learning_rate,
+)
 
 
-def _size_from_text(v: Any) -> Any:
-    """ "HxW" (or "H,W") -> (H, W), else `v` as it is: the one parser of sizes written as text,
-    on the command line (parse_size) and in a config (a Size field)."""
-    if isinstance(v, str) and (m := _SIZE.fullmatch(v)):
-        return int(m.group(1)), int(m.group(2))
-    return v
-
-
-# NumPy's seeds are 32-bit; a bigger one fails deep in seeding.
-MAX_SEED = 2**32 - 1
-# A class weight scales that class's pixels in the loss; beyond this one class swamps the others
-# and the loss overflows in fp16 (SegNet's median-frequency weights reach ~50 on CamVid).
-MAX_CLASS_WEIGHT = 1e6
-
-# The largest side a network runs at (data.size, and the size a model file records): a bound
-# checked before anything is resized, so a damaged or hostile file cannot ask for 100000x100000.
-MAX_SIDE = 8192
-
-Size = Annotated[tuple[int, int], BeforeValidator(_size_from_text)]
-SizeOrScale = Annotated[tuple[int, int] | float, BeforeValidator(_size_from_text)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AugConfig(_Section):
+class AugConfig(Section):
     enabled: bool = Field(True, description="apply fastai aug_transforms to the training set")
     flip: bool = Field(True, description="random horizontal flips (true/false)")
     max_rotate: float = Field(10.0, ge=0, le=180, description="max rotation in degrees (0-180)")
@@ -78,7 +43,7 @@ class AugConfig(_Section):
     )
 
 
-class SynthConfig(_Section):
+class SynthConfig(Section):
     n: int = Field(200, ge=4, description="number of synthetic scenes (>= 4)")
     size: Size = Field((96, 128), description="scene size [H, W] in pixels")
     seed: int = Field(
@@ -100,7 +65,7 @@ Layout = Literal["camvid", "camseq01", "synthetic", "folders"]
 SplitBy = Literal["valid_file", "folders"]
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     layout: Layout = Field(
         "camvid",
         description="dataset layout: camvid (images/ + labels/*_P.png), camseq01 (colour "
@@ -173,7 +138,7 @@ class DataConfig(_Section):
         return v
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     arch: Literal["resnet18", "resnet34", "resnet50"] = Field(
         "resnet34", description="encoder (a torchvision ResNet)"
     )
@@ -198,42 +163,7 @@ class ModelConfig(_Section):
     )
 
 
-@dataclass(frozen=True)
-class LrSlice:
-    """fastai's `slice(stop)` or `slice(start, stop)` as a stage's lr.
-
-    fastai spreads it over the parameter groups (encoder blocks, then the decoder):
-    `slice(stop)` gives the last group `stop` and every earlier group `stop / 10`;
-    `slice(start, stop)` spaces the groups geometrically from `start` to `stop`. A frozen
-    encoder still trains its BatchNorm layers at its group's rate, so this is not the same as a
-    plain number, which gives every group the same rate.
-    """
-
-    stop: float
-    start: float | None = None
-
-    def as_fastai(self) -> slice:
-        return slice(self.start, self.stop)
-
-    def __str__(self) -> str:
-        if self.start is None:
-            return f"slice({self.stop:g})"
-        return f"slice({self.start:g}, {self.stop:g})"
-
-
-_SLICE = re.compile(r"^\s*slice\(\s*([^,()]+?)\s*(?:,\s*([^,()]+?)\s*)?\)\s*$")
-
-LearningRate = Annotated[
-    float | Annotated[LrSlice, PlainSerializer(str, return_type=str)] | Literal["find"],
-    Field(
-        description="max lr: a number (every parameter group), slice(x) (fastai: the last group "
-        "x, earlier groups x/10), slice(low, high) or [low, high] (groups spaced from low to "
-        "high), or find (run lr_find when the stage starts)"
-    ),
-]
-
-
-class StageConfig(_Section):
+class StageConfig(Section):
     name: str | None = Field(None, description="label for the table and plots (default stage-N)")
     epochs: int = Field(1, ge=1, description="epochs of fit_one_cycle (>= 1)")
     freeze: bool = Field(True, description="train only the decoder (true) or everything (false)")
@@ -244,43 +174,7 @@ class StageConfig(_Section):
     @field_validator("lr", mode="before")
     @classmethod
     def _lr_valid(cls, v: Any) -> Any:
-        if v == "find" or isinstance(v, LrSlice):
-            return v
-        if isinstance(v, str) and (m := _SLICE.match(v)):
-            low, high = (_as_number(g) for g in m.groups())
-            if m.group(2) is None:
-                low, high = None, low
-            if not isinstance(high, float) or not (low is None or isinstance(low, float)):
-                raise ValueError("slice() takes numbers, e.g. slice(1e-3) or slice(1e-6, 1e-4)")
-            return _checked_slice(low, high)
-        # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number it looks like.
-        v = [_as_number(x) for x in v] if isinstance(v, list | tuple) else _as_number(v)
-        if isinstance(v, list):
-            if len(v) != 2 or not all(isinstance(x, float) for x in v):
-                raise ValueError("a pair must be two numbers [low, high]")
-            return _checked_slice(*v)
-        if isinstance(v, float) and 0 < v < math.inf:
-            return v
-        raise ValueError("expected a finite positive number, slice(x), slice(low, high), or 'find'")
-
-
-def _checked_slice(low: float | None, high: float) -> LrSlice:
-    if not 0 < high < math.inf or (low is not None and not 0 < low <= high):
-        raise ValueError("a slice must be 0 < low <= high < inf, e.g. slice(1e-6, 1e-4)")
-    return LrSlice(stop=high, start=low)
-
-
-def _as_number(v: Any) -> Any:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int | float):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
+        return learning_rate(v)
 
 
 LossName = Literal["ce", "focal", "dice", "ce_dice", "lovasz", "ce_lovasz"]
@@ -288,7 +182,7 @@ ClassWeights = Literal["none", "median_frequency"] | dict[str, float]
 LovaszClasses = Literal["present", "all"]
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     name: LossName = Field(
         "ce",
         description="ce (cross-entropy, fastai's default for masks), focal (fastai FocalLossFlat), "
@@ -330,7 +224,7 @@ class LossConfig(_Section):
     )
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     stages: list[StageConfig] = Field(
         default_factory=lambda: [StageConfig()], description="stages run in order"
     )
@@ -424,13 +318,13 @@ class TrainConfig(_Section):
         # checked here so that one message says what is allowed (the union's own errors are two)
         if isinstance(v, dict):
             for name, w in v.items():
-                w = _as_number(w)
+                w = as_number(w)
                 if not isinstance(w, float) or not 0 < w <= MAX_CLASS_WEIGHT:
                     raise ValueError(
                         f"the weight of {name} must be a number > 0 and at most "
                         f"{MAX_CLASS_WEIGHT:g} (weights are relative to the other classes' 1)"
                     )
-            return {str(k): _as_number(w) for k, w in v.items()}
+            return {str(k): as_number(w) for k, w in v.items()}
         if v not in ("none", "median_frequency"):
             raise ValueError("expected none, median_frequency or a table {ClassName: weight}")
         return v
@@ -444,21 +338,13 @@ class TrainConfig(_Section):
         return self
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     dir: Path = Field(Path("runs"), description="folder that holds run folders")
     name: str | None = Field(None, description="run name (default: the config file's name)")
 
 
-class Config(_Section):
+class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="what to train on")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the recipe")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where runs go")
-
-
-def parse_size(text: str, key: str = "--size") -> tuple[int, int]:
-    """ "HxW" (or "H,W") -> (H, W): a size option typed on a command line."""
-    size = _size_from_text(text)
-    if not isinstance(size, tuple) or min(size) < 1:
-        raise CamsegError(f"{key} {text!r}: expected HxW, e.g. 96x128")
-    return size

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from camseg.config.schema import DEVICE_PATTERN
+from camseg.config.values import DEVICE_PATTERN
 from camseg.errors import CamsegError
 
 

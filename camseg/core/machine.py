@@ -12,9 +12,8 @@ import torch
 import torchvision
 from fastai.torch_core import num_distrib
 
-from camseg.config.schema import Config
 from camseg.core import __version__
-from camseg.core.precision import training_precision, training_precision_reason
+from camseg.core.precision import TrainingPrecision
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -37,19 +36,20 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def describe_device(device: torch.device, cfg: Config) -> str:
-    """The line a run prints before its first batch: where it trains and in what precision, so
-    a GPU machine whose torch sees no CUDA is noticed before hours on the CPU, not after."""
+def describe_device(device: torch.device, precision: TrainingPrecision, asked: str) -> str:
+    """The line a run prints before its first batch: where it trains (`asked`: train.device as
+    set) and in what precision, so a GPU machine whose torch sees no CUDA is noticed before
+    hours on the CPU, not after."""
     if device.type == "cuda":
         where = f"{device} ({torch.cuda.get_device_name(device)})"
     elif device.type == "cpu":
-        why = "" if cfg.train.device == "cpu" else f"; torch {torch.__version__} sees no CUDA GPU"
+        why = "" if asked == "cpu" else f"; torch {torch.__version__} sees no CUDA GPU"
         where = f"cpu ({torch.get_num_threads()} threads{why})"
     else:
         where = str(device)
-    precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
-    how = {"fp16": "fp16 mixed precision", "bf16": "bf16 autocast", "fp32": "fp32"}[precision]
-    reason = training_precision_reason(cfg.train.fp16, cfg.train.bf16, device)
-    how += f" ({reason})" if reason else ""
+    how = {"fp16": "fp16 mixed precision", "bf16": "bf16 autocast", "fp32": "fp32"}[precision.name]
+    started = "as this run started" if precision.recorded else ""
+    why = "; ".join(w for w in (started, precision.reason) if w)
+    how += f" ({why})" if why else ""
     processes = max(1, num_distrib())
     return f"training on {where}, {how}" + (f", {processes} processes" if processes > 1 else "")

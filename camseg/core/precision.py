@@ -12,7 +12,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from camseg.config.schema import EvaluatePrecision, Precision, PredictPrecision
+from camseg.config.values import EvaluatePrecision, Precision, PredictPrecision
 from camseg.core.device import cpu_has_bf16
 from camseg.errors import CamsegError
 
@@ -47,30 +47,44 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
-def training_precision_reason(
+@dataclass(frozen=True)
+class TrainingPrecision:
+    """What a run trains in on its device, decided once (camseg.train.plan), and why."""
+
+    name: Precision  # what training batches run in
+    reason: str = ""  # why, for the device line; empty when the config asked for it by name
+    recorded: bool = False  # taken back from the run's plan.json on resume, not derived here
+
+    @property
+    def validation(self) -> Literal["fp16", "fp32"]:
+        """What the training table's validation ran in, for model.pth to record: fastai's
+        MixedPrecision autocasts validation batches too, BF16Autocast only training batches."""
+        return "fp16" if self.name == "fp16" else "fp32"
+
+
+def resolve_training_precision(
     fp16: bool | Literal["auto"], bf16: bool | Literal["auto"], device: torch.device
-) -> str:
-    """Why train.fp16 / train.bf16 run as they do on `device`, for the device line: empty when
-    the config asked for that precision by name."""
-    precision = training_precision(fp16, bf16, device)
-    if precision == "fp16" and fp16 == "auto":
-        return "train.fp16 auto: on for CUDA"
-    if bf16 != "auto" or precision == "fp16":
-        if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-            return "train.bf16 true, but this CPU has no native bf16: emulated, slower than fp32"
-        return ""
+) -> TrainingPrecision:
+    """train.fp16 / train.bf16 on `device`: what they run as and why. A GPU without bfloat16
+    asked for it is an error; a CPU without native bf16 asked for it by name runs it emulated."""
+    name = training_precision(fp16, bf16, device)
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CamsegError("train.bf16=true: this GPU has no bfloat16; use train.fp16 instead")
     where = "this GPU" if device.type == "cuda" else "this CPU"
-    if precision == "bf16":
-        return f"train.bf16 auto: {where} has native bf16"
-    return f"train.bf16 auto: {where} has no native bf16"
-
-
-def validation_precision(
-    fp16: bool | Literal["auto"], bf16: bool | Literal["auto"], device: torch.device
-) -> Literal["fp16", "fp32"]:
-    """What the training table's validation ran in, for model.pth to record: fastai's
-    MixedPrecision autocasts validation batches too, BF16Autocast only training batches."""
-    return "fp16" if training_precision(fp16, bf16, device) == "fp16" else "fp32"
+    if name == "fp16" and fp16 == "auto":
+        reason = "train.fp16 auto: on for CUDA"
+    elif bf16 != "auto" or name == "fp16":
+        emulated = name == "bf16" and device.type == "cpu" and not cpu_has_bf16()
+        reason = (
+            "train.bf16 true, but this CPU has no native bf16: emulated, slower than fp32"
+            if emulated
+            else ""
+        )
+    elif name == "bf16":
+        reason = f"train.bf16 auto: {where} has native bf16"
+    else:
+        reason = f"train.bf16 auto: {where} has no native bf16"
+    return TrainingPrecision(name, reason)
 
 
 def _impossible(precision: str, device: torch.device) -> str | None:

@@ -3,7 +3,7 @@ config.yaml, command.txt and env.json), history.csv, per_class_iou.csv and summa
 finding runs (the newest finished one, the newest of a family like half, half-2, half-3, the run
 a model file belongs to). The only module that knows the layout.
 
-    RUN/config.yaml  command.txt  env.json  [class_weights.json]     before the first batch
+    RUN/config.yaml  command.txt  env.json  plan.json  [class_weights.json]  before the first batch
     RUN/history.csv  per_class_iou.csv  checkpoints/{last,best}.pth  after every epoch
     RUN/plots/  model.pth  summary.json  report.html                 at the end, in that order
     RUN/tensorboard/                                                 train.tensorboard, every epoch
@@ -15,11 +15,8 @@ a model file belongs to). The only module that knows the layout.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -27,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from camseg.config.load import dump_config
-from camseg.config.schema import Config, Weights
+from camseg.config.values import Weights
 from camseg.core.atomic import atomic_write_text
 from camseg.errors import CamsegError
 
@@ -76,6 +72,11 @@ class Run:
     @property
     def env(self) -> Path:
         return self.dir / "env.json"
+
+    @property
+    def plan(self) -> Path:
+        """What the run derived from its config on its machine (camseg.train.plan)."""
+        return self.dir / "plan.json"
 
     @property
     def class_weights(self) -> Path:
@@ -298,54 +299,20 @@ def resolve_init_from(path: Path) -> Path:
     )
 
 
-HISTORY_COLUMNS = (
-    "stage",
-    "stage_name",
-    "epoch",
-    "train_loss",
-    "valid_loss",
-    "acc_camvid",
-    "miou",
-    "lr",
-    "seconds",
-)
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
-
-
-def write_class_iou(path: Path, codes: list[str], rows: list[dict]) -> None:
-    """per_class_iou.csv: stage, epoch, then each class's IoU; empty where the class is not
-    scored (Void, or in neither the labels nor the predictions), as mIoU leaves it out."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["stage", "epoch", *codes])
-    for row in rows:
-        ious = ["" if math.isnan(v) else f"{v:.6g}" for v in row["iou"]]
-        writer.writerow([row["stage"], row["epoch"], *ious])
-    atomic_write_text(path, buf.getvalue())
-
-
-def run_name(cfg: Config, config_path: Path | None, name: str | None) -> str:
-    name = name or cfg.output.name or (config_path.stem if config_path else "run")
-    if not name or "/" in name or name in (".", ".."):
+def run_name(*names: str | None, config_path: Path | None) -> str:
+    """The first name given (--name, then output.name), else the config file's stem."""
+    name = next((n for n in names if n), None) or (config_path.stem if config_path else "run")
+    if "/" in name or name in (".", ".."):
         raise CamsegError(f"run name {name!r} is not a plain folder name")
     return name
 
 
-def start_run(
-    cfg: Config, config_path: Path | None, name: str | None, command: str, env: dict[str, Any]
-) -> Run:
-    """Make the run folder and write config.yaml, command.txt, env.json (`env`: the versions
-    and machine, camseg.core.machine.environment) before any batch."""
-    run = Run(create_run_dir(cfg.output.dir, run_name(cfg, config_path, name)))
-    atomic_write_text(run.config, dump_config(cfg))
+def start_run(parent: Path, name: str, config: str, command: str, env: dict[str, Any]) -> Run:
+    """Make the run folder `parent/name` (or name-2, ...) and write config.yaml (`config`: the
+    resolved config's text), command.txt, env.json (`env`: the versions and machine,
+    camseg.core.machine.environment) before any batch."""
+    run = Run(create_run_dir(parent, name))
+    atomic_write_text(run.config, config)
     atomic_write_text(run.command, command + "\n")
     atomic_write_text(run.env, json.dumps(env, indent=2) + "\n")
     return run

@@ -153,8 +153,17 @@ def open_rgb(path: Path, max_pixels: int) -> Image.Image:
     """The upright RGB image as a PIL image, refused above max_pixels (checked from the header,
     before decoding). A plain 8-bit RGB file (a JPEG photo) is decoded straight into the one
     image returned, 4 bytes a pixel; any other mode goes through `read_image`, whose copies of a
-    100-megapixel photo would take another 1.5 GB."""
-    with Image.open(path) as im:
+    100-megapixel photo would take another 1.5 GB. Pillow's own limit (Image.MAX_IMAGE_PIXELS,
+    which `camseg predict` turns off) applies too: over it, one CamsegError."""
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as e:
+        detail = str(e).split(", could")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise CamsegError(
+            f"{path}: {detail} (Pillow's guard against decompression bombs, "
+            "PIL.Image.MAX_IMAGE_PIXELS); raise that limit to read it"
+        ) from None
+    with opened as im:
         w, h = im.size
         if w * h > max_pixels:
             raise CamsegError(

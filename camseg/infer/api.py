@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from camseg.core.runs import latest_run
 from camseg.data.files import open_rgb, upright_rgb
 from camseg.errors import CamsegError
 from camseg.infer.network import Network, class_mask, load_network
@@ -41,7 +42,10 @@ class Segmenter:
     `camseg export` (run by ONNX Runtime on the CPU in fp32, without fastai), or None for the
     newest finished run under ./runs. `device`: auto, cpu, cuda or cuda:N. `precision`: auto
     (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16. `tta`: average
-    each image with its mirror image (twice the time).
+    each image with its mirror image (twice the time). `tune_process`: let camseg set the
+    process-wide settings its own commands run with (cuDNN's kernel search on CUDA, glibc keeping
+    freed memory on a CPU: camseg.infer.network.tune_process_for); off, the process is left as
+    it is.
 
     One Segmenter may be shared between threads (a web server's workers): images are read and
     resized in parallel, the network runs one call at a time (fastai's U-Net keeps each call's
@@ -55,13 +59,14 @@ class Segmenter:
         device: str = "auto",
         precision: str = "auto",
         tta: bool = False,
+        tune_process: bool = False,
     ) -> None:
         if model is None:
-            from camseg.core.runs import latest_run
-
             model = latest_run(Path("runs")).dir
         source = model if isinstance(model, ModelFile) else Path(model)
-        self._net: Network = load_network(source, device=device, precision=precision, tta=tta)
+        self._net: Network = load_network(
+            source, device=device, precision=precision, tta=tta, tune_process=tune_process
+        )
         self._palette = self._net.info.palette()  # what training recorded
 
     @property

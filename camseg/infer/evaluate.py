@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from camseg.config.load import load_config
-from camseg.config.schema import DataConfig, EvaluatePrecision, Layout, Split
+from camseg.config.schema import DataConfig, Layout
+from camseg.config.values import EvaluatePrecision, Split
 from camseg.core.atomic import atomic_write_text, require_folder_path, require_writable
 from camseg.core.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
 from camseg.core.precision import EVALUATE_DEFAULT
@@ -155,6 +156,7 @@ def evaluate(
     batch_size: int = 8,
     precision: EvaluatePrecision = EVALUATE_DEFAULT,
     out: Path | None = None,
+    tune_process: bool = False,
 ) -> Evaluation:
     """Score the model at `source` (run folder, model.pth, checkpoint or exported model.onnx) on
     a split, by default in the precision training validated in (the model file records it).
@@ -176,7 +178,14 @@ def evaluate(
     items = split_items(files, split)
     eval_size, native = _eval_size(size, mf)
     # the layers and NCHW layout of training's validation: the table's numbers to the last pixel
-    net = load_network(mf, device=device, precision=precision, policy="evaluate", exact=True)
+    net = load_network(
+        mf,
+        device=device,
+        precision=precision,
+        policy="evaluate",
+        exact=True,
+        tune_process=tune_process,
+    )
     dev = net.device
     read_label = label_reader(files)
     n, void = len(files.codes), files.void_index

@@ -4,9 +4,7 @@ answered at once), and the names and PNG tag of its outputs."""
 
 from __future__ import annotations
 
-import contextlib
 import glob
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,22 +72,10 @@ def is_own_output(path: Path) -> bool:
     if not (path.name.endswith(names) or path.name == LEGEND):
         return False
     try:
-        with pixel_limit_checked_here(), Image.open(path) as im:
+        with Image.open(path) as im:
             return im.format == "PNG" and im.info.get("Software") == SOFTWARE
     except Exception:  # not readable as an image: an input, and reported as unreadable later
         return False
-
-
-@contextlib.contextmanager
-def pixel_limit_checked_here() -> Iterator[None]:
-    """Pillow's decompression-bomb check off (its warning would reach the user raw): the reader
-    checks its own pixel limit, from the header, before decoding."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
 
 
 def refuse_earlier_outputs(targets: list[Path], exist_ok: bool) -> None:

@@ -112,6 +112,7 @@ def load_network(
     policy: InferencePolicy = "predict",
     tta: bool = False,
     exact: bool = False,
+    tune_process: bool = False,
 ) -> Network:
     """Load a run folder / model.pth / checkpoint / model.onnx (or a ModelFile read already)
     for inference; a model.onnx runs on ONNX Runtime (camseg.infer.onnx_runtime) in fp32.
@@ -123,7 +124,8 @@ def load_network(
     (camseg.infer.fold), which changes float rounding only. `exact` keeps the layers and layout
     training validated with: evaluate uses it to reproduce the training table's numbers on a
     CPU to the last pixel.
-    On a CPU the process keeps freed memory for the next pass (camseg.core.heap, process-wide).
+    `tune_process`: apply camseg's process-wide settings for inference first (`tune_process`);
+    the CLI's commands do, a library call leaves the process as it is unless asked.
     """
     mf = source if isinstance(source, ModelFile) else read_model(source)
     if is_onnx(mf.path):
@@ -133,10 +135,8 @@ def load_network(
         return net.with_flip_tta() if tta else net
     dev = resolve_device(device, "--device")
     chosen = inference_precision(precision, mf.precision, dev, policy)
-    if dev.type == "cuda":
-        cuda_kernels(deterministic=False)  # fixed input sizes: cuDNN's fastest kernels win
-    else:
-        keep_freed_memory()  # no page faults for each pass's activations
+    if tune_process:
+        tune_process_for(dev)
     model = mf.build().to(dev).eval()
     if not exact:
         fold_for_inference(model)
@@ -144,6 +144,18 @@ def load_network(
     info = dataclasses.replace(mf, state_dict={})  # the model holds the weights now
     net = Network(chosen.apply(model, dev), info, dev, chosen, channels_last=not exact)
     return net.with_flip_tta() if tta else net
+
+
+def tune_process_for(device: torch.device) -> None:
+    """The process-wide settings camseg's commands run inference with. On CUDA, cuDNN times its
+    kernels for each new input shape and keeps the fastest (inference sizes are fixed). On a
+    CPU, glibc keeps freed memory for the next pass instead of faulting each pass's activations
+    in again (camseg.core.heap). They change the whole process, so the library applies them only
+    when asked: `Segmenter(..., tune_process=True)`, `load_network(..., tune_process=True)`."""
+    if device.type == "cuda":
+        cuda_kernels(deterministic=False)
+    else:
+        keep_freed_memory()
 
 
 def class_mask(scores: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, get_args
 import numpy as np
 import torch
 
-from camseg.config.schema import EvaluatePrecision, Precision, PredictPrecision
+from camseg.config.values import EvaluatePrecision, Precision, PredictPrecision
 from camseg.core.precision import InferencePolicy, RunPrecision
 from camseg.errors import CamsegError, first_line, require_extra
 from camseg.model.files import ModelFile

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from camseg.config.schema import Format, PredictPrecision
+from camseg.config.values import Format, PredictPrecision
 from camseg.core.atomic import atomic_write, require_writable
 from camseg.core.device import resolve_device
 from camseg.core.precision import PREDICT_DEFAULT, predict_precision
@@ -31,7 +31,6 @@ from camseg.infer.inputs import (
     OUTPUT_SUFFIX,
     SOFTWARE,
     expand_inputs,
-    pixel_limit_checked_here,
     refuse_earlier_outputs,
 )
 from camseg.infer.network import read_model
@@ -127,6 +126,7 @@ def predict(
     formats: tuple[str, ...] = FORMATS,
     on_image: Callable[[dict | None], None] | None = None,
     exist_ok: bool = False,
+    tune_process: bool = False,
 ) -> PredictResult:
     """Segment images; write the requested formats under `out` at each input's resolution.
     An output that exists already is an error unless exist_ok (then it is replaced)."""
@@ -156,7 +156,7 @@ def predict(
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
 
-    seg = Segmenter(mf, device=device, precision=precision, tta=tta)
+    seg = Segmenter(mf, device=device, precision=precision, tta=tta, tune_process=tune_process)
     del mf  # the network holds the weights now (0.2 GB less)
     codes, palette = seg.classes, seg.colors
     result = PredictResult()
@@ -184,10 +184,9 @@ def predict(
 
     # On a CPU the network's own threads use every core; more decoding threads only preempt them.
     workers = 4 if dev.type == "cuda" else 1
-    with pixel_limit_checked_here():
-        for batch in _batches(images, batch_size, workers):
-            segment(batch)
-            batch.clear()  # its photos go before the next batch is decoded (400 MB at 100 MP)
+    for batch in _batches(images, batch_size, workers):
+        segment(batch)
+        batch.clear()  # its photos go before the next batch is decoded (400 MB at 100 MP)
     return result
 
 

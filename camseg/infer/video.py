@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from camseg.config.schema import PredictPrecision
+from camseg.config.values import PredictPrecision
 from camseg.core.atomic import atomic_write, require_writable
 from camseg.core.device import resolve_device
 from camseg.core.precision import PREDICT_DEFAULT, predict_precision
@@ -181,6 +181,7 @@ def predict_videos(
     on_video: Callable[[VideoInfo], None] | None = None,
     on_frame: Callable[[int, dict | None], None] | None = None,
     exist_ok: bool = False,
+    tune_process: bool = False,
 ) -> list[VideoResult]:
     """Segment video sources; write `formats` under `out` as <name>_overlay.mp4,
     <name>_color.mp4 and <name>_frames/<name>_<frame>_mask.png. Every source is opened before
@@ -217,7 +218,7 @@ def predict_videos(
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
-    seg = Segmenter(mf, device=device, precision=precision, tta=tta)
+    seg = Segmenter(mf, device=device, precision=precision, tta=tta, tune_process=tune_process)
 
     def before_videos() -> None:  # with the first video file: a failed call writes nothing
         nonlocal legend

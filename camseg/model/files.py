@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from camseg.config.schema import MAX_SIDE, ModelConfig, Precision
+from camseg.config.schema import ModelConfig
+from camseg.config.values import MAX_SIDE, Precision
 from camseg.core import __version__
 from camseg.core.atomic import atomic_torch_save
 from camseg.data.files import class_palette

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, get_args
 
-from camseg.config.schema import MAX_SIDE, Precision
+from camseg.config.values import MAX_SIDE, Precision
 from camseg.core import __version__
 from camseg.errors import CamsegError, require_extra
 from camseg.model.files import ModelFile

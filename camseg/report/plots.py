@@ -1,6 +1,9 @@
-"""Every figure camseg draws (matplotlib, Agg backend): lr finder, lr/momentum schedule, losses,
-image / ground truth / prediction grid with a legend of the classes shown, confusion heatmap.
-Each function writes one PNG; the results grid also its legend as CSV, for the report."""
+"""Every figure camseg draws: lr finder, lr/momentum schedule, losses, image / ground truth /
+prediction grid with a legend of the classes shown, confusion heatmap. Each function writes one
+PNG; the results grid also its legend as CSV, for the report.
+
+Figures are matplotlib `Figure` objects drawn straight to PNG, not pyplot's: no backend is chosen
+and no figure is kept, so a notebook that imports camseg keeps its own matplotlib setup."""
 
 from __future__ import annotations
 
@@ -9,12 +12,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
@@ -23,10 +23,9 @@ from camseg.data.files import class_palette, label_palette
 from camseg.model.network import IMAGENET_MEAN, IMAGENET_STD
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
 
 
 # What each of fastai's lr_find suggestions is, for the plot's legend
@@ -50,7 +49,8 @@ def plot_lr_find(
     lrs = [float(x) for x in recorder.lrs]
     losses = [float(x) for x in recorder.losses]
     skip = 5 if len(lrs) > 10 else 0  # the last steps diverge and squash the plot
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(lrs[: len(lrs) - skip], losses[: len(losses) - skip], color="C0")
     styles = zip(("C1", "C2", "C3", "C4"), ("--", ":", "-.", (0, (6, 2))), "osD^", strict=True)
     for (name, lr), (colour, dash, marker) in zip(suggested.items(), styles, strict=True):
@@ -73,7 +73,8 @@ def _stage_edges(stages: list[int]) -> list[int]:
 
 def plot_schedule(iters: dict[str, list], path: Path) -> None:
     """Learning rate and momentum against iteration, all stages (paper Fig. 7/8)."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
+    a1, a2 = fig.subplots(1, 2)
     a1.plot(iters["lr"])
     a1.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
     a2.plot(iters["mom"])
@@ -86,7 +87,8 @@ def plot_schedule(iters: dict[str, list], path: Path) -> None:
 
 def plot_losses(iters: dict[str, list], valid_points: list[list[float]], path: Path) -> None:
     """Smoothed train loss per iteration and valid loss per epoch (paper Fig. 11/12)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(iters["loss"], label="train")
     if valid_points:
         x, y = zip(*valid_points, strict=True)
@@ -113,7 +115,8 @@ def plot_grid(
     pal = label_palette(_colors(codes, colors))  # a ground truth's ignore value shows black
     cols = 3 if truths is not None else 2
     n = len(images)
-    fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 3 * n), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3 * n))
+    axes = fig.subplots(n, cols, squeeze=False)
     for r in range(n):
         panels = [images[r]] + ([pal[truths[r]]] if truths is not None else []) + [pal[preds[r]]]
         names = ["image"] + (["ground truth"] if truths is not None else []) + ["prediction"]
@@ -194,7 +197,8 @@ def plot_confusion(cm: np.ndarray, codes: list[str], path: Path) -> None:
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
     k = len(codes)
-    fig, ax = plt.subplots(figsize=(0.32 * k + 3, 0.32 * k + 2))
+    fig = Figure(figsize=(0.32 * k + 3, 0.32 * k + 2))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), codes, rotation=90, fontsize=7)
     ax.set_yticks(range(k), codes, fontsize=7)

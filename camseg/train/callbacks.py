@@ -6,26 +6,27 @@ settings (precision, channels_last, torch.compile) they are switched on with.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import Metric
 from fastai.torch_core import rank_distrib
 
-from camseg.config.schema import Config
-from camseg.core.atomic import atomic_link, atomic_torch_save
-from camseg.core.device import cpu_has_bf16
+from camseg.config.values import Precision
+from camseg.core.atomic import atomic_link, atomic_torch_save, atomic_write_text
 from camseg.core.metrics import acc_camvid, class_scores, confusion_matrix, miou
-from camseg.core.precision import training_precision
-from camseg.core.runs import Run, write_class_iou, write_history
-from camseg.errors import CamsegError
+from camseg.core.runs import Run
 from camseg.model.files import weights_sha256
 from camseg.train.checkpoint import CheckpointWriter, RunState, checkpoint_dict, load_opt_state
 
@@ -43,6 +44,40 @@ class EpochRow:
     miou: float
     lr: float
     seconds: float
+
+
+HISTORY_COLUMNS = (
+    "stage",
+    "stage_name",
+    "epoch",
+    "train_loss",
+    "valid_loss",
+    "acc_camvid",
+    "miou",
+    "lr",
+    "seconds",
+)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_class_iou(path: Path, codes: list[str], rows: list[dict]) -> None:
+    """per_class_iou.csv: stage, epoch, then each class's IoU; empty where the class is not
+    scored (Void, or in neither the labels nor the predictions), as mIoU leaves it out."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["stage", "epoch", *codes])
+    for row in rows:
+        ious = ["" if math.isnan(v) else f"{v:.6g}" for v in row["iou"]]
+        writer.writerow([row["stage"], row["epoch"], *ious])
+    atomic_write_text(path, buf.getvalue())
 
 
 class StopOnNaN(Callback):
@@ -221,28 +256,18 @@ class BF16Autocast(Callback):
             self.autocast = None
 
 
-def apply_speed_settings(learn: Any, cfg: Config, device: torch.device) -> None:
-    """train.fp16/bf16 (camseg.core.precision), channels_last and torch.compile on a learner."""
-    precision = training_precision(cfg.train.fp16, cfg.train.bf16, device)
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        log.warning(
-            "train.bf16=true on a CPU without native bfloat16: it is emulated, several times "
-            "slower than fp32; train.bf16=auto picks fp32 here"
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise CamsegError("train.bf16=true: this GPU has no bfloat16; use train.fp16 instead")
-    channels_last = (
-        device.type == "cuda" if cfg.train.channels_last == "auto" else cfg.train.channels_last
-    )
+def apply_speed_settings(
+    learn: Any, precision: Precision, device: torch.device, channels_last: bool, compile: bool
+) -> None:
+    """A plan's training precision (camseg.core.precision), channels-last and torch.compile on a
+    learner."""
     if channels_last:
-        from fastai.callback.channelslast import ChannelsLast
-
         learn.add_cb(ChannelsLast())
     if precision == "fp16":
         learn.to_fp16()
     elif precision == "bf16":
         learn.add_cb(BF16Autocast(device.type))
-    if cfg.train.compile:
+    if compile:
         # in place: the state_dict keys stay the plain module's, so checkpoints, model.pth and
         # resume are the same with and without it
         learn.model.compile()

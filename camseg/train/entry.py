@@ -31,6 +31,7 @@ from camseg.errors import CamsegError
 from camseg.train.checkpoint import load_checkpoint
 from camseg.train.distributed import share_path
 from camseg.train.lrfind import OnIter, Suggestions
+from camseg.train.plan import make_plan, read_recorded
 from camseg.train.trainer import EpochRow, Summary, Trainer, TrainingInterrupted
 
 __all__ = [
@@ -79,14 +80,19 @@ def train_new(
     batch."""
     cfg = _init_file_resolved(absolute_paths(cfg))  # config.yaml names the exact file taken
     _check_output_dir(cfg.output.dir)
-    trainer = Trainer(cfg, progress=progress)
+    plan = make_plan(cfg)
+    trainer = Trainer(plan, progress=progress)
     run_dir = None
     if rank_distrib() == 0:
-        run_dir = start_run(cfg, config_path, name, command, environment(trainer.device)).dir
+        folder = run_name(name, cfg.output.name, config_path=config_path)
+        env = environment(plan.device)
+        run = start_run(cfg.output.dir, folder, dump_config(cfg), command, env)
+        atomic_write_text(run.plan, plan.record())
+        run_dir = run.dir
     run_dir = share_path(run_dir)
     with _locked(run_dir):
         if on_start is not None and rank_distrib() == 0:
-            on_start(run_dir, describe_device(trainer.device, cfg))
+            on_start(run_dir, describe_device(plan.device, plan.precision, cfg.train.device))
         return trainer.run(run_dir, on_epoch=on_epoch, on_stage=on_stage)
 
 
@@ -113,10 +119,11 @@ def train_resume(
     cfg = load_config(run.config, overrides or [])
     _check_same_model(run_dir, absolute_paths(saved).model, absolute_paths(cfg).model)
     ckpt = load_checkpoint(run.last) if run.last.is_file() else None
-    weights = None  # the loss's weights as the run started with them, not counted again
-    if run.class_weights.is_file() and cfg.train.class_weights == saved.train.class_weights:
-        weights = json.loads(run.class_weights.read_text(encoding="utf-8"))
-    trainer = Trainer(cfg, ckpt=ckpt, progress=progress, class_weights=weights)
+    # what the run derived at its start (size, batch sizes, precision, the loss's weights) is
+    # taken back, not derived again on a machine or from labels that may have changed since
+    recorded = read_recorded(run.plan, run.class_weights, saved, cfg)
+    plan = make_plan(cfg, ckpt=ckpt, recorded=recorded)
+    trainer = Trainer(plan, ckpt=ckpt, progress=progress)
     # every check passed and nothing written: from here on this process owns the run (a resume
     # refused above leaves the folder as it was)
     with _locked(run.dir):
@@ -124,8 +131,10 @@ def train_resume(
             stray.unlink()
         if overrides and rank_distrib() == 0:
             atomic_write_text(run.config, dump_config(absolute_paths(cfg)))
+        if rank_distrib() == 0:
+            atomic_write_text(run.plan, plan.record())
         if on_start is not None and rank_distrib() == 0:
-            on_start(run.dir, describe_device(trainer.device, cfg))
+            on_start(run.dir, describe_device(plan.device, plan.precision, cfg.train.device))
         return trainer.run(run.dir, on_epoch=on_epoch, on_stage=on_stage)
 
 
@@ -171,11 +180,7 @@ def lr_find(
         )
     cfg = _init_file_resolved(cfg)
     stage = cfg.train.stages[stage_index]
-    bs = stage.batch_size or cfg.data.batch_size
-    trainer = Trainer(
-        cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": bs})}),
-        progress=progress,
-    )
+    trainer = Trainer(make_plan(cfg, first_stage=stage_index), progress=progress)
     learn = trainer.learn
     if stage.freeze:
         learn.freeze()

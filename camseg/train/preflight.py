@@ -8,37 +8,37 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from camseg.config.schema import Config
+from camseg.config.schema import DataConfig
 from camseg.core.atomic import require_folder_path
 from camseg.data.cache import cache_root
 from camseg.data.layouts import find_files
 from camseg.errors import CamsegError
 
 
-def check_data_folders(cfg: Config) -> None:
+def check_data_folders(data: DataConfig) -> None:
     """The folders training writes data into are not blocked by a file (checked before the
     slow work, so nothing is left half-made)."""
-    if cfg.data.cache is not False:
-        root = cache_root(cfg.data.cache)
+    if data.cache is not False:
+        root = cache_root(data.cache)
         require_folder_path(
             root, "data.cache", "set data.cache to a folder, or true for ~/.cache/camseg"
         )
-    if cfg.data.layout == "synthetic":
+    if data.layout == "synthetic":
         require_folder_path(
-            cfg.data.root, "data.root", "the synthetic layout generates its scenes into a folder"
+            data.root, "data.root", "the synthetic layout generates its scenes into a folder"
         )
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(data: DataConfig, output_dir: Path) -> None:
     """What a config names on disk, checked in a second before torch and fastai are imported
     (which takes 5-10 s): the data folders, and the dataset's own folders and files for a
     layout that is not generated. The full label check is the Trainer's, after this."""
-    check_data_folders(cfg)
+    check_data_folders(data)
     require_folder_path(
-        cfg.output.dir, "output.dir", "set output.dir to a folder, e.g. --set output.dir=runs"
+        output_dir, "output.dir", "set output.dir to a folder, e.g. --set output.dir=runs"
     )
-    if cfg.data.layout != "synthetic":
-        find_files(cfg.data)
+    if data.layout != "synthetic":
+        find_files(data)
 
 
 def check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:
@@ -58,9 +58,16 @@ def check_same_classes(root: Path, codes: list[str], ckpt: dict) -> None:
     )
 
 
-def check_batch_norm(cfg: Config, size: tuple[int, int], n_train: int, first_stage: int) -> None:
+def check_batch_norm(
+    size: tuple[int, int],
+    batch_sizes: dict[str, int],
+    n_train: int,
+    size_setting: tuple[int, int] | float,
+) -> None:
     """Refuse a size and batch size that leave BatchNorm one value per channel.
 
+    `batch_sizes`: the batch size asked for by each stage still to run, under the key that set
+    it (data.batch_size or train.stages[i].batch_size); `size_setting`: data.size as written.
     The ResNet encoder halves the frame five times (ceil each time), so its last block and
     the U-Net's middle block see ceil(H/32) x ceil(W/32) cells; BatchNorm needs more than
     one value per channel to train. At the smallest size, 32x32, that is one cell, so a
@@ -68,16 +75,14 @@ def check_batch_norm(cfg: Config, size: tuple[int, int], n_train: int, first_sta
     """
     h, w = size
     cells = math.ceil(h / 32) * math.ceil(w / 32)
-    for i, stage in enumerate(cfg.train.stages):
-        if i < first_stage:
-            continue
-        wanted = stage.batch_size or cfg.data.batch_size
+    for key, wanted in batch_sizes.items():
         if min(wanted, n_train) * cells > 1:
             continue
-        key = f"train.stages[{i}].batch_size" if stage.batch_size else "data.batch_size"
         why = f"{key}=1" if wanted == 1 else "a batch of 1 (the only training image)"
-        size = cfg.data.size
-        shown = f"{h}x{w}" if isinstance(size, tuple) else f"{size:g} ({h}x{w} here)"
+        if isinstance(size_setting, tuple):
+            shown = f"{h}x{w}"
+        else:
+            shown = f"{size_setting:g} ({h}x{w} here)"
         raise CamsegError(
             f"data.size {shown} with {why}: the U-Net's ResNet encoder reduces {h}x{w} to 1x1,"
             f" and BatchNorm cannot train on one value per channel; use a batch size of 2 "

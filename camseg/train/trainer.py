@@ -23,14 +23,13 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import get_model, num_distrib, rank_distrib, set_seed
 
-from camseg.config.schema import Config, LrSlice, StageConfig, TrainConfig
+from camseg.config.schema import StageConfig, TrainConfig
+from camseg.config.values import LrSlice
 from camseg.core.atomic import atomic_write_text
-from camseg.core.device import cuda_kernels, resolve_device
-from camseg.core.precision import validation_precision
+from camseg.core.device import cuda_kernels
 from camseg.core.runs import Run, write_summary
-from camseg.data import build_dataloaders, check_dataset, find_files, resolve_size
-from camseg.data.cache import cache_root
-from camseg.errors import CamsegError, require_extra, stop_signal, stops_held
+from camseg.data import build_dataloaders
+from camseg.errors import CamsegError, stop_signal, stops_held
 from camseg.model.files import load_init_weights, model_meta, write_model_file
 from camseg.model.network import build_learner
 from camseg.train.callbacks import (
@@ -51,12 +50,11 @@ from camseg.train.checkpoint import (
     restore_rng,
     training_weights,
 )
-from camseg.train.distributed import init_distributed, rank0_first
+from camseg.train.distributed import init_distributed
 from camseg.train.ema import ModelEMA
 from camseg.train.losses import build_loss
-from camseg.train.losses import class_weights as class_weights_of
 from camseg.train.lrfind import LrFindProgress, OnIter, Suggestions, suggest
-from camseg.train.preflight import check_batch_norm, check_data_folders, check_same_classes
+from camseg.train.plan import Plan
 from camseg.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -125,118 +123,53 @@ class Summary:
 
 
 class Trainer:
-    """A learner ready to run a config's stages: device chosen, data checked, weights loaded.
+    """A learner ready to run a plan's stages (camseg.train.plan, where everything that can
+    fail on bad input happened, before a run folder exists): data loaded, weights loaded."""
 
-    Everything that can fail on bad input happens here, before a run folder exists.
-    """
-
-    def __init__(
-        self,
-        cfg: Config,
-        ckpt: dict | None = None,
-        progress: bool = True,
-        class_weights: dict[str, float] | None = None,
-    ) -> None:
-        """class_weights: a resumed run's class_weights.json, used instead of counting the
-        labels again (which would differ if a label file changed since the run started)."""
-        self.cfg, self.ckpt = cfg, ckpt
-        self.device = resolve_device(cfg.train.device)
-        if cfg.train.compile and self.device.type != "cuda":
-            # measured with torch 2.14.1 on a CPU: fastai's U-Net fails in dynamo (its TensorBase
-            # subclass; with plain tensors, in inductor's BatchNorm) in the first epoch
-            raise CamsegError(
-                f"train.compile=true: torch.compile of fastai's U-Net fails on {self.device.type} "
-                f"(torch {torch.__version__}), in the first epoch; set train.compile=false"
-            )
-        if cfg.train.tensorboard:
-            require_extra(
-                "tensorboard",
-                extra="tensorboard",
-                what="train.tensorboard=true",
-                otherwise="set train.tensorboard=false",
-            )
-        check_data_folders(cfg)
-        state = RunState(**ckpt["state"]) if ckpt else RunState()
-        self.state = state
-        set_seed(cfg.train.seed, reproducible=cfg.train.deterministic)
-        cuda_kernels(cfg.train.deterministic)
+    def __init__(self, plan: Plan, ckpt: dict | None = None, progress: bool = True) -> None:
+        self.plan, self.ckpt = plan, ckpt
+        self.device, self.files, self.colors = plan.device, plan.files, plan.colors
+        self.size, self.n_train, self.class_weights = plan.size, plan.n_train, plan.class_weights
+        self.state = RunState(**ckpt["state"]) if ckpt else RunState()
+        set_seed(plan.train.seed, reproducible=plan.train.deterministic)
+        cuda_kernels(plan.train.deterministic)
         if num_distrib() > 1:
             init_distributed(self.device)
-        with rank0_first():  # rank 0 generates a synthetic set while the others wait
-            self.files = find_files(cfg.data)
-        self.colors = self.files.class_colors()  # model.pth, plots and TensorBoard show these
-        if ckpt:
-            check_same_classes(self.files.root, self.files.codes, ckpt)
-        report = check_dataset(self.files)
-        report.raise_if_bad()
-        self.n_train = report.n_train
-        self.size = resolve_size(cfg.data.size, self.files.images[0])
-        check_batch_norm(cfg, self.size, self.n_train, state.stage)
-        # counts for median_frequency are kept beside data.cache (its default folder when off);
-        # rank 0 counts while the others wait, then they read its cache
-        counts_root = cache_root(cfg.data.cache)
-        if class_weights is not None and set(class_weights) == set(self.files.codes):
-            self.class_weights = [float(class_weights[c]) for c in self.files.codes]
-        else:
-            with rank0_first():
-                self.class_weights = class_weights_of(
-                    cfg.train.class_weights, self.files, self.size, counts_root
-                )
-        stages = cfg.train.stages
-        first = stages[state.stage] if state.stage < len(stages) else stages[-1]
-        self.bs = self._batch_size(first)
-        dls = build_dataloaders(cfg.data, self.files, batch_size=self.bs, device=self.device)
+        self.bs = plan.batch_sizes[min(plan.first_stage, len(plan.batch_sizes) - 1)]
+        dls = build_dataloaders(plan.data, self.files, batch_size=self.bs, device=self.device)
         n, void = len(self.files.codes), self.files.void_index
-        # A resumed run takes its weights from the checkpoint: no download, no init_from.
-        model_cfg = cfg.model
-        if ckpt:
-            model_cfg = model_cfg.model_copy(
-                update={"pretrained": False, "weights": None, "init_from": None}
-            )
         learn = build_learner(
             dls,
-            model_cfg,
+            plan.model,
             codes=self.files.codes,
             metrics=[AccCamvid(n, void), MeanIoU(n, void)],
             path=Path("."),
-            wd=cfg.train.wd,
-            moms=cfg.train.moms,
+            wd=plan.train.wd,
+            moms=plan.train.moms,
             loss_func=build_loss(
-                cfg.train.loss, self.files.codes, self.class_weights, self.files.ignore_index
+                plan.train.loss, self.files.codes, self.class_weights, self.files.ignore_index
             ),
         )
-        if model_cfg.init_from is not None:  # progressive resizing: the half-size run's weights
-            load_init_weights(get_model(learn.model), model_cfg.init_from, self.files.codes)
+        if plan.model.init_from is not None:  # progressive resizing: the half-size run's weights
+            load_init_weights(get_model(learn.model), plan.model.init_from, self.files.codes)
         learn.logger = lambda *_: None  # the CLI prints the table
         learn.remove_cb(ProgressCallback)
         if progress and rank_distrib() == 0:
             learn.add_cb(BarsOnly())
-        apply_speed_settings(learn, cfg, self.device)
+        apply_speed_settings(
+            learn, plan.precision.name, self.device, plan.channels_last, plan.compile
+        )
         if ckpt:
             learn.model.load_state_dict(training_weights(ckpt))
         self.nan_guard = StopOnNaN()
         self.writer = CheckpointWriter()
         learn.add_cb(self.nan_guard)
         self.ema = None
-        if cfg.train.ema:  # from the loaded weights, or on resume the checkpoint's average
-            self.ema = ModelEMA(learn.model, cfg.train.ema_decay, **ema_state(ckpt))
+        if plan.train.ema:  # from the loaded weights, or on resume the checkpoint's average
+            self.ema = ModelEMA(learn.model, plan.train.ema_decay, **ema_state(ckpt))
         # callbacks that every stage's fit_one_cycle gets besides its RunRecorder (not lr_find's)
         self.stage_cbs: list[Callback] = [self.ema] if self.ema is not None else []
         self.learn = learn
-
-    def _batch_size(self, stage: StageConfig) -> int:
-        """The stage's batch size, at most the training set: fastai drops the last incomplete
-        training batch, so a batch larger than the set would train on nothing at all."""
-        bs = stage.batch_size or self.cfg.data.batch_size
-        if bs > self.n_train:
-            log.warning(
-                "batch size %d is larger than the %d training images; using %d",
-                bs,
-                self.n_train,
-                self.n_train,
-            )
-            return self.n_train
-        return bs
 
     def _distributed(self) -> Any:
         """fastai distrib_ctx (DistributedDataParallel) under torchrun/accelerate, else nothing."""
@@ -263,22 +196,22 @@ class Trainer:
             if self.class_weights is not None:
                 table = dict(zip(self.files.codes, self.class_weights, strict=True))
                 atomic_write_text(run.class_weights, json.dumps(table, indent=2) + "\n")
-        if self.cfg.train.tensorboard and rank_distrib() == 0:
+        if self.plan.train.tensorboard and rank_distrib() == 0:
             self.stage_cbs.append(
                 TensorBoardLog(run.tensorboard, self.files.codes, self.state, colors=self.colors)
             )
         meta = model_meta(
-            self.cfg.model,
+            self.plan.model,
             self.files.codes,
             self.size,
             ignore_index=self.files.ignore_index,
             colors=self.colors,
-            precision=validation_precision(self.cfg.train.fp16, self.cfg.train.bf16, self.device),
+            precision=self.plan.precision.validation,
         )
         try:
             try:
                 with self._distributed():
-                    for i, stage in enumerate(self.cfg.train.stages):
+                    for i, stage in enumerate(self.plan.train.stages):
                         if i > self.state.stage or (
                             i == self.state.stage and self.state.epochs_done < stage.epochs
                         ):
@@ -327,8 +260,8 @@ class Trainer:
                 self.files.codes,
                 self.colors,
             )
-        summary = _summary(run, self.state, self.cfg)
-        if rank_distrib() == 0 and not self.cfg.train.keep_checkpoints and self.state.history:
+        summary = _summary(run, self.state, self.plan.train.stages)
+        if rank_distrib() == 0 and not self.plan.train.keep_checkpoints and self.state.history:
             last_at = [self.state.history[-1]["stage"], self.state.history[-1]["epoch"]]
             finish_checkpoints(run.last, run.best, best_is_last=self.state.best_at == last_at)
         if rank_distrib() == 0:
@@ -351,10 +284,10 @@ class Trainer:
             # the first stage after a resume draws the random numbers the uninterrupted run
             # would have drawn at this point (the checkpoint was written right after its epoch)
             restore_rng(self.ckpt["rng"], learn.dls)
-        stage_bs = self._batch_size(stage)
+        stage_bs = self.plan.batch_sizes[i]
         if stage_bs != self.bs:
             learn.dls = build_dataloaders(
-                self.cfg.data, self.files, batch_size=stage_bs, device=self.device
+                self.plan.data, self.files, batch_size=stage_bs, device=self.device
             )
             self.bs = stage_bs
         start_epoch = state.epochs_done if i == state.stage else 0
@@ -376,13 +309,13 @@ class Trainer:
             i,
             name,
             meta,
-            self.cfg.model_dump(mode="json"),
+            self.plan.config,
             on_epoch,
             self.writer,
             resumed=resumed,
         )
         cbs = [recorder, *self.stage_cbs]
-        fit_stage(learn, stage, lr, self.cfg.train, cbs=cbs, start_epoch=start_epoch)
+        fit_stage(learn, stage, lr, self.plan.train, cbs=cbs, start_epoch=start_epoch)
         if self.nan_guard.where is not None:
             epoch, step = self.nan_guard.where
             last = run.last if run.last.exists() else "none yet"
@@ -411,7 +344,7 @@ class Trainer:
         iteration) as CSV beside the plot. on_iter hears of the progress (LrFindProgress)."""
         from camseg.report.plots import plot_lr_find
 
-        num_it = self.cfg.train.lr_find_iters
+        num_it = self.plan.train.lr_find_iters
         cbs = [LrFindProgress(num_it, on_iter)] if on_iter is not None else []
         with self.learn.added_cbs(cbs):
             self.learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
@@ -427,9 +360,8 @@ class Trainer:
         return found
 
 
-def _summary(run: Run, state: RunState, cfg: Config) -> Summary:
+def _summary(run: Run, state: RunState, stages: list[StageConfig]) -> Summary:
     hist = state.history
-    stages = cfg.train.stages
     best_stage, best_epoch = state.best_at or [0, 0]
     summary = Summary(
         run_dir=run.dir,

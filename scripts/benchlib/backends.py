@@ -126,15 +126,17 @@ def bench_backends(
         tmp = Path(tmp_name)
         frames = upscaled_frames(valid + train, tmp / "frames", n, size)
         exported = export_onnx(info, tmp / "model.onnx").path
+        # each with the process settings `camseg predict` runs with (tune_process)
+        tuned = {"device": "cpu", "tune_process": True}
         backends: dict[str, Callable[[], Segmenter]] = {
-            "pytorch-fp32": lambda: Segmenter(info, device="cpu", precision="fp32"),
-            "pytorch-bf16": lambda: Segmenter(info, device="cpu", precision="bf16"),
-            "onnxruntime-fp32": lambda: Segmenter(exported),
+            "pytorch-fp32": lambda: Segmenter(info, precision="fp32", **tuned),
+            "pytorch-bf16": lambda: Segmenter(info, precision="bf16", **tuned),
+            "onnxruntime-fp32": lambda: Segmenter(exported, **tuned),
         }
         if {"onnxruntime-int8-dynamic", "onnxruntime-int8-static"} - skip:
             calibration = upscaled_frames(train[-8:], tmp / "calibration", 8, size)
             for kind, path in quantized(exported, tmp, calibration, info).items():
-                backends[f"onnxruntime-int8-{kind}"] = lambda path=path: Segmenter(path)
+                backends[f"onnxruntime-int8-{kind}"] = lambda path=path: Segmenter(path, **tuned)
         segs = {name: make() for name, make in backends.items() if name not in skip}
         runners: dict[str, Callable[[Path], np.ndarray]] = {
             name: seg.predict for name, seg in segs.items()

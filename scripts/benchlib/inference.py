@@ -123,6 +123,7 @@ def _timed_side(name: str, job: dict) -> dict:
                 device=job["device"],
                 precision=job["precision"],
                 formats=("index",),
+                tune_process=True,  # as `camseg predict` does
             )
     else:
         from camseg.model.files import read_model_file

@@ -64,7 +64,7 @@ def overlap(clip: Path, model: Path, device: str, out: Path, rounds: int) -> dic
     from camseg.infer.video import predict_video
     from camseg.infer.video_io import h264_encoder, probe
 
-    seg = Segmenter(model, device=device)
+    seg = Segmenter(model, device=device, tune_process=True)  # as `camseg predict` does
     with av.open(str(clip)) as container:
         images = [f.to_image() for f in container.decode(video=0)]
     seg.masks(images[:1])  # first-call allocations
