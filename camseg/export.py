@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +17,8 @@ import numpy as np
 import torch
 
 from camseg.core import __version__
-from camseg.core.atomic import require_writable
-from camseg.core.runs import run_of, weights_of
+from camseg.core.atomic import atomic_write_new, require_writable
+from camseg.core.runs import model_file, run_of, weights_of
 from camseg.errors import CamsegError, first_line, require_extra
 from camseg.model.files import ModelFile, read_model_file
 from camseg.model.onnx_file import DOC, INPUT, OUTPUT, graph_sha256, is_onnx, metadata
@@ -80,11 +78,13 @@ def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
     target = out or default_onnx_path(where)
     require_writable(target.parent, "--out" if out is not None else "export writes to")
     start = time.perf_counter()
-    mf = source if isinstance(source, ModelFile) else read_model_file(source)
+    mf = source if isinstance(source, ModelFile) else read_model_file(model_file(source))
     model = _exportable(mf)
     data = _serialise(model, mf)
     diff = _check(data, model, mf)
-    path = _write_new(target, data, number=out is None)
+    path = atomic_write_new(target, lambda f: f.write(data), number=out is None)
+    if path is None:
+        raise CamsegError(f"--out {target} exists; camseg export never overwrites a file")
     return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start)
 
 
@@ -171,29 +171,3 @@ def _check(data: bytes, model: torch.nn.Module, mf: ModelFile) -> float:
             "nothing written"
         )
     return diff
-
-
-def _write_new(path: Path, data: bytes, *, number: bool) -> Path:
-    """Write data to path, atomically and never over an existing file: with number, the first
-    free of path, <stem>-2, -3, ...; without, an existing path is an error. (The file is written
-    whole under a temporary name, then hard-linked to its name, which fails if the name is
-    taken, even by another process between the check and the write.)"""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        for k in range(1, 10_000 if number else 2):
-            target = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                continue
-        if number:
-            raise CamsegError(f"{path.parent}: too many {path.stem}-N{path.suffix} files")
-        raise CamsegError(f"--out {path} exists; camseg export never overwrites a file")
-    finally:
-        Path(tmp).unlink(missing_ok=True)

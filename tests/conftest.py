@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -10,11 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SHARED_DATA, fast_args
 from typer.testing import CliRunner
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _shared(name: str) -> Path:
@@ -55,46 +51,6 @@ def cli():
     return run
 
 
-def fast_args(root: Path, out: Path, *extra: str) -> list[str]:
-    """tiny.yaml shrunk to seconds per epoch: 64x96 frames, resnet18, one epoch per stage."""
-    sets = [
-        f"data.root={root}",
-        "data.size=[64,96]",
-        "model.arch=resnet18",
-        "train.stages[0].epochs=1",
-        "train.stages[1].epochs=1",
-        f"output.dir={out}",
-        *extra,
-    ]
-    return ["--config", str(TINY), *[a for s in sets for a in ("--set", s)]]
-
-
-def history(run: Path) -> list[dict]:
-    with (run / "history.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
-def small_copy(camvid_tiny: Path, dst: Path, n_valid: int = 4, n_train: int = 16) -> Path:
-    """A few of camvid_tiny's validation and training frames: seconds per epoch, not minutes."""
-    valid = (camvid_tiny / "valid.txt").read_text().split()
-    images = sorted((camvid_tiny / "images").iterdir())
-    keep = [p for p in images if p.name in valid][:n_valid]
-    keep += [p for p in images if p.name not in valid][:n_train]
-    (dst / "images").mkdir(parents=True)
-    (dst / "labels").mkdir()
-    for p in keep:
-        shutil.copy(p, dst / "images" / p.name)
-        shutil.copy(camvid_tiny / "labels" / f"{p.stem}_P.png", dst / "labels")
-    shutil.copy(camvid_tiny / "codes.txt", dst)
-    (dst / "valid.txt").write_text("\n".join(p.name for p in keep[:n_valid]) + "\n")
-    return dst
-
-
-def written_dir(stdout: str) -> Path:
-    """The folder a command reported with its last `wrote FOLDER` line (evaluate's output)."""
-    return Path(stdout.rsplit("wrote ", 1)[-1].strip())
-
-
 def _stamps(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
@@ -103,8 +59,6 @@ def _stamps(folder: Path) -> dict[str, int]:
 def trained_run(tmp_path_factory, camvid_tiny):
     """One short real training run shared by the tests that only read its outputs. A test whose
     commands write into a run folder (evaluate, report, predict's default --out) takes run_copy."""
-    from typer.testing import CliRunner
-
     from camseg.cli import app
 
     out = tmp_path_factory.mktemp("runs")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,32 @@ def test_no_module_is_over_400_lines():
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400
     }
     assert not long
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/helpers.py and fixtures in conftest.py."""
+    tests = REPO / "tests"
+    names = {p.stem for p in tests.glob("test_*.py")} | {"conftest"}
+    found = []
+    for path in tests.glob("*.py"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            words = line.split()
+            if words[:1] in (["from"], ["import"]) and len(words) > 1 and words[1] in names:
+                found.append(f"{path.name}: {line.strip()}")
+    assert not found
+
+
+# Only these see the whole config; everything else takes the section or the values it uses.
+CONFIG_READERS = ("camseg/config/", "camseg/cli/", "camseg/train/entry.py", "camseg/train/plan.py")
+
+
+def test_only_the_top_sees_the_whole_config():
+    holders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = str(path.relative_to(REPO))
+        if name.startswith(CONFIG_READERS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "Config" for a in node.names):
+                holders.append(name)
+    assert not holders

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_copy
+from helpers import small_copy
 
 REPO = Path(__file__).resolve().parents[1]
 

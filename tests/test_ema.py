@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, fast_args, history, small_copy
-from test_faults import _resume_and_check, _train_cmd, _wait_rows
+from helpers import TINY, fast_args, history, resume_and_check, small_copy, train_cmd, wait_rows
 from torch import nn
 
 from camseg.config.load import load_config
@@ -106,7 +105,7 @@ def test_average_is_validated_checkpointed_and_saved(camvid_tiny, tmp_path):
 
 
 def _train(args: list[str]) -> None:
-    done = subprocess.run(_train_cmd(args), capture_output=True, text=True, check=False)
+    done = subprocess.run(train_cmd(args), capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -117,12 +116,12 @@ def test_resume_after_kill_9_continues_the_average(camvid_tiny, tmp_path):
     _train([*fast_args(root, runs, *EMA_SETS), "--name", "straight"])
 
     proc = subprocess.Popen(
-        _train_cmd([*fast_args(root, runs, *EMA_SETS), "--name", "k"]),
+        train_cmd([*fast_args(root, runs, *EMA_SETS), "--name", "k"]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     run = runs / "k"
-    _wait_rows(run, proc, 1)
+    wait_rows(run, proc, 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -135,7 +134,7 @@ def test_resume_after_kill_9_continues_the_average(camvid_tiny, tmp_path):
     assert _equal(trainer.ema.averaged, ckpt["model"])
     assert _equal(trainer.learn.model.state_dict(), ckpt["ema"]["train_model"])
 
-    _resume_and_check(run, [("0", "0"), ("1", "0")])  # each epoch once
+    resume_and_check(run, [("0", "0"), ("1", "0")])  # each epoch once
     ours = torch.load(run / "model.pth", weights_only=True)["model"]
     theirs = torch.load(runs / "straight" / "model.pth", weights_only=True)["model"]
     for key in theirs:

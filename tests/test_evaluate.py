@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import history, written_dir
+from helpers import history, written_dir
 
 from camseg.data.prepare import prepare_camseq01
 from camseg.model.files import read_model_file, weights_sha256

@@ -7,7 +7,6 @@ Run them alone with ./scripts/faults.sh (pytest -m faults).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -19,27 +18,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback
 from fault_cases import CONFIG_FAULTS, DATA_FAULTS, broken_copy, paint_unknown_colour
+from helpers import (
+    REPO,
+    TINY,
+    fast_args,
+    history,
+    one_line_error,
+    resume_and_check,
+    small_copy,
+    train_cmd,
+    wait_rows,
+)
 
 import camseg.train.trainer
 from camseg.core.runs import Run
 from camseg.errors import Terminated
 
 pytestmark = pytest.mark.faults
-
-
-def one_line_error(result, *needles: str) -> str:
-    """Exit code 2, exactly one stderr line, no traceback, containing every needle."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("camseg: error: ")
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # ---- bad config -------------------------------------------------------------------------
@@ -345,47 +342,15 @@ def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path
     assert json.loads((run / "summary.json").read_text())["lrs"]["0"] == 1e-3
 
 
-def _train_cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "camseg", "train", *args, "--no-progress"]
-
-
-def _wait_rows(run: Path, proc: subprocess.Popen, rows: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "history.csv").is_file() and len(history(run)) >= rows:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no {rows} epoch(s) in time: {proc.poll()}")
-
-
-def _resume_and_check(run: Path, expected: list[tuple[str, str]]) -> None:
-    done = subprocess.run(
-        _train_cmd(["--resume", str(run)]),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert [(r["stage"], r["epoch"]) for r in history(run)] == expected
-    with (run / "per_class_iou.csv").open() as f:  # rewritten like history.csv: no epoch twice
-        assert [(r["stage"], r["epoch"]) for r in csv.DictReader(f)] == expected
-    # finished: the optimizer state is dropped, the best epoch's weights kept where not the last
-    assert not (run / "checkpoints" / "last.pth").exists()
-    best = run / "checkpoints" / "best.pth"
-    if best.exists():
-        assert torch.load(best, weights_only=True)["format"] == "camseg-model"  # whole, not torn
-    assert (run / "model.pth").is_file()
-
-
 @pytest.mark.slow
 def test_kill_9_between_stages(camvid_tiny, tmp_path):
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages[1].epochs=2"), "--name", "k"]
-    proc = subprocess.Popen(_train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = tmp_path / "k"
-    _wait_rows(run, proc, 1)  # stage 0 has one epoch: now it is between stages or in stage 1
+    wait_rows(run, proc, 1)  # stage 0 has one epoch: now it is between stages or in stage 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    _resume_and_check(run, [("0", "0"), ("1", "0"), ("1", "1")])
+    resume_and_check(run, [("0", "0"), ("1", "0"), ("1", "1")])
 
 
 SLOW_WRITER = """
@@ -426,7 +391,7 @@ def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)  # the old one, whole
     assert ckpt["state"]["epochs_done"] == 1
     assert list(run.joinpath("checkpoints").glob(".last.pth.*.tmp"))  # the cut-short write
-    _resume_and_check(run, [("0", "0"), ("0", "1"), ("1", "0")])
+    resume_and_check(run, [("0", "0"), ("0", "1"), ("1", "0")])
     assert not list(run.joinpath("checkpoints").glob(".*.tmp"))
 
 
@@ -483,7 +448,7 @@ def test_sigterm_while_the_last_checkpoint_is_written(camvid_tiny, tmp_path):
     state = torch.load(run / "checkpoints" / "last.pth", weights_only=True)["state"]
     assert (state["stage"], state["epochs_done"]) == (1, 1)
     assert not list(run.rglob(".*.tmp"))
-    _resume_and_check(run, [("0", "0"), ("1", "0")])
+    resume_and_check(run, [("0", "0"), ("1", "0")])
 
 
 @pytest.mark.slow
@@ -511,7 +476,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path, sig, 
     """Ctrl-C, and SIGTERM (what `kill` and batch schedulers send) the same way."""
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "c"]
     proc = subprocess.Popen(
-        _train_cmd(args),
+        train_cmd(args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -520,14 +485,14 @@ def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path, sig, 
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     run = tmp_path / "c"
-    _wait_rows(run, proc, 1)
+    wait_rows(run, proc, 1)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, (stdout[-2000:], stderr[-2000:])
     assert f"training {said}; resume with: camseg train --resume {run}" in stderr
     assert "Traceback" not in stderr
     assert torch.load(run / "checkpoints" / "last.pth", weights_only=True)["state"]["epochs_done"]
-    _resume_and_check(run, [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0")])
+    resume_and_check(run, [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0")])
 
 
 @pytest.mark.faults
@@ -552,7 +517,7 @@ def test_a_stop_signal_in_any_command_is_one_line(cli, monkeypatch, raised, code
 def test_two_trainings_with_the_same_name_at_once(camvid_tiny, tmp_path):
     args = [*fast_args(camvid_tiny, tmp_path, "train.stages=[{epochs: 1}]"), "--name", "same"]
     procs = [
-        subprocess.Popen(_train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(2)
     ]
     for p in procs:

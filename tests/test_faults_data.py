@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, fast_args, small_copy
+from helpers import TINY, fast_args, one_line_error, small_copy
 from PIL import Image
-from test_faults import one_line_error
 
 from camseg.config.load import load_config
 from camseg.data import build_dataloaders, find_files

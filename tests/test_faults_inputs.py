@@ -10,8 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import fast_args, small_copy
-from test_faults import one_line_error
+from helpers import fast_args, one_line_error, small_copy
 
 pytestmark = pytest.mark.faults
 

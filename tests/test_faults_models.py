@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import one_line_error
+from helpers import one_line_error
 
 from camseg.model.files import read_model_file, weights_sha256
 

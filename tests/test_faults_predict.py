@@ -14,8 +14,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 from PIL import Image
-from test_faults import one_line_error
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]  # every case predicts with trained_run
 

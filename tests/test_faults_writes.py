@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fast_args, small_copy
-from test_faults import one_line_error
+from helpers import fast_args, one_line_error, small_copy
 
 from camseg.core.runs import Run, run_lock
 

@@ -12,8 +12,8 @@ from typing import get_args
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, fast_args, small_copy
 from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
+from helpers import TINY, fast_args, small_copy
 from PIL import Image
 
 import camseg.data.frequencies

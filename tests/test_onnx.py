@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import written_dir
+from helpers import written_dir
 from PIL import Image
 
 from camseg import CamsegError, Segmenter

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fast_args, small_copy
+from helpers import fast_args, small_copy
 from PIL import Image
 
 from camseg.config.load import load_config
@@ -181,7 +181,7 @@ def _palette_file(path: Path, lines: list[str]) -> Path:
     ids=["a class without colour", "too few colours", "not a number", "over 255", "mixed"],
 )
 def test_a_bad_palette_is_one_line(lines, needle, camvid_tiny, tmp_path, cli):
-    from test_faults import one_line_error
+    from helpers import one_line_error
 
     root = three_classes(camvid_tiny, tmp_path / "own", 2, 2)
     palette = _palette_file(tmp_path / "palette.txt", lines)
@@ -193,7 +193,7 @@ def test_a_bad_palette_is_one_line(lines, needle, camvid_tiny, tmp_path, cli):
 @pytest.mark.slow
 def test_a_palette_reaches_every_coloured_output(camvid_tiny, tmp_path, cli):
     from camseg import Segmenter
-    from camseg.infer.inputs import is_own_output
+    from camseg.infer.outputs import is_own_output
 
     root = three_classes(camvid_tiny, tmp_path / "own")
     palette = _palette_file(
@@ -298,7 +298,7 @@ def test_folders_layout_reads_palette_pngs_as_indices(camvid_tiny, tmp_path):
 
 @pytest.mark.faults
 def test_folders_faults_are_one_line(camvid_tiny, tmp_path, cli):
-    from test_faults import one_line_error
+    from helpers import one_line_error
 
     root = as_folders(three_classes(camvid_tiny, tmp_path / "own", 2, 2))
     base = fast_args(root, tmp_path / "runs", "data.layout=folders", "data.split=folders")
@@ -318,7 +318,7 @@ def test_folders_faults_are_one_line(camvid_tiny, tmp_path, cli):
 @pytest.mark.faults
 def test_folders_of_other_names(camvid_tiny, tmp_path, cli):
     """data.images and data.labels name the folders; a folder that is not there is one line."""
-    from test_faults import one_line_error
+    from helpers import one_line_error
 
     root = as_folders(three_classes(camvid_tiny, tmp_path / "own", 2, 2))
     (root / "images").rename(root / "photos")

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import history, written_dir
+from helpers import history, written_dir
 from PIL import Image
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, fast_args, small_copy
+from helpers import TINY, fast_args, small_copy
 
 import camseg.core.precision
 from camseg.config.load import load_config

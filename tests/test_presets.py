@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, small_copy
+from helpers import REPO, small_copy
 
 TINY_SETS = ["data.size=[64,96]", "model.arch=resnet18", "model.pretrained=false"]
 

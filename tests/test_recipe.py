@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, fast_args, history, small_copy
 from fastai.callback.core import Callback, CancelFitException
+from helpers import TINY, fast_args, history, small_copy
 
 from camseg.config.load import load_config
 from camseg.config.schema import StageConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from camseg.data.files import camvid_palette
 from camseg.model.files import read_model_file

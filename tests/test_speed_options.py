@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, fast_args, small_copy
 from fastai.callback.core import Callback, CancelFitException
+from helpers import TINY, fast_args, small_copy
 
 from camseg.config.load import load_config
 from camseg.core.device import cuda_kernels
@@ -83,7 +83,7 @@ def test_train_compile_on_a_cpu_is_refused_at_once(camvid_tiny, tmp_path, cli):
     """torch.compile of fastai's U-Net fails in the first epoch on a CPU (a 2,503-line
     RecursionError after 6 minutes, or inductor's BatchNorm error with plain tensors): refused
     before any data is read, in one line."""
-    from test_faults import one_line_error
+    from helpers import one_line_error
 
     args = fast_args(camvid_tiny, tmp_path / "runs", "train.compile=true", "train.device=cpu")
     one_line_error(cli("train", *args), "train.compile=true: torch.compile of fastai's U-Net")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import fast_args, history, small_copy
+from helpers import fast_args, history, small_copy
 
 
 @pytest.mark.slow

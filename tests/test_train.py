@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, fast_args, history, small_copy, written_dir
+from helpers import TINY, fast_args, history, small_copy, written_dir
 
 from camseg.config.load import load_config
 from camseg.core.runs import create_run_dir

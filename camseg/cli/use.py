@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -29,15 +29,15 @@ from camseg.cli.app import (
     user_errors,
 )
 from camseg.config.schema import Layout
-from camseg.config.values import EvaluatePrecision, Format, PredictPrecision, Split, parse_size
+from camseg.config.values import EvaluatePrecision, PredictPrecision, Split, parse_size
 from camseg.errors import CamsegError
 from camseg.infer.inputs import Inputs
+from camseg.infer.outputs import FORMATS
 
 SplitChoice = choices("SplitChoice", Split)
 LayoutChoice = choices("LayoutChoice", Layout)
 EvaluatePrecisionChoice = choices("EvaluatePrecisionChoice", EvaluatePrecision)
 PredictPrecisionChoice = choices("PredictPrecisionChoice", PredictPrecision)
-FORMATS: tuple[str, ...] = get_args(Format)
 
 
 @app.command("evaluate", cls=Command)
@@ -213,7 +213,8 @@ def predict(
     quiet_mode(quiet)
     from PIL import Image
 
-    from camseg.infer.inputs import LEGEND, expand_inputs
+    from camseg.infer.inputs import expand_inputs
+    from camseg.infer.outputs import LEGEND
     from camseg.infer.video_io import is_video_source
 
     # this process is the command's own: predict checks each image's pixels against its own

@@ -22,20 +22,53 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Call write(fileobj) on a temp file in path's folder (.NAME.PID.XXXX.tmp), then move it
     over path. Temporary files of `path` that a killed process left are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _written_temporary(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_new(path: Path, write: Callable[[IO[bytes]], Any], *, number: bool) -> Path | None:
+    """As atomic_write, but never over an existing file: with `number`, to the first free name
+    of path, <stem>-2, -3, ...; without, None when path exists. The file is written whole under
+    a temporary name, then hard-linked to its name, which fails if the name is taken, even by
+    another process between a check and the write."""
+    tmp = _written_temporary(path, write)
+    try:
+        for k in range(1, 10_000 if number else 2):
+            target = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        if number:
+            raise CamsegError(f"{path.parent}: too many {path.stem}-N{path.suffix} files")
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _written_temporary(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """write(fileobj) into a new temporary file beside path, flushed to disk, with the
+    permissions a new file of this process gets."""
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(
+    fd, name = tempfile.mkstemp(
         prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
     )
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def atomic_link(src: Path, dst: Path) -> None:
@@ -75,6 +108,14 @@ def require_writable(path: Path, what: str, fix: str = "choose a writable folder
 
 
 def _umask() -> int:
+    """The process's umask, read where Linux shows it; elsewhere set and put back at once (the
+    only portable way, which another thread making a file in between would see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -79,17 +79,17 @@ def _data_config(run: Run | None, data: Path | None, layout: Layout | None) -> D
     """The run's data section (or the defaults), with --data / --layout put in as they are."""
     if run is None and data is None:
         raise CamsegError("--model without a run folder needs --data DIR (a camvid-layout folder)")
-    cfg = load_config(run.config if run is not None else None)
+    section = load_config(run.config if run is not None else None).data
     update: dict[str, Any] = {}
     if data is not None:
         update |= {"root": data, "layout": layout or "camvid"}
     elif layout is not None:
         update["layout"] = layout
     # Evaluation never augments; synthetic data is read, not re-generated.
-    update["augment"] = cfg.data.augment.model_copy(update={"enabled": False})
-    if update.get("layout", cfg.data.layout) == "synthetic":
+    update["augment"] = section.augment.model_copy(update={"enabled": False})
+    if update.get("layout", section.layout) == "synthetic":
         update["layout"] = "camvid"
-    return cfg.data.model_copy(update=update)
+    return section.model_copy(update=update)
 
 
 def split_items(files: DatasetFiles, split: Split) -> list[Path]:

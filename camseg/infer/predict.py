@@ -13,30 +13,31 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
-import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from camseg.config.values import Format, PredictPrecision
-from camseg.core.atomic import atomic_write, require_writable
+from camseg.config.values import PredictPrecision
+from camseg.core.atomic import require_writable
 from camseg.core.device import resolve_device
 from camseg.core.precision import PREDICT_DEFAULT, predict_precision
 from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
 from camseg.infer.api import MAX_PIXELS, Segmenter, overlay
-from camseg.infer.inputs import (
+from camseg.infer.inputs import expand_inputs
+from camseg.infer.network import read_model
+from camseg.infer.outputs import (
+    FORMATS,
     LEGEND,
     OUTPUT_SUFFIX,
-    SOFTWARE,
-    expand_inputs,
+    auto_batch_size,
+    check_request,
+    class_shares,
+    legend_to_write,
     refuse_earlier_outputs,
+    save_png,
+    unique_names,
 )
-from camseg.infer.network import read_model
-from camseg.model.files import ModelFile
-
-FORMATS: tuple[str, ...] = get_args(Format)
 
 # Decode the next batch while the network runs this one, unless this one is already this big.
 AHEAD_PIXELS = 50_000_000
@@ -47,29 +48,6 @@ class PredictResult:
     written: list[dict] = field(default_factory=list)  # one record per image
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     renamed: list[tuple[Path, str]] = field(default_factory=list)  # input -> its output name
-
-
-def _output_names(images: list[Path]) -> list[str]:
-    """<stem>; an input whose stem an earlier one took gets <stem>-2, -3, ..., never a stem that
-    another input of the call has (dupA/x-2.png and a second x.png). Compared without case,
-    as macOS and Windows file systems do."""
-    stems = {p.stem.casefold() for p in images}
-    taken: set[str] = set()
-    names = []
-    for p in images:
-        name, k = p.stem, 1
-        while name.casefold() in taken or (k > 1 and name.casefold() in stems):
-            k += 1
-            name = f"{p.stem}-{k}"
-        taken.add(name.casefold())
-        names.append(name)
-    return names
-
-
-def save_png(path: Path, im: Image.Image) -> None:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)
-    atomic_write(path, lambda f: im.save(f, format="PNG", pnginfo=info))
 
 
 def _decode(path: Path) -> tuple[Image.Image | None, str | None]:
@@ -107,13 +85,6 @@ def _batches(images: list[Path], batch_size: int, workers: int) -> Iterator[Deco
                 pending = submit(k + 1)
 
 
-def auto_batch_size(device: torch.device) -> int:
-    """On a GPU batches keep it busy; on a CPU one image at a time is fastest (measured: a
-    ResNet34 U-Net at 360x480 runs 1.15 images/s at batch 1, 0.75 at batch 8 on 2 cores — the
-    activations of a big batch outgrow the caches)."""
-    return 16 if device.type == "cuda" else 1
-
-
 def predict(
     inputs: list[str],
     model_path: Path,
@@ -130,17 +101,13 @@ def predict(
 ) -> PredictResult:
     """Segment images; write the requested formats under `out` at each input's resolution.
     An output that exists already is an error unless exist_ok (then it is replaced)."""
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise CamsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
-    if batch_size is not None and batch_size < 1:
-        raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
+    check_request(formats, batch_size)
     dev = resolve_device(device, "--device")
     predict_precision(precision, dev)  # a precision this device cannot run: before any work
     batch_size = batch_size or auto_batch_size(dev)
     images = expand_inputs(inputs).images
     mf = read_model(model_path)  # model.pth, checkpoint or exported model.onnx
-    names = _output_names(images)
+    names = unique_names([p.stem for p in images], {p.stem for p in images})
     inputs_resolved = {p.resolve() for p in images}
     targets = [out / f"{name}_{OUTPUT_SUFFIX[fmt]}.png" for name in names for fmt in formats]
     for target in targets:
@@ -190,52 +157,6 @@ def predict(
     return result
 
 
-def legend_image(codes: list[str], colors: np.ndarray) -> Image.Image:
-    """Each class's colour beside its name, a row each (the colours of colour masks and
-    overlays)."""
-    from PIL import ImageDraw
-
-    row, width = 20, 40 + 8 * max(len(c) for c in codes)
-    im = Image.new("RGB", (width, row * len(codes) + 4), (255, 255, 255))
-    draw = ImageDraw.Draw(im)
-    for i, (name, rgb) in enumerate(zip(codes, colors, strict=True)):
-        y = 2 + i * row
-        draw.rectangle(
-            [4, y + 2, 20, y + 17], fill=tuple(int(v) for v in rgb), outline=(96, 96, 96)
-        )
-        draw.text((28, y + 4), name, fill=(0, 0, 0))
-    return im
-
-
-def legend_to_write(
-    out: Path, mf: ModelFile, formats: tuple[str, ...], exist_ok: bool
-) -> Image.Image | None:
-    """The legend.png that colour masks and overlays need in `out`, or None when none is
-    asked for or the same one is there already; a legend of another model's colours there is
-    an error unless exist_ok (checked before any work)."""
-    if not {"color", "overlay"} & set(formats):
-        return None
-    legend = legend_image(mf.codes, mf.palette())
-    path = out / LEGEND
-    if not path.is_file():
-        return legend
-    try:
-        with Image.open(path) as old:
-            same = old.size == legend.size and np.array_equal(
-                np.asarray(old.convert("RGB")), np.asarray(legend)
-            )
-    except Exception:  # unreadable: not the same
-        same = False
-    if same:
-        return None
-    if not exist_ok:
-        raise CamsegError(
-            f"{path} exists with other classes or colours (another model's); give another "
-            "--out, or --exist-ok to replace it"
-        )
-    return legend
-
-
 def _write(
     image: Path,
     name: str,
@@ -268,10 +189,9 @@ def _write(
             im.paste(Image.fromarray(palette[mask[r0:r1]], "RGB"), (0, r0))
         save_png(files["color"], im)
     counts = sum(np.bincount(mask[r0:r1].ravel(), minlength=len(codes)) for r0, r1 in bands)
-    total = mask.size
     return {
         "image": str(image),
         "size": [int(mask.shape[0]), int(mask.shape[1])],
         "outputs": {k: str(v) for k, v in files.items()},
-        "shares": {c: round(int(n) / total, 6) for c, n in zip(codes, counts, strict=True) if n},
+        "shares": class_shares(counts, codes),
     }

@@ -12,17 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from camseg.config.values import PredictPrecision
-from camseg.core.atomic import atomic_write, require_writable
+from camseg.core.atomic import require_writable
 from camseg.core.device import resolve_device
 from camseg.core.precision import PREDICT_DEFAULT, predict_precision
 from camseg.errors import CamsegError
 from camseg.infer.api import Segmenter, overlay
-from camseg.infer.inputs import LEGEND, SOFTWARE, refuse_earlier_outputs
 from camseg.infer.network import read_model
-from camseg.infer.predict import FORMATS, auto_batch_size, legend_to_write, save_png
+from camseg.infer.outputs import (
+    LEGEND,
+    auto_batch_size,
+    check_request,
+    class_shares,
+    legend_to_write,
+    refuse_earlier_outputs,
+    save_png,
+    unique_names,
+)
 from camseg.infer.video_io import (
     Frame,
     FrameReader,
@@ -52,12 +60,6 @@ class VideoResult:
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
-
-
-def _save_mask(path: Path, mask: np.ndarray) -> None:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)  # so a later folder expansion leaves it out
-    atomic_write(path, lambda f: Image.fromarray(mask, "L").save(f, format="PNG", pnginfo=info))
 
 
 def predict_video(
@@ -106,7 +108,7 @@ def predict_video(
                 record = _record(f, mask, info, codes)
                 if "index" in formats:
                     path = masks_dir / f"{info.name}_{f.index:06d}_mask.png"
-                    _save_mask(path, mask)
+                    save_png(path, Image.fromarray(mask, "L"))
                     record["outputs"]["index"] = str(path)
                 result.segmented += 1
             assert mask is not None  # frame 0 is always segmented
@@ -161,9 +163,7 @@ def _record(frame: Frame, mask: np.ndarray, info: VideoInfo, codes: list[str]) -
         "time": None if frame.time is None else round(frame.time, 3),
         "size": [int(mask.shape[0]), int(mask.shape[1])],
         "outputs": {},
-        "shares": {
-            c: round(int(n) / mask.size, 6) for c, n in zip(codes, counts, strict=True) if n
-        },
+        "shares": class_shares(counts, codes),
     }
 
 
@@ -187,17 +187,14 @@ def predict_videos(
     <name>_color.mp4 and <name>_frames/<name>_<frame>_mask.png. Every source is opened before
     anything is written; a read error part-way is in its result, not raised. An output that
     exists already is an error unless exist_ok (then it is replaced)."""
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise CamsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
+    check_request(formats, batch_size)
     if stride < 1:
         raise CamsegError(f"--stride must be at least 1, got {stride}")
-    if batch_size is not None and batch_size < 1:
-        raise CamsegError(f"--batch-size must be at least 1, got {batch_size}")
     dev = resolve_device(device, "--device")
     predict_precision(precision, dev)  # a precision this device cannot run: before any work
     infos = [probe(source) for source in expand_videos(inputs)]
-    infos = _unique_names(infos)
+    names = unique_names([info.name for info in infos])
+    infos = [dataclasses.replace(i, name=n) for i, n in zip(infos, names, strict=True)]
     targets = [
         out / (f"{info.name}_frames" if fmt == "index" else f"{info.name}_{fmt}.mp4")
         for info in infos
@@ -244,17 +241,3 @@ def predict_videos(
             )
         )
     return results
-
-
-def _unique_names(infos: list[VideoInfo]) -> list[VideoInfo]:
-    """A source whose output stem an earlier one took gets <stem>-2, -3, ... (as images do)."""
-    taken: set[str] = set()
-    unique = []
-    for info in infos:
-        name, k = info.name, 1
-        while name.casefold() in taken:
-            k += 1
-            name = f"{info.name}-{k}"
-        taken.add(name.casefold())
-        unique.append(dataclasses.replace(info, name=name))
-    return unique

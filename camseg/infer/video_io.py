@@ -24,10 +24,9 @@ from PIL import Image
 
 from camseg.core.atomic import remove_stale_temporaries
 from camseg.errors import CamsegError, require_extra
-from camseg.infer.inputs import SOFTWARE
+from camseg.infer.outputs import SOFTWARE
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
-INSTALL = "pip install 'camseg[video]'"
 # In order of preference. PyAV's PyPI wheels (av 18.1) bundle libx264; a build without it
 # may have Cisco's libopenh264; `h264` is whatever H.264 encoder the build calls its default.
 H264_ENCODERS = ("libx264", "libopenh264", "h264")
