@@ -3,6 +3,10 @@
 The only package that imports typer, prints or exits. A `CamsegError` from the library becomes
 one line on stderr and exit code 2. app.py holds what the commands share; data.py, train.py,
 use.py and export.py the commands themselves.
+
+The commands import the library inside their functions, after the arguments, config and paths
+are checked: torch and fastai take 4-8 s to import, and a mistake is answered in under a second
+without them (`import camseg.cli` loads neither).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from camseg.data.files import (
     read_names,
     read_palette,
 )
+from camseg.data.synth import generate
 from camseg.errors import CamsegError
 
 log = logging.getLogger(__name__)
@@ -338,8 +339,6 @@ def camseq01_files(root: Path, valid_file: str, opts: DataOptions = CONFIG_OPTIO
 
 def synthetic_files(cfg: DataConfig, opts: DataOptions = CONFIG_OPTIONS) -> DatasetFiles:
     """The synthetic set is generated into `root` the first time it is asked for."""
-    from camseg.data.synth import generate
-
     if not (cfg.root / "images").is_dir():
         s = cfg.synthetic
         log.info("generating %d synthetic scenes into %s", s.n, cfg.root)

@@ -34,6 +34,8 @@ from camseg.errors import CamsegError
 from camseg.infer.network import Network, class_mask, load_network, read_model, to_model_input
 from camseg.model.files import ModelFile
 from camseg.model.onnx_file import is_onnx
+from camseg.report.page import write_report
+from camseg.report.plots import plot_confusion
 
 EvalSize = tuple[int, int] | Literal["model", "native"]
 
@@ -218,8 +220,6 @@ def evaluate(
     }
     per_class = _write_outputs(out_dir, scores, without, files.codes, void, evaluated)
     if run is not None:
-        from camseg.report.page import write_report
-
         write_report(run.dir)
     return Evaluation(scores, without, per_class, out_dir, evaluated)
 
@@ -253,8 +253,6 @@ def _write_outputs(
     void: int | None,
     evaluated: dict,
 ) -> list[dict]:
-    from camseg.report.plots import plot_confusion
-
     cs = class_scores(torch.from_numpy(scores.cm), void)
     per_class = [
         {

@@ -32,6 +32,8 @@ from camseg.data import build_dataloaders
 from camseg.errors import CamsegError, stop_signal, stops_held
 from camseg.model.files import load_init_weights, model_meta, write_model_file
 from camseg.model.network import build_learner
+from camseg.report.page import write_report
+from camseg.report.plots import plot_lr_find, plot_run
 from camseg.train.callbacks import (
     AccCamvid,
     BarsOnly,
@@ -250,8 +252,6 @@ class Trainer:
             self.ema.copy_to(self.learn.model)
         if rank_distrib() == 0:
             write_model_file(run.model, get_model(self.learn.model), meta)
-            from camseg.report.plots import plot_run
-
             plot_run(
                 self.learn,
                 self.state.iters,
@@ -265,8 +265,6 @@ class Trainer:
             last_at = [self.state.history[-1]["stage"], self.state.history[-1]["epoch"]]
             finish_checkpoints(run.last, run.best, best_is_last=self.state.best_at == last_at)
         if rank_distrib() == 0:
-            from camseg.report.page import write_report
-
             write_report(run.dir)
         return summary
 
@@ -342,8 +340,6 @@ class Trainer:
         """fastai lr_find: its four suggestions (valley, slide, minimum, steep; one the curve
         cannot give is None, with why), plotted, and the curve itself (lr, smoothed loss per
         iteration) as CSV beside the plot. on_iter hears of the progress (LrFindProgress)."""
-        from camseg.report.plots import plot_lr_find
-
         num_it = self.plan.train.lr_find_iters
         cbs = [LrFindProgress(num_it, on_iter)] if on_iter is not None else []
         with self.learn.added_cbs(cbs):
