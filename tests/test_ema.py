@@ -83,7 +83,7 @@ EMA_SETS = ("data.batch_size=4", "train.ema=true", "train.ema_decay=0.3")  # 2 s
 def test_average_is_validated_checkpointed_and_saved(camvid_tiny, tmp_path):
     root = small_copy(camvid_tiny, tmp_path / "data", n_valid=4, n_train=8)
     args = fast_args(root, tmp_path, *EMA_SETS, "train.keep_checkpoints=true")
-    trainer = Trainer(load_config(TINY, args[3::2]), progress=False)  # the --set values
+    trainer = Trainer(make_plan(load_config(TINY, args[3::2])), progress=False)  # the --set values
     assert trainer.ema is not None and trainer.ema.decay == 0.3
     run = tmp_path / "run"
     run.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastai.torch_core import rank_distrib
+from fastai.torch_core import num_distrib, rank_distrib
 
 from camseg.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from camseg.core.device import cpu_has_bf16, resolve_device
@@ -27,7 +27,7 @@ from camseg.data import check_dataset, find_files, resolve_size
 from camseg.data.cache import cache_root
 from camseg.data.layouts import DatasetFiles
 from camseg.errors import CamsegError, require_extra
-from camseg.train.distributed import rank0_first
+from camseg.train.distributed import init_distributed, rank0_first
 from camseg.train.losses import class_weights as class_weights_of
 from camseg.train.preflight import check_batch_norm, check_data_folders, check_same_classes
 
@@ -96,6 +96,8 @@ def make_plan(
             otherwise="set train.tensorboard=false",
         )
     check_data_folders(cfg.data)
+    if num_distrib() > 1:  # torchrun / accelerate: join the process group before rank0_first
+        init_distributed(device)
     precision = recorded.precision_on(device) or resolve_training_precision(
         cfg.train.fp16, cfg.train.bf16, device
     )

@@ -52,7 +52,6 @@ from camseg.train.checkpoint import (
     restore_rng,
     training_weights,
 )
-from camseg.train.distributed import init_distributed
 from camseg.train.ema import ModelEMA
 from camseg.train.losses import build_loss
 from camseg.train.lrfind import LrFindProgress, OnIter, Suggestions, suggest
@@ -135,8 +134,6 @@ class Trainer:
         self.state = RunState(**ckpt["state"]) if ckpt else RunState()
         set_seed(plan.train.seed, reproducible=plan.train.deterministic)
         cuda_kernels(plan.train.deterministic)
-        if num_distrib() > 1:
-            init_distributed(self.device)
         self.bs = plan.batch_sizes[min(plan.first_stage, len(plan.batch_sizes) - 1)]
         dls = build_dataloaders(plan.data, self.files, batch_size=self.bs, device=self.device)
         n, void = len(self.files.codes), self.files.void_index
