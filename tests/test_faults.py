@@ -278,7 +278,7 @@ def test_cuda_out_of_memory(camvid_tiny, tmp_path, cli, monkeypatch):
 
 @pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(
-    camvid_tiny, tmp_path, cli, monkeypatch
+    camvid_small, tmp_path, cli, monkeypatch
 ):
     real_save = torch.save
     calls = {"n": 0}
@@ -290,7 +290,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_disk)  # what atomic_torch_save calls
-    line = one_line_error(cli("train", *fast_args(camvid_tiny, tmp_path)), "No space left")
+    line = one_line_error(cli("train", *fast_args(camvid_small, tmp_path)), "No space left")
     assert "--resume" in line
     [run] = tmp_path.iterdir()
     ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
@@ -315,7 +315,9 @@ class _InjectNaN(Callback):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path, cli, monkeypatch):
+def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(
+    camvid_small, tmp_path, cli, monkeypatch
+):
     real = camseg.train.trainer.build_learner
 
     def build(*args, **kwargs):
@@ -324,7 +326,7 @@ def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path
         return learn
 
     monkeypatch.setattr(camseg.train.trainer, "build_learner", build)
-    args = fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=2")
+    args = fast_args(camvid_small, tmp_path, "train.stages[0].epochs=2")
     line = one_line_error(
         cli("train", *args, "--name", "nan"), "loss became NaN/inf at epoch 1 step 3"
     )
@@ -343,8 +345,8 @@ def test_nan_loss_stops_the_stage_and_keeps_the_checkpoint(camvid_tiny, tmp_path
 
 
 @pytest.mark.slow
-def test_kill_9_between_stages(camvid_tiny, tmp_path):
-    args = [*fast_args(camvid_tiny, tmp_path, "train.stages[1].epochs=2"), "--name", "k"]
+def test_kill_9_between_stages(camvid_small, tmp_path):
+    args = [*fast_args(camvid_small, tmp_path, "train.stages[1].epochs=2"), "--name", "k"]
     proc = subprocess.Popen(train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = tmp_path / "k"
     wait_rows(run, proc, 1)  # stage 0 has one epoch: now it is between stages or in stage 1
@@ -372,9 +374,9 @@ main()
 
 
 @pytest.mark.slow
-def test_kill_9_inside_a_checkpoint_write(camvid_tiny, tmp_path):
+def test_kill_9_inside_a_checkpoint_write(camvid_small, tmp_path):
     mark = tmp_path / "writing"
-    args = [*fast_args(camvid_tiny, tmp_path / "runs", "train.stages[0].epochs=2"), "--name", "w"]
+    args = [*fast_args(camvid_small, tmp_path / "runs", "train.stages[0].epochs=2"), "--name", "w"]
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITER, "train", *args, "--no-progress"],
         env={**os.environ, "CAMSEG_TEST_MARK": str(mark)},
@@ -472,9 +474,9 @@ def test_sigterm_while_the_final_files_are_written(camvid_tiny, tmp_path):
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
     ids=["ctrl-c", "sigterm"],
 )
-def test_ctrl_c_saves_and_prints_the_resume_command(camvid_tiny, tmp_path, sig, code, said):
+def test_ctrl_c_saves_and_prints_the_resume_command(camvid_small, tmp_path, sig, code, said):
     """Ctrl-C, and SIGTERM (what `kill` and batch schedulers send) the same way."""
-    args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "c"]
+    args = [*fast_args(camvid_small, tmp_path, "train.stages[0].epochs=3"), "--name", "c"]
     proc = subprocess.Popen(
         train_cmd(args),
         stdout=subprocess.PIPE,
@@ -514,8 +516,8 @@ def test_a_stop_signal_in_any_command_is_one_line(cli, monkeypatch, raised, code
 
 
 @pytest.mark.slow
-def test_two_trainings_with_the_same_name_at_once(camvid_tiny, tmp_path):
-    args = [*fast_args(camvid_tiny, tmp_path, "train.stages=[{epochs: 1}]"), "--name", "same"]
+def test_two_trainings_with_the_same_name_at_once(camvid_small, tmp_path):
+    args = [*fast_args(camvid_small, tmp_path, "train.stages=[{epochs: 1}]"), "--name", "same"]
     procs = [
         subprocess.Popen(train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(2)

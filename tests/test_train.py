@@ -213,8 +213,8 @@ def test_run_folders_never_clobber(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_mid_stage(camvid_tiny, tmp_path):
-    args = [*fast_args(camvid_tiny, tmp_path, "train.stages[0].epochs=3"), "--name", "r"]
+def test_resume_after_kill_9_mid_stage(camvid_small, tmp_path):
+    args = [*fast_args(camvid_small, tmp_path, "train.stages[0].epochs=3"), "--name", "r"]
     cmd = [sys.executable, "-m", "camseg", "train", *args, "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "r"
