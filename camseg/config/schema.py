@@ -1,5 +1,6 @@
 """The typed config tree (data, model, train, output): every key, its type, default, check and
-description. Defaults live here and only here; preset YAML files hold what differs. Reading a
+description. Defaults live here and only here; preset YAML files hold what differs. The kinds of
+value keys take (choices, sizes, bounds, learning rates) are camseg.config.values'; reading a
 file and `--set` overrides are camseg.config.load's.
 """
 

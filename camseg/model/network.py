@@ -5,7 +5,6 @@ camseg.train's: this module only builds."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import pickle
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,8 +17,6 @@ from torchvision import models
 
 from camseg.config.schema import ModelConfig
 from camseg.errors import CamsegError
-
-log = logging.getLogger(__name__)
 
 # name -> (torchvision constructor, its ImageNet weights)
 ARCHS: dict[str, tuple[Callable[..., nn.Module], models.WeightsEnum]] = {

@@ -120,14 +120,14 @@ def make_plan(
     stages = cfg.train.stages
     if first_stage is None:
         first_stage = ckpt["state"].get("stage", 0) if ckpt else 0
-    wanted = {
-        (f"train.stages[{i}].batch_size" if s.batch_size else "data.batch_size"): (
-            s.batch_size or cfg.data.batch_size
-        )
+    # each stage's batch size as asked, under the key that asked for it
+    asked = [
+        (f"train.stages[{i}].batch_size", s.batch_size)
+        if s.batch_size
+        else ("data.batch_size", cfg.data.batch_size)
         for i, s in enumerate(stages)
-        if i >= first_stage
-    }
-    check_batch_norm(size, wanted, n_train, cfg.data.size)
+    ]
+    check_batch_norm(size, dict(asked[first_stage:]), n_train, cfg.data.size)
     if recorded.class_weights is not None and set(recorded.class_weights) == set(files.codes):
         weights: list[float] | None = [float(recorded.class_weights[c]) for c in files.codes]
     else:
@@ -137,9 +137,7 @@ def make_plan(
             weights = class_weights_of(
                 cfg.train.class_weights, files, size, cache_root(cfg.data.cache)
             )
-    batch_sizes = recorded.batch_sizes or tuple(
-        _capped(s.batch_size or cfg.data.batch_size, n_train) for s in stages
-    )
+    batch_sizes = recorded.batch_sizes or tuple(_capped(bs, n_train) for _, bs in asked)
     model = cfg.model
     if ckpt:  # a resumed run takes its weights from the checkpoint: no download, no init_from
         model = model.model_copy(update={"pretrained": False, "weights": None, "init_from": None})
