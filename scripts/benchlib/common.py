@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -148,6 +149,22 @@ def upscaled_frames(frames: list[Path], dst: Path, n: int, size: Size) -> list[P
         Image.open(src).convert("RGB").resize(size[::-1], Image.BILINEAR).save(p)
         out.append(p)
     return out
+
+
+def camvid_subset(data: Path, dst: Path, n_valid: int, n_train: int) -> Path:
+    """The first n_valid validation and n_train training frames of a camvid-layout folder, with
+    their labels, as a folder of their own (for --quick runs, which only check that it runs)."""
+    valid = [n for n in (data / "valid.txt").read_text().split() if n][:n_valid]
+    train = sorted(p.name for p in (data / "images").iterdir() if p.name not in set(valid))
+    (dst / "images").mkdir(parents=True)
+    (dst / "labels").mkdir()
+    (dst / "codes.txt").write_text((data / "codes.txt").read_text())
+    (dst / "valid.txt").write_text("".join(f"{n}\n" for n in valid))
+    for name in valid + train[:n_train]:
+        shutil.copy(data / "images" / name, dst / "images" / name)
+        label = f"{Path(name).stem}_P.png"
+        shutil.copy(data / "labels" / label, dst / "labels" / label)
+    return dst
 
 
 def untrained_model_file(path: Path, arch: str, size: Size, codes: list[str]) -> Path:
