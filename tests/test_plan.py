@@ -4,6 +4,7 @@ and taken back by a resume instead of being derived again."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -77,7 +78,7 @@ def test_a_recorded_value_is_kept_unless_its_setting_changed(camvid_tiny, tmp_pa
 
 @pytest.mark.slow
 def test_a_resumed_run_trains_in_the_precision_its_plan_recorded(
-    camvid_tiny, tmp_path, monkeypatch
+    camvid_tiny, tmp_path, monkeypatch, caplog
 ):
     """bf16 auto, derived on a CPU with native bf16, stays bf16 when the run resumes on a CPU
     that would derive fp32: one run does not change precision half-way."""
@@ -103,7 +104,9 @@ def test_a_resumed_run_trains_in_the_precision_its_plan_recorded(
     assert json.loads((run / "plan.json").read_text())["precision"] == "bf16"
     assert "bf16 autocast (train.bf16 auto: this CPU has native bf16)" in lines[-1]
     monkeypatch.setattr(camseg.core.precision, "cpu_has_bf16", lambda: False)
-    summary = train_resume(run, progress=False, on_start=lambda run, line: lines.append(line))
+    with caplog.at_level(logging.WARNING, logger="camseg.train.plan"):
+        summary = train_resume(run, progress=False, on_start=lambda run, line: lines.append(line))
+    assert "this run started in bf16 (plan.json) on a CPU without native bfloat16" in caplog.text
     assert summary.epochs == 3
     assert lines[-1].endswith(
         "bf16 autocast (as this run started; train.bf16 auto: this CPU has native bf16)"

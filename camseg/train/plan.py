@@ -21,8 +21,8 @@ import torch
 from fastai.torch_core import num_distrib, rank_distrib
 
 from camseg.config.schema import Config, DataConfig, ModelConfig, TrainConfig
-from camseg.core.device import cpu_has_bf16, resolve_device
-from camseg.core.precision import TrainingPrecision, resolve_training_precision
+from camseg.core.device import resolve_device
+from camseg.core.precision import TrainingPrecision, native_bf16, resolve_training_precision
 from camseg.data import check_dataset, find_files, resolve_size
 from camseg.data.cache import cache_root
 from camseg.data.layouts import DatasetFiles
@@ -101,10 +101,18 @@ def make_plan(
     precision = recorded.precision_on(device) or resolve_training_precision(
         cfg.train.fp16, cfg.train.bf16, device
     )
-    if precision.name == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+    if precision.name == "bf16" and device.type == "cpu" and not native_bf16(device):
+        why, instead = "train.bf16=true", "train.bf16=auto picks fp32 here"
+        if precision.recorded:
+            why, instead = (
+                "this run started in bf16 (plan.json)",
+                "--set train.bf16=false goes on in fp32",
+            )
         log.warning(
-            "train.bf16=true on a CPU without native bfloat16: it is emulated, several times "
-            "slower than fp32; train.bf16=auto picks fp32 here"
+            "%s on a CPU without native bfloat16: it is emulated, several times slower than "
+            "fp32; %s",
+            why,
+            instead,
         )
     channels_last = cfg.train.channels_last
     if channels_last == "auto":
