@@ -20,13 +20,12 @@ if TYPE_CHECKING:  # no torch at run time: the CLI checks its inputs before torc
 
     from camseg.model.files import ModelFile
 
+FORMATS: tuple[str, ...] = get_args(Format)  # index, color, overlay
 # The file name's ending for each output format: x.png -> x_mask.png, x_color.png, x_overlay.png
 OUTPUT_SUFFIX = {"index": "mask", "color": "color", "overlay": "overlay"}
 
-
 # PNG text on every file predict writes, so that a later folder expansion can tell them apart.
 SOFTWARE = "camseg"
-
 
 # Beside colour masks and overlays: each class's colour and name.
 LEGEND = "legend.png"
@@ -57,9 +56,6 @@ def refuse_earlier_outputs(targets: list[Path], exist_ok: bool) -> None:
                 f"{target} exists (an earlier output); give another --out, or --exist-ok to "
                 f"replace the outputs of the same names"
             )
-
-
-FORMATS: tuple[str, ...] = get_args(Format)
 
 
 def save_png(path: Path, im: Image.Image) -> None:
