@@ -47,6 +47,11 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
+def emulated_bf16(precision: Precision, device: torch.device) -> bool:
+    """bf16 on a CPU without native bf16: emulated, several times slower than fp32."""
+    return precision == "bf16" and device.type == "cpu" and not native_bf16(device)
+
+
 @dataclass(frozen=True)
 class TrainingPrecision:
     """What a run trains in on its device, decided once (camseg.train.plan), and why."""
@@ -74,7 +79,7 @@ def resolve_training_precision(
     if name == "fp16" and fp16 == "auto":
         reason = "train.fp16 auto: on for CUDA"
     elif bf16 != "auto" or name == "fp16":
-        emulated = name == "bf16" and device.type == "cpu" and not cpu_has_bf16()
+        emulated = emulated_bf16(name, device)
         reason = (
             "train.bf16 true, but this CPU has no native bf16: emulated, slower than fp32"
             if emulated

@@ -22,7 +22,7 @@ from fastai.torch_core import num_distrib, rank_distrib
 
 from camseg.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from camseg.core.device import resolve_device
-from camseg.core.precision import TrainingPrecision, native_bf16, resolve_training_precision
+from camseg.core.precision import TrainingPrecision, emulated_bf16, resolve_training_precision
 from camseg.data import check_dataset, find_files, resolve_size
 from camseg.data.cache import cache_root
 from camseg.data.layouts import DatasetFiles
@@ -101,7 +101,7 @@ def make_plan(
     precision = recorded.precision_on(device) or resolve_training_precision(
         cfg.train.fp16, cfg.train.bf16, device
     )
-    if precision.name == "bf16" and device.type == "cpu" and not native_bf16(device):
+    if emulated_bf16(precision.name, device):
         why, instead = "train.bf16=true", "train.bf16=auto picks fp32 here"
         if precision.recorded:
             why, instead = (
