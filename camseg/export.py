@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,13 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from camseg.core import __version__
 from camseg.core.atomic import atomic_write_new, require_writable
-from camseg.core.runs import model_file, run_of, weights_of
+from camseg.core.runs import model_file, run_of
+from camseg.data.files import load_rgb
 from camseg.errors import CamsegError, first_line, require_extra
-from camseg.model.files import ModelFile, read_model_file
-from camseg.model.onnx_file import DOC, INPUT, OUTPUT, graph_sha256, is_onnx, metadata
+from camseg.model.files import ModelFile, read_model_file, to_model_input
+from camseg.model.onnx_file import (
+    DOC,
+    INPUT,
+    OUTPUT,
+    graph_sha256,
+    is_onnx,
+    metadata,
+    run_export_name,
+)
 
 # The exported graph's scores may differ from PyTorch's by float rounding only (ONNX Runtime fuses
 # and reorders the arithmetic); anything past this, relative to the largest score, is a bad export.
@@ -37,12 +48,28 @@ class Export:
     n_classes: int
     max_abs_diff: float  # ONNX Runtime vs PyTorch class scores on the check batch
     seconds: float
+    int8: Int8Check | None = None  # --int8: how the quantized graph was made and how it agrees
 
 
-def default_onnx_path(source: Path) -> Path:
+@dataclass(frozen=True)
+class Int8Frames:
+    """The frames an int8 export calibrates on (training frames) and checks on (validation)."""
+
+    calibration: list[Path]
+    check: list[Path]
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    calibration_frames: int
+    check_frames: int
+    agreement: float  # share of mask pixels (at the model's size) equal to the fp32 graph's
+
+
+def default_onnx_path(source: Path, int8: bool = False) -> Path:
     """Where `camseg export` writes without --out: RUN/model.onnx for a run (or a model file in
     one; RUN/best.onnx for its best epoch's weights), else <stem>.onnx beside a lone model
-    file."""
+    file; with int8, model-int8.onnx, best-int8.onnx, <stem>-int8.onnx."""
     run = run_of(source)
     if run is not None and not run.finished:
         raise CamsegError(
@@ -51,11 +78,37 @@ def default_onnx_path(source: Path) -> Path:
             f"{source.name} now"
         )
     if run is not None:
-        return run.dir / ("best.onnx" if weights_of(source) == "best" else "model.onnx")
-    return source.with_suffix(".onnx")
+        return run.dir / run_export_name(source, int8)
+    return source.with_name(source.stem + ("-int8.onnx" if int8 else ".onnx"))
 
 
-def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
+def int8_frames(source: Path, calibration: int = 32, check: int = 20) -> Int8Frames:
+    """Up to `calibration` of the run's own training frames and `check` of its validation
+    frames, evenly spread over each split, for an int8 export of a run's model."""
+    from camseg.config.load import load_config
+    from camseg.data import find_files
+    from camseg.data.layouts import split_items
+
+    run = run_of(source)
+    if run is None:
+        raise CamsegError(
+            f"{source}: --int8 calibrates on the training frames of the model's run; give a run "
+            "folder or a model file inside one"
+        )
+    files = find_files(load_config(run.config).data)
+    return Int8Frames(
+        spread(split_items(files, "train"), calibration), spread(split_items(files, "valid"), check)
+    )
+
+
+def spread(items: list[Path], n: int) -> list[Path]:
+    """n of the items, evenly spaced (all of them when there are no more than n)."""
+    return [items[k * len(items) // n] for k in range(n)] if len(items) > n else items
+
+
+def export_onnx(
+    source: Path | ModelFile, out: Path | None = None, int8: Int8Frames | None = None
+) -> Export:
     """Export the model at `source` (run folder, model.pth or checkpoint, or one read already)
     to ONNX.
 
@@ -66,6 +119,9 @@ def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
 
     `out` None: `default_onnx_path`, or its -2, -3, ... when that exists; an `out` that exists
     is refused. Either way an existing file is never overwritten.
+
+    `int8`: write the graph quantized to int8 instead (`_quantize`), calibrated on
+    `int8.calibration` and its masks compared with the fp32 graph's on `int8.check`.
     """
     where = source.path if isinstance(source, ModelFile) else source
     if is_onnx(where):
@@ -75,17 +131,93 @@ def export_onnx(source: Path | ModelFile, out: Path | None = None) -> Export:
         raise CamsegError(f"--out {out} exists; camseg export never overwrites a file")
     if out is not None and not out.parent.is_dir():
         raise CamsegError(f"--out {out}: folder {out.parent} does not exist")
-    target = out or default_onnx_path(where)
+    target = out or default_onnx_path(where, int8=int8 is not None)
     require_writable(target.parent, "--out" if out is not None else "export writes to")
     start = time.perf_counter()
     mf = source if isinstance(source, ModelFile) else read_model_file(model_file(source))
     model = _exportable(mf)
     data = _serialise(model, mf)
     diff = _check(data, model, mf)
+    check = None
+    if int8 is not None:
+        data, check = _quantize(data, mf, int8)
     path = atomic_write_new(target, lambda f: f.write(data), number=out is None)
     if path is None:
         raise CamsegError(f"--out {target} exists; camseg export never overwrites a file")
-    return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start)
+    return Export(path, mf.size, len(mf.codes), diff, time.perf_counter() - start, check)
+
+
+def _quantize(data: bytes, mf: ModelFile, frames: Int8Frames) -> tuple[bytes, Int8Check]:
+    """The fp32 graph quantized to int8 by ONNX Runtime's static quantization: QDQ format,
+    int8 weights per output channel with 7-bit range (reduce_range: ONNX Runtime's advice for
+    CPUs without VNNI, whose u8 x s8 products can saturate), uint8 activations whose ranges are
+    the MinMax over the calibration frames. The head, the last convolution, whose outputs are
+    the class scores the argmax compares, stays fp32: on camvid_tiny's validation frames,
+    quantizing it too changed 1.6% of a ResNet34 U-Net's mask pixels instead of 0.75%
+    (docs/benchmarks.md). Then both graphs segment the check frames and the share of equal mask
+    pixels goes into the file's metadata."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not frames.calibration or not frames.check:
+        raise CamsegError("--int8 needs training frames to calibrate on and validation frames")
+
+    def batch(path: Path) -> np.ndarray:
+        return to_model_input(Image.fromarray(load_rgb(path)), mf)[None].numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.todo = list(frames.calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return {INPUT: batch(self.todo.pop())} if self.todo else None
+
+    with tempfile.TemporaryDirectory(prefix="camseg-int8-") as tmp:
+        fp32, pre, q = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        fp32.write_bytes(data)
+        with _quiet("root", level=logging.ERROR):
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"][-1:]
+            quantize_static(
+                str(pre),
+                str(q),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=head,  # the nodes are in topological order
+            )
+        proto = onnx.load(str(q))
+    sessions = [
+        ort.InferenceSession(d, providers=["CPUExecutionProvider"])
+        for d in (data, proto.SerializeToString())
+    ]
+    equal = total = 0
+    for path in frames.check:
+        x = batch(path)
+        a, b = (s.run(None, {INPUT: x})[0].argmax(1) for s in sessions)
+        equal, total = equal + int((a == b).sum()), total + a.size
+    check = Int8Check(len(frames.calibration), len(frames.check), equal / total)
+    props = metadata(mf) | {
+        "quantization": "int8",
+        "int8_agreement": f"{check.agreement:.6f}",
+        "int8_calibration_frames": str(check.calibration_frames),
+    }
+    onnx.helper.set_model_props(proto, props)
+    checksum = graph_sha256(proto.SerializeToString())
+    onnx.helper.set_model_props(proto, props | {"graph_sha256": checksum})
+    return proto.SerializeToString(), check
 
 
 def _exportable(mf: ModelFile) -> torch.nn.Module:
@@ -139,11 +271,12 @@ def _serialise(model: torch.nn.Module, mf: ModelFile) -> bytes:
 
 
 @contextlib.contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
-    """The exporter's graph passes log each step at INFO; they say nothing a user can act on."""
+def _quiet(*loggers: str, level: int = logging.WARNING) -> Iterator[None]:
+    """The exporter's graph passes log each step at INFO, the quantizer (on the root logger) a
+    warning for each BatchNorm-less 1-D weight; they say nothing a user can act on."""
     before = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:

@@ -272,7 +272,7 @@ def test_export_json_is_one_document(tmp_path, cli, monkeypatch):
     model = tmp_path / "model.pth"
     model.write_bytes(b"")
 
-    def fake(source, out):
+    def fake(source, out, int8):
         path = tmp_path / "model.onnx"
         path.write_bytes(b"x" * 10)
         return Export(path, (96, 128), 32, 1e-6, 2.0)

@@ -259,8 +259,8 @@ def test_evaluate_reads_data_as_fastai_validation_does(camvid_tiny, camseq01_sam
     frames', index labels (camvid) and colour labels (camseq01)."""
     from camseg.config.load import load_config
     from camseg.data import build_dataloaders, find_files
-    from camseg.data.layouts import label_reader
-    from camseg.infer.evaluate import labelled_batches, split_items
+    from camseg.data.layouts import label_reader, split_items
+    from camseg.infer.evaluate import labelled_batches
     from camseg.model.files import ModelFile
     from camseg.model.network import IMAGENET_MEAN, IMAGENET_STD
 
@@ -297,9 +297,11 @@ def test_export_weights_best_writes_best_onnx(tmp_path, cli, monkeypatch):
         (run / name).write_text("{}\n" if name == "summary.json" else "")  # a finished run
     assert default_onnx_path(run / "checkpoints" / "best.pth") == run / "best.onnx"
     assert default_onnx_path(run / "model.pth") == run / "model.onnx"
+    assert default_onnx_path(run / "checkpoints" / "best.pth", int8=True) == run / "best-int8.onnx"
+    assert default_onnx_path(run / "model.pth", int8=True) == run / "model-int8.onnx"
     given = []
     monkeypatch.setattr(
-        camseg.export, "export_onnx", lambda source, out: given.append(source) or 1 / 0
+        camseg.export, "export_onnx", lambda source, out, int8: given.append(source) or 1 / 0
     )
     for args in ([], ["--weights", "best"]):
         with pytest.raises(ZeroDivisionError):

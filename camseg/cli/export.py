@@ -15,6 +15,7 @@ from camseg.cli.app import (
     WeightsOpt,
     app,
     choices,
+    err,
     model_source,
     out,
     print_json,
@@ -46,6 +47,14 @@ def export(
             "-3, ... when that exists).",
         ),
     ] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Quantize to int8 (ONNX Runtime static quantization, calibrated on the run's "
+            "training frames; default RUN/model-int8.onnx), for CPUs without native bf16.",
+        ),
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="What was written, as one JSON document.")
     ] = False,
@@ -53,10 +62,11 @@ def export(
 ) -> None:
     """Export a trained model to ONNX: weights, classes, colours, size and normalisation."""
     quiet_mode(quiet or json_out)
-    from camseg.export import export_onnx
+    from camseg.export import export_onnx, int8_frames
+    from camseg.model.onnx_file import INT8_AGREEMENT
 
     source = model_source(run, model, weights)
-    result = export_onnx(source, out_file)
+    result = export_onnx(source, out_file, int8=int8_frames(source) if int8 else None)
     h, w = result.size
     size_mb = result.path.stat().st_size / 1e6
     if json_out:
@@ -69,11 +79,34 @@ def export(
                 "classes": result.n_classes,
                 "max_abs_diff": result.max_abs_diff,
                 "seconds": round(result.seconds, 1),
+                **(
+                    {
+                        "int8_agreement": result.int8.agreement,
+                        "calibration_frames": result.int8.calibration_frames,
+                        "check_frames": result.int8.check_frames,
+                    }
+                    if result.int8
+                    else {}
+                ),
             }
+        )
+    if result.int8 is None:
+        check = f"ONNX Runtime's scores within {result.max_abs_diff:.1e} of PyTorch's"
+    else:
+        q = result.int8
+        check = (
+            f"int8, calibrated on {q.calibration_frames} training frames; "
+            f"{q.agreement:.2%} of mask pixels as in fp32 on {q.check_frames} validation frames"
         )
     out.print(
         f"wrote {result.path} ({size_mb:.0f} MB; {h}x{w} input, batch of any size, "
-        f"{result.n_classes} classes; ONNX Runtime's scores within {result.max_abs_diff:.1e} "
-        f"of PyTorch's; {result.seconds:.0f} s)",
+        f"{result.n_classes} classes; {check}; {result.seconds:.0f} s)",
         soft_wrap=True,
     )
+    if result.int8 is not None and result.int8.agreement < INT8_AGREEMENT:
+        err.print(
+            f"camseg: note: below the {INT8_AGREEMENT:.0%} agreement that predict asks of an "
+            f"int8 file, so it keeps using the fp32 model by default; give --model "
+            f"{result.path} to run this one",
+            soft_wrap=True,
+        )

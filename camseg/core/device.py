@@ -53,3 +53,14 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles for bf16 matrix products (Intel Xeon since Sapphire Rapids): the one CPU kind
+    measured where PyTorch's bf16 runs the U-Net faster than an int8 export
+    (docs/benchmarks.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags

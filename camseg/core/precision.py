@@ -151,11 +151,13 @@ def evaluate_precision(choice: str, recorded: Precision, device: torch.device) -
 class RunPrecision:
     """A precision chosen for a device, and why it differs from the one asked for (if it does)."""
 
-    name: Precision
+    name: Precision | Literal["int8"]  # int8: an int8 .onnx file (camseg export --int8)
     note: str | None = None
 
     def apply(self, model: nn.Module, device: torch.device) -> nn.Module:
         """The model running in this precision, taking and returning fp32 tensors."""
+        if self.name == "int8":
+            raise ValueError("int8 is a quantized .onnx file's, not a PyTorch precision")
         return _InPrecision(model, self.name, device.type)
 
 

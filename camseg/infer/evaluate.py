@@ -29,7 +29,7 @@ from camseg.core.precision import EVALUATE_DEFAULT
 from camseg.core.runs import Run, create_run_dir, run_of, weights_of
 from camseg.data import check_dataset, find_files
 from camseg.data.files import load_rgb, resize_label
-from camseg.data.layouts import EVALUATE_OPTIONS, DatasetFiles, label_reader, valid_split
+from camseg.data.layouts import EVALUATE_OPTIONS, label_reader, split_items
 from camseg.errors import CamsegError
 from camseg.infer.network import Network, class_mask, load_network, read_model, to_model_input
 from camseg.model.files import ModelFile
@@ -92,17 +92,6 @@ def _data_config(run: Run | None, data: Path | None, layout: Layout | None) -> D
     if update.get("layout", section.layout) == "synthetic":
         update["layout"] = "camvid"
     return section.model_copy(update=update)
-
-
-def split_items(files: DatasetFiles, split: Split) -> list[Path]:
-    if split == "all":  # every frame: no validation list needed
-        items = list(files.images)
-    else:
-        in_valid = valid_split(files)  # training's own split
-        items = [p for p in files.images if in_valid(p) == (split == "valid")]
-    if not items:
-        raise CamsegError(f"split {split!r} of {files.root} has no images")
-    return items
 
 
 def _scores(cm: torch.Tensor, void: int | None) -> Scores:

@@ -24,11 +24,10 @@ from camseg.core.device import cuda_kernels, resolve_device
 from camseg.core.heap import keep_freed_memory
 from camseg.core.precision import InferencePolicy, RunPrecision, inference_precision
 from camseg.core.runs import model_file
-from camseg.data.files import resize_rgb
 from camseg.errors import CamsegError
 from camseg.infer.fold import fold_for_inference
 from camseg.infer.onnx_runtime import onnx_module, onnx_precision
-from camseg.model.files import ModelFile, read_model_file
+from camseg.model.files import ModelFile, read_model_file, to_model_input
 from camseg.model.onnx_file import is_onnx, read_onnx_file
 
 # Full-resolution class scores take 4 bytes x classes a pixel (128 B with CamVid's 32 classes):
@@ -51,15 +50,6 @@ class FlipTTA(torch.nn.Module):
         p = self.model(x).float().softmax(dim=1)
         p_flip = self.model(x.flip(-1)).float().softmax(dim=1).flip(-1)
         return ((p + p_flip) / 2).log()  # log-probabilities: argmax and NLL behave as logits
-
-
-def to_model_input(im: Image.Image, mf: ModelFile) -> torch.Tensor:
-    """What fastai's valid pipeline does: squish-resize (bilinear), scale to [0, 1], normalise."""
-    im = resize_rgb(im, mf.size)
-    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(mf.mean).view(3, 1, 1)
-    std = torch.tensor(mf.std).view(3, 1, 1)
-    return (x - mean) / std
 
 
 @dataclass(frozen=True)
@@ -130,7 +120,7 @@ def load_network(
     mf = source if isinstance(source, ModelFile) else read_model(source)
     if is_onnx(mf.path):
         module = onnx_module(mf, device)
-        chosen = onnx_precision(precision, mf.precision, policy)
+        chosen = onnx_precision(precision, mf.precision, policy, mf.int8_agreement is not None)
         net = Network(module, mf, torch.device("cpu"), chosen, channels_last=False)
         return net.with_flip_tta() if tta else net
     dev = resolve_device(device, "--device")

@@ -67,10 +67,12 @@ def onnx_module(info: ModelFile, device: str = "auto") -> OnnxModule:
     return OnnxModule(session, info.size)
 
 
-def onnx_precision(choice: str, recorded: Precision, policy: InferencePolicy) -> RunPrecision:
-    """An ONNX model runs in fp32, the graph's own precision: fp32 for every choice that allows
-    it (auto, train, fp32); a note when training validated in another precision; an error for
-    fp16 and bf16."""
+def onnx_precision(
+    choice: str, recorded: Precision, policy: InferencePolicy, int8: bool = False
+) -> RunPrecision:
+    """An ONNX model runs in the graph's own precision, fp32 (or int8 for a quantized export):
+    that for every choice that allows it (auto, train, fp32); a note when training validated in
+    another precision; an error for fp16 and bf16."""
     choices = get_args(PredictPrecision if policy == "predict" else EvaluatePrecision)
     if choice not in choices:
         raise CamsegError(f"--precision {choice!r}: choose {', '.join(choices)}")
@@ -80,6 +82,9 @@ def onnx_precision(choice: str, recorded: Precision, policy: InferencePolicy) ->
             f"--precision {choice}: an ONNX model runs in fp32; choose {allowed}, or use the "
             f"model.pth for {choice}"
         )
+    if int8:
+        note = "--precision fp32: this file is quantized to int8; its model.pth runs in fp32"
+        return RunPrecision("int8", note if choice == "fp32" else None)
     if choice == "train" and recorded != "fp32":
         return RunPrecision(
             "fp32", f"training validated in {recorded}, but an ONNX model runs in fp32"

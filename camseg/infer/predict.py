@@ -9,6 +9,7 @@ Needs only model.pth (or an exported model.onnx): no training config, no pickle.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from PIL import Image
 
 from camseg.config.values import PredictPrecision
 from camseg.core.atomic import require_writable
-from camseg.core.device import resolve_device
+from camseg.core.device import cpu_has_amx, resolve_device
 from camseg.core.precision import PREDICT_DEFAULT, predict_precision
 from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
@@ -38,9 +39,32 @@ from camseg.infer.outputs import (
     save_png,
     unique_names,
 )
+from camseg.model.onnx_file import INT8_AGREEMENT, is_onnx, read_onnx_file, run_int8_file
 
 # Decode the next batch while the network runs this one, unless this one is already this big.
 AHEAD_PIXELS = 50_000_000
+
+
+def fastest_model(source: Path, device: str, precision: str) -> tuple[Path, str | None]:
+    """What `camseg predict` runs for a model file at --precision auto: on a CPU without AMX
+    the run's int8 export, when `camseg export --int8` wrote one that met INT8_AGREEMENT and
+    onnxruntime is installed; else the file itself (in bf16 where the CPU has native bf16, else
+    fp32). Measured (docs/benchmarks.md): int8 beat bf16 on a Zen 4 with AVX512-BF16 and fp32
+    everywhere; bf16 beat int8 only with AMX. The second value says which file, in one line,
+    when it is not the one asked for."""
+    if precision != "auto" or is_onnx(source) or importlib.util.find_spec("onnxruntime") is None:
+        return source, None
+    int8 = run_int8_file(source)
+    if int8 is None or resolve_device(device, "--device").type != "cpu" or cpu_has_amx():
+        return source, None
+    agreement = read_onnx_file(int8).int8_agreement
+    if agreement is None or agreement < INT8_AGREEMENT:
+        return source, None
+    return int8, (
+        f"predicting with {int8}: int8 on ONNX Runtime, {agreement:.2%} of its mask pixels as "
+        f"in fp32 at export (the fastest on a CPU without AMX; --precision fp32 or bf16 runs "
+        f"{source.name})"
+    )
 
 
 @dataclass

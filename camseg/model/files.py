@@ -14,13 +14,14 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from camseg.config.schema import ModelConfig
 from camseg.config.values import MAX_SIDE, Precision
 from camseg.core import __version__
 from camseg.core.atomic import atomic_torch_save
-from camseg.data.files import class_palette
+from camseg.data.files import class_palette, resize_rgb
 from camseg.errors import CamsegError
 from camseg.model.network import ARCHS, IMAGENET_MEAN, IMAGENET_STD, load_torch_file, unet
 
@@ -75,6 +76,9 @@ class ModelFile:
     precision: Precision = "fp32"  # what training validated in (camseg.core.precision)
     ignore_index: int | None = None  # data.ignore_index of training; None: older files
     colors: tuple[tuple[int, int, int], ...] | None = None  # class colours; None: older files
+    # an int8 .onnx (camseg export --int8): the share of mask pixels its export measured equal
+    # to the fp32 graph's; None for every other file
+    int8_agreement: float | None = None
 
     def palette(self) -> np.ndarray:
         """(classes, 3) uint8: the colours training recorded (data.palette, or its defaults);
@@ -116,6 +120,15 @@ class ModelFile:
                 "the file is inconsistent: use another run's model"
             ) from None
         return model
+
+
+def to_model_input(im: Image.Image, mf: ModelFile) -> torch.Tensor:
+    """What fastai's valid pipeline does: squish-resize (bilinear), scale to [0, 1], normalise."""
+    im = resize_rgb(im, mf.size)
+    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(mf.mean).view(3, 1, 1)
+    std = torch.tensor(mf.std).view(3, 1, 1)
+    return (x - mean) / std
 
 
 def _first_problem(e: RuntimeError) -> str:

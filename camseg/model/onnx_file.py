@@ -14,12 +14,16 @@ from typing import IO, get_args
 
 from camseg.config.values import MAX_SIDE, Precision
 from camseg.core import __version__
+from camseg.core.runs import run_of, weights_of
 from camseg.errors import CamsegError, require_extra
 from camseg.model.files import ModelFile
 
 ONNX_FORMAT = "camseg-onnx"
 ONNX_FORMAT_VERSION = 1
 INPUT, OUTPUT = "image", "scores"
+# An int8 file (camseg export --int8) is used in fp32's place by default only when its export
+# measured at least this share of mask pixels equal to the fp32 graph's (docs/benchmarks.md).
+INT8_AGREEMENT = 0.99
 DOC = (
     f"camseg U-Net. Input '{INPUT}': float32 (N, 3, H, W), RGB squished to the metadata's size "
     f"(bilinear), scaled to [0, 1], minus mean, divided by std. Output '{OUTPUT}': float32 "
@@ -29,6 +33,24 @@ DOC = (
 
 def is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
+
+
+def run_export_name(source: Path, int8: bool = False) -> str:
+    """The name `camseg export` gives the export of a run's model file in the run folder:
+    model.onnx (best.onnx for the best epoch's weights); model-int8.onnx, best-int8.onnx."""
+    return (
+        ("best" if weights_of(source) == "best" else "model") + ("-int8" if int8 else "") + ".onnx"
+    )
+
+
+def run_int8_file(source: Path) -> Path | None:
+    """The int8 export of a finished run's model file (`camseg export --int8` wrote it), if the
+    run folder holds one."""
+    run = run_of(source)
+    if run is None or not run.finished or is_onnx(source):
+        return None
+    path = run.dir / run_export_name(source, int8=True)
+    return path if path.is_file() else None
 
 
 def metadata(mf: ModelFile) -> dict[str, str]:
@@ -115,6 +137,7 @@ def _model_file(path: Path, props: dict[str, str]) -> ModelFile:
             precision=precision,  # type: ignore[arg-type]
             ignore_index=_ignore_index(props),
             colors=_colors(props, len(codes)),
+            int8_agreement=_int8_agreement(props),
         )
     except (KeyError, ValueError, TypeError):
         raise CamsegError(
@@ -132,6 +155,17 @@ def _colors(props: dict[str, str], n: int) -> tuple[tuple[int, int, int], ...] |
     ):
         raise ValueError("colors")
     return tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors)
+
+
+def _int8_agreement(props: dict[str, str]) -> float | None:
+    if props.get("quantization") is None:
+        return None
+    if props["quantization"] != "int8":
+        raise ValueError("quantization")
+    value = float(json.loads(props["int8_agreement"]))
+    if not 0 <= value <= 1:
+        raise ValueError("int8_agreement")
+    return value
 
 
 def _ignore_index(props: dict[str, str]) -> int | None:
