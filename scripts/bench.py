@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             bench_data(results, data, big, 12 if args.quick else n or 100, device, source)
         if what in ("all", "train"):
             small = parse_size(size or "96x128")
-            bench_train(results, data, small, device, arch, bs or 8, repeats or 3)
+            bench_train(results, data, small, device, arch, bs or 8, repeats or 3, args.quick)
         if what in ("all", "bigphoto"):
             photos = [(1000, 1500)] if args.quick else [(2000, 3000), (10000, 10000)]
             bench_bigphoto(results, data, big, photos, device, arch)

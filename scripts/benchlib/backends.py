@@ -1,6 +1,7 @@
 """`backends`: one trained model run at a size (a U-Net's weights fit any size) as PyTorch fp32,
-PyTorch bf16, ONNX Runtime fp32 (the `camseg export` file), ONNX Runtime int8 (dynamic and static
-quantization) and fastai's per-image `learn.predict`, on the CPU: images/s, agreement, accuracy."""
+PyTorch bf16, ONNX Runtime fp32 (the `camseg export` file), ONNX Runtime int8 (`camseg export
+--int8`, and dynamic quantization for comparison) and fastai's per-image `learn.predict`, on the
+CPU: images/s, agreement, accuracy."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from benchlib.common import Results, Size, learn_predict, upscaled_frames
 
 if TYPE_CHECKING:
     from camseg import Segmenter
-    from camseg.model.files import ModelFile
 
 # Every backend but PyTorch fp32, the reference. int8 dynamic runs its convolutions as
 # ConvInteger, which has no fast kernel in ONNX Runtime's CPU provider: measured 5-6x slower than
@@ -29,57 +29,29 @@ if TYPE_CHECKING:
 OPTIONAL = (
     "pytorch-bf16",
     "onnxruntime-fp32",
+    "onnxruntime-int8",
     "onnxruntime-int8-dynamic",
-    "onnxruntime-int8-static",
     "fastai-learn.predict",
 )
 
 
-def quantized(fp32: Path, tmp: Path, calibration: list[Path], info: ModelFile) -> dict[str, Path]:
-    """int8 copies of the exported model (dynamic; static QDQ calibrated on `calibration`),
-    with the camseg metadata of the original so that camseg reads them."""
+def dynamic_int8(fp32: Path, out: Path) -> Path:
+    """ONNX Runtime's dynamic quantization of the exported model (int8 weights, activations
+    quantized per batch), with the camseg metadata of the original so that camseg reads it."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from camseg.infer.network import to_model_input
+    from camseg.model.onnx_file import graph_sha256
 
-    class Frames(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.todo = list(calibration)
-
-        def get_next(self) -> dict | None:
-            if not self.todo:
-                return None
-            im = Image.open(self.todo.pop()).convert("RGB")
-            return {"image": to_model_input(im, info)[None].numpy()}
-
-    pre = tmp / "pre.onnx"
+    pre = out.with_name("pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    out = {"dynamic": tmp / "int8-dynamic.onnx", "static": tmp / "int8-static.onnx"}
-    quantize_dynamic(str(pre), str(out["dynamic"]), weight_type=QuantType.QInt8)
-    quantize_static(
-        str(pre),
-        str(out["static"]),
-        Frames(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
     props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
-    for path in out.values():
-        model = onnx.load(str(path))
-        onnx.helper.set_model_props(model, props)
-        onnx.save(model, str(path))
+    model = onnx.load(str(out))
+    props["graph_sha256"] = graph_sha256(model.SerializeToString())
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(out))
     return out
 
 
@@ -109,9 +81,8 @@ def bench_backends(
     from camseg.core.runs import model_file
     from camseg.data import find_files
     from camseg.data.files import load_rgb, resize_rgb
-    from camseg.data.layouts import label_reader
-    from camseg.export import export_onnx
-    from camseg.infer.evaluate import split_items
+    from camseg.data.layouts import label_reader, split_items
+    from camseg.export import Int8Frames, export_onnx, spread
     from camseg.model.files import read_model_file
 
     h, w = size
@@ -133,10 +104,15 @@ def bench_backends(
             "pytorch-bf16": lambda: Segmenter(info, precision="bf16", **tuned),
             "onnxruntime-fp32": lambda: Segmenter(exported, **tuned),
         }
-        if {"onnxruntime-int8-dynamic", "onnxruntime-int8-static"} - skip:
-            calibration = upscaled_frames(train[-8:], tmp / "calibration", 8, size)
-            for kind, path in quantized(exported, tmp, calibration, info).items():
-                backends[f"onnxruntime-int8-{kind}"] = lambda path=path: Segmenter(path, **tuned)
+        int8_check = None
+        if "onnxruntime-int8" not in skip:  # as `camseg export --int8` makes it, at size
+            frames_for_int8 = Int8Frames(spread(train, 32), spread(valid, 20))
+            int8 = export_onnx(info, tmp / "int8.onnx", int8=frames_for_int8)
+            int8_check = int8.int8
+            backends["onnxruntime-int8"] = lambda: Segmenter(int8.path, **tuned)
+        if "onnxruntime-int8-dynamic" not in skip:
+            dynamic = dynamic_int8(exported, tmp / "int8-dynamic.onnx")
+            backends["onnxruntime-int8-dynamic"] = lambda: Segmenter(dynamic, **tuned)
         segs = {name: make() for name, make in backends.items() if name not in skip}
         runners: dict[str, Callable[[Path], np.ndarray]] = {
             name: seg.predict for name, seg in segs.items()
@@ -217,6 +193,7 @@ def bench_backends(
             "repeats": repeats,
             "acc_frames": len(valid),
             "rows": rows,
+            "int8_export": dataclasses.asdict(int8_check) if int8_check else None,
             "onnxruntime": onnxruntime.__version__,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -109,15 +109,18 @@ def bench_train(
     arch: str,
     batch_size: int,
     repeats: int,
+    quick: bool = False,
 ) -> None:
     from camseg.data import auto_workers
 
-    n_train = train_frames(data)
     workers = auto_workers(device.startswith("cuda"))  # camseg's num_workers: auto
     a_runs: list[TrainRun] = []
     b_out: list[dict] = []
     b_wall: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
+        if quick:  # checks that it runs: 4 validation and 16 training frames
+            data = camvid_subset(data, Path(tmp) / "data", 4, 16)
+        n_train = train_frames(data)
         for k in range(repeats):
             a_runs.append(
                 camseg_train(
