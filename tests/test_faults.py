@@ -122,11 +122,11 @@ def test_bad_command_input(case, camvid_tiny, camseq01_sample, tmp_path, cli, mo
 
 
 @pytest.mark.slow
-def test_size_not_divisible_by_32_trains(camvid_tiny, tmp_path, cli):
+def test_size_not_divisible_by_32_trains(camvid_small, tmp_path, cli):
     """Decision: any size >= 32 is accepted; fastai's U-Net resizes decoder features to fit."""
     result = cli(
         "train",
-        *fast_args(camvid_tiny, tmp_path, "data.size=[50,70]", "train.stages=[{epochs: 1}]"),
+        *fast_args(camvid_small, tmp_path, "data.size=[50,70]", "train.stages=[{epochs: 1}]"),
     )
     assert result.exit_code == 0, result.output
     from camseg.model.files import read_model_file

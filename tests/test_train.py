@@ -90,7 +90,7 @@ def test_model_pth_is_plain_data_and_rebuilds(trained_run, camvid_tiny):
 
 
 @pytest.mark.slow
-def test_a_finished_run_keeps_weights_not_optimizer_state(trained_run, camvid_tiny, tmp_path, cli):
+def test_a_finished_run_keeps_weights_not_optimizer_state(trained_run, camvid_small, tmp_path, cli):
     # the default: model.pth (the last epoch), and the best epoch's weights where they differ
     run = trained_run
     assert not (run / "checkpoints" / "last.pth").exists()
@@ -110,7 +110,7 @@ def test_a_finished_run_keeps_weights_not_optimizer_state(trained_run, camvid_ti
     model = (run / "model.pth").stat().st_size
     assert size <= 2 * model + 10e6
     # train.keep_checkpoints: the resumable checkpoints stay
-    result = cli("train", *fast_args(camvid_tiny, tmp_path, "train.keep_checkpoints=true"))
+    result = cli("train", *fast_args(camvid_small, tmp_path, "train.keep_checkpoints=true"))
     assert result.exit_code == 0, result.output
     [kept] = tmp_path.iterdir()
     ckpt = torch.load(kept / "checkpoints" / "last.pth", weights_only=True)
@@ -307,11 +307,11 @@ def test_a_failed_lr_find_leaves_no_folder(camvid_tiny, tmp_path, cli, monkeypat
 
 
 @pytest.mark.slow
-def test_stage_lr_find_is_recorded(camvid_tiny, tmp_path, cli):
+def test_stage_lr_find_is_recorded(camvid_small, tmp_path, cli):
     result = cli(
         "train",
         *fast_args(
-            camvid_tiny, tmp_path, "train.stages=[{epochs: 1, lr: find}]", "train.lr_find_iters=30"
+            camvid_small, tmp_path, "train.stages=[{epochs: 1, lr: find}]", "train.lr_find_iters=30"
         ),
     )
     assert result.exit_code == 0, result.output
@@ -322,7 +322,7 @@ def test_stage_lr_find_is_recorded(camvid_tiny, tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
+def test_two_process_gloo_run_makes_one_run_folder(camvid_small, tmp_path):
     """torchrun with 2 CPU processes: DistributedDataParallel over gloo, rank 0 writes."""
     cmd = [
         sys.executable,
@@ -333,7 +333,7 @@ def test_two_process_gloo_run_makes_one_run_folder(camvid_tiny, tmp_path):
         "-m",
         "camseg",
         "train",
-        *fast_args(camvid_tiny, tmp_path),
+        *fast_args(camvid_small, tmp_path),
         "--name",
         "ddp",
         "--no-progress",
