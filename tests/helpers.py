@@ -83,14 +83,20 @@ def wait_rows(run: Path, proc: subprocess.Popen, rows: int, timeout: float = 300
     raise AssertionError(f"no {rows} epoch(s) in time: {proc.poll()}")
 
 
+def resume_in_process(run: Path):
+    """`camseg train --resume RUN --no-progress` in this process (CliRunner): the run was
+    stopped in a process of its own; resuming needs no second one, which would import torch and
+    fastai again (about 6 s)."""
+    from typer.testing import CliRunner
+
+    from camseg.cli import app
+
+    return CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+
+
 def resume_and_check(run: Path, expected: list[tuple[str, str]]) -> None:
-    done = subprocess.run(
-        train_cmd(["--resume", str(run)]),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = resume_in_process(run)
+    assert done.exit_code == 0, done.output[-2000:]
     assert [(r["stage"], r["epoch"]) for r in history(run)] == expected
     with (run / "per_class_iou.csv").open() as f:  # rewritten like history.csv: no epoch twice
         assert [(r["stage"], r["epoch"]) for r in csv.DictReader(f)] == expected

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY, fast_args, history, small_copy, written_dir
+from helpers import TINY, fast_args, history, resume_in_process, small_copy, written_dir
 
 from camseg.config.load import load_config
 from camseg.core.runs import create_run_dir
@@ -230,13 +230,8 @@ def test_resume_after_kill_9_mid_stage(camvid_small, tmp_path):
     before = history(run)
     assert len(before) in (1, 2)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "camseg", "train", "--resume", str(run), "--no-progress"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = resume_in_process(run)
+    assert done.exit_code == 0, done.output
     assert "training on " in done.stdout  # a resume prints the device line too
     rows = history(run)
     assert [(r["stage"], r["epoch"]) for r in rows] == [
