@@ -46,21 +46,23 @@ def cuda_kernels(deterministic: bool = False) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; none where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
 def cpu_has_bf16() -> bool:
     """Native bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def cpu_has_amx() -> bool:
     """AMX tiles for bf16 matrix products (Intel Xeon since Sapphire Rapids): the one CPU kind
     measured where PyTorch's bf16 runs the U-Net faster than an int8 export
     (docs/benchmarks.md)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in cpu_flags()
