@@ -236,12 +236,11 @@ def predict(
     formats = _formats(format_ or ("overlay" if videos else "index,color,overlay"))
     # a mistyped path is answered before torch is imported
     expanded = None if videos else expand_inputs(inputs)
-    if precision.value == "auto":  # on a CPU without AMX, the run's int8 export
-        from camseg.infer.predict import fastest_model
+    from camseg.infer.predict import fastest_model  # the run's int8 export, where it is faster
 
-        source, chosen = fastest_model(source, device, "auto")
-        if chosen is not None:
-            err.print(f"camseg: {chosen}", soft_wrap=True)
+    source, chosen = fastest_model(source, device, precision.value)
+    if chosen is not None:
+        err.print(f"camseg: {chosen}", soft_wrap=True)
     new_dir = out_dir is None
     if out_dir is None:  # a folder of its own for each call: earlier outputs stay as they were
         from camseg.core.runs import create_run_dir, predictions_dir
