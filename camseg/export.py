@@ -21,7 +21,10 @@ from PIL import Image
 from camseg.core import __version__
 from camseg.core.atomic import atomic_write_new, require_writable
 from camseg.core.runs import model_file, run_of
+from camseg.data import find_files
 from camseg.data.files import load_rgb
+from camseg.data.layouts import EVALUATE_OPTIONS
+from camseg.data.splits import reading_data_config, split_items
 from camseg.errors import CamsegError, first_line, require_extra
 from camseg.model.files import ModelFile, read_model_file, to_model_input
 from camseg.model.onnx_file import (
@@ -85,17 +88,13 @@ def default_onnx_path(source: Path, int8: bool = False) -> Path:
 def int8_frames(source: Path, calibration: int = 32, check: int = 20) -> Int8Frames:
     """Up to `calibration` of the run's own training frames and `check` of its validation
     frames, evenly spread over each split, for an int8 export of a run's model."""
-    from camseg.config.load import load_config
-    from camseg.data import find_files
-    from camseg.data.layouts import split_items
-
     run = run_of(source)
     if run is None:
         raise CamsegError(
             f"{source}: --int8 calibrates on the training frames of the model's run; give a run "
             "folder or a model file inside one"
         )
-    files = find_files(load_config(run.config).data)
+    files = find_files(reading_data_config(run, None, None), EVALUATE_OPTIONS)
     return Int8Frames(
         spread(split_items(files, "train"), calibration), spread(split_items(files, "valid"), check)
     )

@@ -147,3 +147,23 @@ def test_int8_export_of_a_lone_model_file_says_what_it_needs(trained_run, tmp_pa
         "give a run folder or a model file inside one"
     ]
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_int8_frames_of_a_synthetic_run_are_read_not_generated_again(trained_run, tmp_path):
+    """As evaluate reads a run's data: a synthetic set whose folder is gone is an error, not a
+    new set generated in its place to calibrate on."""
+    from camseg import CamsegError
+    from camseg.export import int8_frames
+
+    run = shutil.copytree(trained_run, tmp_path / "run", copy_function=_link_or_copy)
+    gone = tmp_path / "synthetic"
+    config = (run / "config.yaml").read_text().splitlines()
+    config = [
+        "  layout: synthetic" if line.startswith("  layout:") else
+        f"  root: {gone}" if line.startswith("  root:") else line
+        for line in config
+    ]  # fmt: skip
+    (run / "config.yaml").write_text("\n".join(config) + "\n")
+    with pytest.raises(CamsegError, match=str(gone)):
+        int8_frames(run / "model.pth")
+    assert not gone.exists()

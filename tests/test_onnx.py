@@ -259,7 +259,8 @@ def test_evaluate_reads_data_as_fastai_validation_does(camvid_tiny, camseq01_sam
     frames', index labels (camvid) and colour labels (camseq01)."""
     from camseg.config.load import load_config
     from camseg.data import build_dataloaders, find_files
-    from camseg.data.layouts import label_reader, split_items
+    from camseg.data.layouts import label_reader
+    from camseg.data.splits import split_items
     from camseg.infer.evaluate import labelled_batches
     from camseg.model.files import ModelFile
     from camseg.model.network import IMAGENET_MEAN, IMAGENET_STD

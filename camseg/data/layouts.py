@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 
 from camseg.config.schema import DataConfig
-from camseg.config.values import Split
 from camseg.data.files import (
     IMAGE_SUFFIXES,
     ColorToIndex,
@@ -101,17 +100,6 @@ def valid_split(files: DatasetFiles) -> InValidList | InFolder:
     if files.valid_folder is not None:
         return InFolder(files.valid_folder)
     return InValidList(read_names(files.valid_file))
-
-
-def split_items(files: DatasetFiles, split: Split) -> list[Path]:
-    if split == "all":  # every frame: no validation list needed
-        items = list(files.images)
-    else:
-        in_valid = valid_split(files)  # training's own split
-        items = [p for p in files.images if in_valid(p) == (split == "valid")]
-    if not items:
-        raise CamsegError(f"split {split!r} of {files.root} has no images")
-    return items
 
 
 class CamvidLabel:

@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camseg.config.load import load_config
-from camseg.config.schema import DataConfig, Layout
+from camseg.config.schema import Layout
 from camseg.config.values import EvaluatePrecision, Split
 from camseg.core.atomic import atomic_write_text, require_folder_path, require_writable
 from camseg.core.metrics import acc_camvid, class_scores, confusion_matrix, miou, pixel_acc
 from camseg.core.precision import EVALUATE_DEFAULT
-from camseg.core.runs import Run, create_run_dir, run_of, weights_of
+from camseg.core.runs import create_run_dir, run_of, weights_of
 from camseg.data import check_dataset, find_files
 from camseg.data.files import load_rgb, resize_label
-from camseg.data.layouts import EVALUATE_OPTIONS, label_reader, split_items
+from camseg.data.layouts import EVALUATE_OPTIONS, label_reader
+from camseg.data.splits import reading_data_config, split_items
 from camseg.errors import CamsegError
 from camseg.infer.network import Network, class_mask, load_network, read_model, to_model_input
 from camseg.model.files import ModelFile
@@ -75,23 +75,6 @@ class Evaluation:
     per_class: list[dict]
     out_dir: Path
     evaluated: dict[str, Any]
-
-
-def _data_config(run: Run | None, data: Path | None, layout: Layout | None) -> DataConfig:
-    """The run's data section (or the defaults), with --data / --layout put in as they are."""
-    if run is None and data is None:
-        raise CamsegError("--model without a run folder needs --data DIR (a camvid-layout folder)")
-    section = load_config(run.config if run is not None else None).data
-    update: dict[str, Any] = {}
-    if data is not None:
-        update |= {"root": data, "layout": layout or "camvid"}
-    elif layout is not None:
-        update["layout"] = layout
-    # Evaluation never augments; synthetic data is read, not re-generated.
-    update["augment"] = section.augment.model_copy(update={"enabled": False})
-    if update.get("layout", section.layout) == "synthetic":
-        update["layout"] = "camvid"
-    return section.model_copy(update=update)
 
 
 def _scores(cm: torch.Tensor, void: int | None) -> Scores:
@@ -156,7 +139,7 @@ def evaluate(
     run = run_of(source)
     out_parent = out or (run.evals if run else mf.path.parent / "eval")
     _require_writable_parent(out_parent, out is not None)
-    data_cfg = _data_config(run, data, layout)
+    data_cfg = reading_data_config(run, data, layout)
     if data_cfg.ignore_index is None and mf.ignore_index is not None:  # as the model trained
         data_cfg = data_cfg.model_copy(update={"ignore_index": mf.ignore_index})
     files = find_files(data_cfg, EVALUATE_OPTIONS)

@@ -81,7 +81,8 @@ def bench_backends(
     from camseg.core.runs import model_file
     from camseg.data import find_files
     from camseg.data.files import load_rgb, resize_rgb
-    from camseg.data.layouts import label_reader, split_items
+    from camseg.data.layouts import label_reader
+    from camseg.data.splits import split_items
     from camseg.export import Int8Frames, export_onnx, spread
     from camseg.model.files import read_model_file
 
