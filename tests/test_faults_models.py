@@ -170,3 +170,13 @@ def test_damaged_or_foreign_onnx(exported, camvid_tiny, tmp_path, cli):
     next(p for p in big.metadata_props if p.key == "size").value = "[100000, 100000]"
     onnx.save(big, str(tmp_path / "big.onnx"))
     refused(tmp_path / "big.onnx", "metadata size 100000x100000 is not a network size")
+
+    # an int8 export's own metadata: an unknown quantization, an agreement that is no share
+    for key, value in (("quantization", "int4"), ("int8_agreement", "1.5")):
+        model = onnx.load(str(exported))
+        props = {p.key: p.value for p in model.metadata_props}
+        props |= {"quantization": "int8", "int8_agreement": "0.995"} | {key: value}
+        onnx.helper.set_model_props(model, props)
+        path = tmp_path / f"int8-{key}.onnx"
+        onnx.save(model, str(path))
+        refused(path, "camseg metadata incomplete or malformed")
