@@ -10,7 +10,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +30,11 @@ from camseg.model.files import ModelFile, read_model_file, to_model_input
 from camseg.model.onnx_file import (
     DOC,
     INPUT,
+    OPENVINO_AGREEMENT,
+    OPENVINO_CONFIG,
     OUTPUT,
     graph_sha256,
+    installed,
     is_onnx,
     metadata,
     run_export_name,
@@ -67,6 +70,7 @@ class Int8Check:
     calibration_frames: int
     check_frames: int
     agreement: float  # share of mask pixels (at the model's size) equal to the fp32 graph's
+    agreement_openvino: float | None = None  # the same run by OpenVINO, when it is installed
 
 
 def default_onnx_path(source: Path, int8: bool = False) -> Path:
@@ -154,9 +158,8 @@ def _quantize(data: bytes, mf: ModelFile, frames: Int8Frames) -> tuple[bytes, In
     the class scores the argmax compares, stays fp32: on camvid_tiny's validation frames,
     quantizing it too changed 1.6% of a ResNet34 U-Net's mask pixels instead of 0.75%
     (docs/benchmarks.md). Then both graphs segment the check frames and the share of equal mask
-    pixels goes into the file's metadata."""
+    pixels goes into the file's metadata, for each runtime installed (`_agreement`)."""
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -198,25 +201,45 @@ def _quantize(data: bytes, mf: ModelFile, frames: Int8Frames) -> tuple[bytes, In
                 nodes_to_exclude=head,  # the nodes are in topological order
             )
         proto = onnx.load(str(q))
-    sessions = [
-        ort.InferenceSession(d, providers=["CPUExecutionProvider"])
-        for d in (data, proto.SerializeToString())
-    ]
-    equal = total = 0
-    for path in frames.check:
-        x = batch(path)
-        a, b = (s.run(None, {INPUT: x})[0].argmax(1) for s in sessions)
-        equal, total = equal + int((a == b).sum()), total + a.size
-    check = Int8Check(len(frames.calibration), len(frames.check), equal / total)
+        agreement = _agreement(data, q, frames.check, batch)
+    check = Int8Check(len(frames.calibration), len(frames.check), **agreement)
     props = metadata(mf) | {
         "quantization": "int8",
         "int8_agreement": f"{check.agreement:.6f}",
         "int8_calibration_frames": str(check.calibration_frames),
     }
+    if check.agreement_openvino is not None:
+        props[OPENVINO_AGREEMENT] = f"{check.agreement_openvino:.6f}"
     onnx.helper.set_model_props(proto, props)
     checksum = graph_sha256(proto.SerializeToString())
     onnx.helper.set_model_props(proto, props | {"graph_sha256": checksum})
     return proto.SerializeToString(), check
+
+
+def _agreement(
+    fp32: bytes, int8: Path, frames: list[Path], batch: Callable[[Path], np.ndarray]
+) -> dict[str, float]:
+    """The share of mask pixels on `frames` that the int8 graph gives as the fp32 graph does
+    (on ONNX Runtime), with each runtime that is installed to run it: `agreement` (ONNX
+    Runtime) and `agreement_openvino`. They differ a little: OpenVINO fuses the quantized
+    layers its own way."""
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
+    runs = {"agreement": ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])}
+    if installed("openvino"):
+        import openvino as ov
+
+        runs["agreement_openvino"] = ov.Core().compile_model(str(int8), "CPU", OPENVINO_CONFIG)
+    equal, total = dict.fromkeys(runs, 0), 0
+    for path in frames:
+        x = batch(path)
+        expected = reference.run(None, {INPUT: x})[0].argmax(1)
+        total += expected.size
+        for key, run in runs.items():
+            got = run.run(None, {INPUT: x})[0] if key == "agreement" else run(x)[0]
+            equal[key] += int((got.argmax(1) == expected).sum())
+    return {key: n / total for key, n in equal.items()}
 
 
 def _exportable(mf: ModelFile) -> torch.nn.Module:

@@ -82,7 +82,7 @@ def test_what_the_model_is(seg, trained_run):
     h, w = mf.size
     assert repr(seg) == (
         f"Segmenter(model_path='{trained_run / 'model.pth'}', arch='resnet18', classes=32, "
-        f"size={h}x{w}, device='cpu', precision='{seg.precision}')"
+        f"size={h}x{w}, device='cpu', precision='{seg.precision}', runtime='pytorch')"
     )
 
 

@@ -172,7 +172,11 @@ def test_damaged_or_foreign_onnx(exported, camvid_tiny, tmp_path, cli):
     refused(tmp_path / "big.onnx", "metadata size 100000x100000 is not a network size")
 
     # an int8 export's own metadata: an unknown quantization, an agreement that is no share
-    for key, value in (("quantization", "int4"), ("int8_agreement", "1.5")):
+    for key, value in (
+        ("quantization", "int4"),
+        ("int8_agreement", "1.5"),
+        ("int8_agreement_openvino", "-0.2"),
+    ):
         model = onnx.load(str(exported))
         props = {p.key: p.value for p in model.metadata_props}
         props |= {"quantization": "int8", "int8_agreement": "0.995"} | {key: value}

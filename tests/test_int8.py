@@ -1,6 +1,6 @@
 """`camseg export --int8`: an int8 .onnx calibrated on the run's training frames, its agreement with
-fp32 measured on the validation frames and recorded; predict runs it by default on a CPU without
-AMX, and only when that agreement is at least INT8_AGREEMENT."""
+fp32 measured on the validation frames by each runtime and recorded; predict runs it by default on
+a CPU without AMX, on the runtime whose agreement is at least INT8_AGREEMENT (OpenVINO first)."""
 
 from __future__ import annotations
 
@@ -62,16 +62,20 @@ def test_int8_export_is_quantized_calibrated_and_agrees_with_fp32(int8_run, camv
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["quantization"] == "int8" and meta["format"] == "camseg-onnx"
     assert float(meta["int8_agreement"]) == pytest.approx(printed["int8_agreement"], abs=1e-6)
+    on_openvino = printed["int8_agreement_openvino"]
+    assert float(meta["int8_agreement_openvino"]) == pytest.approx(on_openvino, abs=1e-6)
 
-    # measured again here, at the frames' own size, through the API predict uses
+    # measured again here, at the frames' own size, through the API predict uses, on each
+    # runtime: the default path must keep to the threshold on the shared frames
     frames = _valid_frames(camvid_tiny)
-    int8 = Segmenter(path)
-    assert int8.precision == "int8"
-    got = int8.predict_batch(frames)
     expected = Segmenter(run, device="cpu", precision="fp32").predict_batch(frames)
-    agree = float(np.mean([np.mean(a == b) for a, b in zip(got, expected, strict=True)]))
-    assert agree >= INT8_AGREEMENT, agree
-    assert printed["int8_agreement"] >= INT8_AGREEMENT
+    for runtime in ("onnxruntime", "openvino"):
+        int8 = Segmenter(path, runtime=runtime)
+        assert (int8.precision, int8.runtime) == ("int8", runtime)
+        got = int8.predict_batch(frames)
+        agree = float(np.mean([np.mean(a == b) for a, b in zip(got, expected, strict=True)]))
+        assert agree >= INT8_AGREEMENT, (runtime, agree)
+    assert printed["int8_agreement"] >= INT8_AGREEMENT and on_openvino >= INT8_AGREEMENT
 
 
 def test_int8_evaluate_reports_int8_and_stays_within_the_acc_budget(
@@ -79,18 +83,23 @@ def test_int8_evaluate_reports_int8_and_stays_within_the_acc_budget(
 ):
     run, _ = int8_run
     scored = {}
-    for model in (run / "model.pth", run / "model-int8.onnx"):
-        out = tmp_path / model.stem
+    for model, runtime in (
+        (run / "model.pth", "auto"),
+        (run / "model-int8.onnx", "onnxruntime"),
+        (run / "model-int8.onnx", "openvino"),
+    ):
         result = cli(
             "evaluate", "--model", model, "--data", camvid_tiny, "--precision", "fp32",
-            "--out", out,
+            "--out", tmp_path / runtime, "--runtime", runtime,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        scored[model.suffix] = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
+        scored[runtime] = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
     assert "this file is quantized to int8" in result.stderr  # --precision fp32 was asked
-    fp32, int8 = scored[".pth"], scored[".onnx"]
-    assert (fp32["evaluated"]["precision"], int8["evaluated"]["precision"]) == ("fp32", "int8")
-    assert abs(int8["acc_camvid"] - fp32["acc_camvid"]) <= 0.005
+    fp32 = scored.pop("auto")
+    assert (fp32["evaluated"]["precision"], fp32["evaluated"]["runtime"]) == ("fp32", "pytorch")
+    for runtime, int8 in scored.items():
+        assert (int8["evaluated"]["precision"], int8["evaluated"]["runtime"]) == ("int8", runtime)
+        assert abs(int8["acc_camvid"] - fp32["acc_camvid"]) <= 0.005
 
 
 def test_predict_runs_the_int8_file_on_a_cpu_without_amx(
@@ -100,7 +109,7 @@ def test_predict_runs_the_int8_file_on_a_cpu_without_amx(
 
     run, printed = int8_run
     frame = _valid_frames(camvid_tiny)[0]
-    line = f"predicting with {run / 'model-int8.onnx'}: int8 on ONNX Runtime"
+    line = f"predicting with {run / 'model-int8.onnx'}: int8 on "
 
     def masks(*args: object, amx: bool) -> tuple[str, np.ndarray]:
         monkeypatch.setattr(predict, "cpu_has_amx", lambda: amx)
@@ -109,9 +118,14 @@ def test_predict_runs_the_int8_file_on_a_cpu_without_amx(
         assert result.exit_code == 0, result.output
         return result.stderr, np.asarray(Image.open(out / f"{frame.stem}_mask.png"))
 
-    said, int8_mask = masks(amx=False)
-    assert said.count(line) == 1 and f"{printed['int8_agreement']:.2%}" in said
-    assert np.array_equal(int8_mask, Segmenter(run / "model-int8.onnx").predict(frame))
+    said, int8_mask = masks(amx=False)  # auto: OpenVINO, installed and agreeing
+    assert said.count(line + "OpenVINO") == 1
+    assert f"{printed['int8_agreement_openvino']:.2%}" in said
+    int8 = run / "model-int8.onnx"
+    assert np.array_equal(int8_mask, Segmenter(int8, runtime="openvino").predict(frame))
+    said, int8_mask = masks("--runtime", "onnxruntime", amx=False)
+    assert said.count(line + "ONNX Runtime") == 1 and f"{printed['int8_agreement']:.2%}" in said
+    assert np.array_equal(int8_mask, Segmenter(int8, runtime="onnxruntime").predict(frame))
     for args, amx in (
         ((), True),
         (("--precision", "fp32"), False),
@@ -125,13 +139,27 @@ def test_an_int8_file_below_the_agreement_is_not_picked(int8_run, tmp_path, cli,
     import camseg.infer.predict as predict
 
     run, _ = int8_run
-    low = shutil.copytree(run, tmp_path / "low", copy_function=_link_or_copy)
-    model = onnx.load(str(low / "model-int8.onnx"))
-    props = {p.key: p.value for p in model.metadata_props} | {"int8_agreement": "0.950000"}
-    onnx.helper.set_model_props(model, props)
-    (low / "model-int8.onnx").unlink()
-    onnx.save(model, str(low / "model-int8.onnx"))
     monkeypatch.setattr(predict, "cpu_has_amx", lambda: False)
+
+    def with_agreement(name: str, **agreement: str) -> Path:
+        low = shutil.copytree(run, tmp_path / name, copy_function=_link_or_copy)
+        model = onnx.load(str(low / "model-int8.onnx"))
+        onnx.helper.set_model_props(
+            model, {p.key: p.value for p in model.metadata_props} | agreement
+        )
+        (low / "model-int8.onnx").unlink()
+        onnx.save(model, str(low / "model-int8.onnx"))
+        return low
+
+    # below on OpenVINO, above on ONNX Runtime: ONNX Runtime runs it
+    low_ov = with_agreement("low-ov", int8_agreement_openvino="0.950000")
+    picked, said = predict.fastest_model(low_ov / "model.pth", "cpu", "auto")
+    assert picked == low_ov / "model-int8.onnx" and "int8 on ONNX Runtime" in said
+    assert Segmenter(picked).runtime == "onnxruntime"
+    # asked for OpenVINO, which did not agree: the model.pth (which --runtime then refuses)
+    asked = predict.fastest_model(low_ov / "model.pth", "cpu", "auto", "openvino")
+    assert asked == (low_ov / "model.pth", None)
+    low = with_agreement("low", int8_agreement="0.950000", int8_agreement_openvino="0.950000")
     assert predict.fastest_model(low / "model.pth", "cpu", "auto") == (low / "model.pth", None)
     assert predict.fastest_model(run / "model.pth", "cpu", "auto")[0] == run / "model-int8.onnx"
     # a file exported from the best epoch's weights pairs with those weights only

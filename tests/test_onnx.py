@@ -109,13 +109,16 @@ def test_export_holds_what_segmenting_needs(exported, trained_run, camvid_tiny):
 def test_onnx_masks_agree_with_pytorch_fp32(exported, trained_run, camvid_tiny, tmp_path, cli):
     frames = _frames(camvid_tiny, 24)  # at 96x128: resized to 64x96, scores upsampled back
     torch_seg = Segmenter(trained_run, device="cpu", precision="fp32")
-    onnx_seg = Segmenter(exported)
-    assert onnx_seg.classes == torch_seg.classes and onnx_seg.size == (64, 96)
-    assert (onnx_seg.precision, onnx_seg.device) == ("fp32", torch.device("cpu"))
     expected = torch_seg.predict_batch(frames)
-    got = onnx_seg.predict_batch(frames)
-    agree = np.mean([np.mean(a == b) for a, b in zip(got, expected, strict=True)])
-    assert agree >= 0.999, agree
+    for runtime in ("onnxruntime", "openvino"):  # each runtime that can run it
+        onnx_seg = Segmenter(exported, runtime=runtime)
+        assert onnx_seg.classes == torch_seg.classes and onnx_seg.size == (64, 96)
+        assert (onnx_seg.precision, onnx_seg.device) == ("fp32", torch.device("cpu"))
+        assert onnx_seg.runtime == runtime and torch_seg.runtime == "pytorch"
+        got = onnx_seg.predict_batch(frames)
+        agree = np.mean([np.mean(a == b) for a, b in zip(got, expected, strict=True)])
+        assert agree >= 0.999, (runtime, agree)
+    assert Segmenter(exported).runtime == "openvino"  # auto: OpenVINO, as it is installed
     tta = Segmenter(exported, tta=True).predict(frames[0])
     assert (
         np.mean(tta == Segmenter(trained_run, precision="fp32", tta=True).predict(frames[0]))
@@ -133,23 +136,27 @@ def test_onnx_masks_agree_with_pytorch_fp32(exported, trained_run, camvid_tiny, 
 def test_evaluate_onnx_matches_pytorch(exported, trained_run, camvid_tiny, tmp_path, cli):
     pth = shutil.copy(trained_run / "model.pth", tmp_path / "model.pth")
     scored = {}
-    for model in (pth, exported):
-        result = cli("evaluate", "--model", model, "--data", camvid_tiny, "--precision", "fp32")
+    for model, runtime in ((pth, "auto"), (exported, "onnxruntime"), (exported, "openvino")):
+        result = cli(
+            "evaluate", "--model", model, "--data", camvid_tiny, "--precision", "fp32",
+            "--runtime", runtime,
+        )  # fmt: skip
         assert result.exit_code == 0, result.output
-        scored[model] = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
-    torch_m, onnx_m = scored[pth], scored[exported]
-    assert onnx_m["evaluated"]["runtime"] == "onnxruntime"
+        scored[runtime] = json.loads((written_dir(result.stdout) / "metrics.json").read_text())
+    torch_m = scored.pop("auto")
     assert torch_m["evaluated"]["runtime"] == "pytorch"
-    assert onnx_m["evaluated"]["n_images"] == torch_m["evaluated"]["n_images"] == 15
-    assert abs(onnx_m["acc_camvid"] - torch_m["acc_camvid"]) <= 0.001
-    assert abs(onnx_m["miou"] - torch_m["miou"]) <= 0.005
+    for runtime, onnx_m in scored.items():
+        assert onnx_m["evaluated"]["runtime"] == runtime
+        assert onnx_m["evaluated"]["n_images"] == torch_m["evaluated"]["n_images"] == 15
+        assert abs(onnx_m["acc_camvid"] - torch_m["acc_camvid"]) <= 0.001
+        assert abs(onnx_m["miou"] - torch_m["miou"]) <= 0.005
 
 
 def test_onnx_predict_and_evaluate_without_fastai(exported, trained_run, camvid_tiny, tmp_path):
     frame = _frames(camvid_tiny, 1)[0]
     out = tmp_path / "pred"
-    predicted = _blocked_cli(
-        "fastai",
+    predicted = _blocked_cli(  # ONNX Runtime, as OpenVINO is blocked too
+        "fastai,openvino",
         "predict",
         frame,
         "--model",
@@ -166,12 +173,14 @@ def test_onnx_predict_and_evaluate_without_fastai(exported, trained_run, camvid_
     expected = Segmenter(trained_run, precision="fp32").predict(frame)
     assert mask.shape == (96, 128) and np.mean(mask == expected) >= 0.999
 
-    evaluated = _blocked_cli(
-        "fastai", "evaluate", "--model", exported, "--data", camvid_tiny, cwd=tmp_path
-    )
+    evaluated = _blocked_cli(  # OpenVINO, as ONNX Runtime is blocked too
+        "fastai,onnxruntime",
+        "evaluate", "--model", exported, "--data", camvid_tiny, "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     assert "fastai imported: False" in evaluated.stderr
-    assert "acc_camvid" in evaluated.stdout
+    assert json.loads(evaluated.stdout)["evaluated"]["runtime"] == "openvino"
 
     # the PyTorch model needs fastai to rebuild its network: the blocker really blocks
     with_pth = _blocked_cli(
@@ -188,7 +197,7 @@ def test_onnx_predict_and_evaluate_without_fastai(exported, trained_run, camvid_
 
 
 @pytest.mark.faults
-def test_bad_onnx_inputs_give_one_line(exported, camvid_tiny, tmp_path, cli):
+def test_bad_onnx_inputs_give_one_line(exported, trained_run, camvid_tiny, tmp_path, cli):
     from onnx import TensorProto, helper
 
     frame = _frames(camvid_tiny, 1)[0]
@@ -228,6 +237,20 @@ def test_bad_onnx_inputs_give_one_line(exported, camvid_tiny, tmp_path, cli):
     )
     with pytest.raises(CamsegError, match="an ONNX model runs on the CPU here"):
         Segmenter(exported, device="cuda")
+    # --runtime names what runs an .onnx; a PyTorch model file is refused before any work
+    pth = tmp_path / "model.pth"
+    pth.symlink_to(trained_run / "model.pth")
+    out = tmp_path / "out-pth"
+    said = error_of("predict", frame, "--model", pth, "--out", out, "--runtime", "openvino")
+    assert said == (
+        f"camseg: error: --runtime openvino: runs an exported .onnx model, and {pth} is a "
+        "PyTorch model file; export one (camseg export, or --int8), give --model FILE.onnx, or "
+        "leave --runtime at auto"
+    )
+    assert not out.exists()
+    assert "--runtime onnxruntime: runs an exported .onnx" in error_of(
+        "evaluate", "--model", pth, "--data", camvid_tiny, "--runtime", "onnxruntime"
+    )
 
 
 @pytest.mark.faults
@@ -235,12 +258,21 @@ def test_missing_extras_give_one_line(exported, trained_run, camvid_tiny, tmp_pa
     frame = _frames(camvid_tiny, 1)[0]
     out = tmp_path / "out"
     no_runtime = _blocked_cli(
-        "onnxruntime", "predict", frame, "--model", exported, "--out", out, cwd=tmp_path
+        "onnxruntime,openvino", "predict", frame, "--model", exported, "--out", out, cwd=tmp_path
     )
     assert no_runtime.returncode == 2 and not out.exists()
     assert no_runtime.stderr.splitlines()[0] == (
         "camseg: error: running an ONNX model needs onnxruntime, which is not installed: "
-        "pip install 'camseg[onnx]'"
+        "pip install 'camseg[onnx]' (or OpenVINO: pip install 'camseg[openvino]')"
+    )
+    asked = _blocked_cli(
+        "openvino", "predict", frame, "--model", exported, "--out", out, "--runtime", "openvino",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert asked.returncode == 2 and not out.exists()
+    assert asked.stderr.splitlines()[0] == (
+        "camseg: error: --runtime openvino needs openvino, which is not installed: "
+        "pip install 'camseg[openvino]'"
     )
     no_exporter = _blocked_cli(
         "onnxscript", "export", "--run", trained_run, "--out", tmp_path / "m.onnx", cwd=tmp_path

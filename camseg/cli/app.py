@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from typer.core import TyperCommand, TyperGroup
 
-from camseg.config.values import Weights
+from camseg.config.values import Runtime, Weights
 from camseg.errors import CamsegError, stop_signal
 
 
@@ -140,6 +140,14 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+RuntimeChoice = choices("RuntimeChoice", Runtime)
+RuntimeOpt = Annotated[
+    RuntimeChoice,
+    typer.Option(
+        help="What runs an .onnx model (given, or the run's int8 file that predict picks): "
+        "auto (OpenVINO when installed, else ONNX Runtime), onnxruntime or openvino."
+    ),
+]
 WeightsChoice = choices("WeightsChoice", Weights)
 WeightsOpt = Annotated[
     WeightsChoice | None,

@@ -82,6 +82,7 @@ def export(
                 **(
                     {
                         "int8_agreement": result.int8.agreement,
+                        "int8_agreement_openvino": result.int8.agreement_openvino,
                         "calibration_frames": result.int8.calibration_frames,
                         "check_frames": result.int8.check_frames,
                     }
@@ -94,16 +95,23 @@ def export(
         check = f"ONNX Runtime's scores within {result.max_abs_diff:.1e} of PyTorch's"
     else:
         q = result.int8
+        on_openvino = (
+            f" (OpenVINO: {q.agreement_openvino:.2%})" if q.agreement_openvino is not None else ""
+        )
         check = (
             f"int8, calibrated on {q.calibration_frames} training frames; "
             f"{q.agreement:.2%} of mask pixels as in fp32 on {q.check_frames} validation frames"
+            f"{on_openvino}"
         )
     out.print(
         f"wrote {result.path} ({size_mb:.0f} MB; {h}x{w} input, batch of any size, "
         f"{result.n_classes} classes; {check}; {result.seconds:.0f} s)",
         soft_wrap=True,
     )
-    if result.int8 is not None and result.int8.agreement < INT8_AGREEMENT:
+    if (
+        result.int8 is not None
+        and max(result.int8.agreement, result.int8.agreement_openvino or 0.0) < INT8_AGREEMENT
+    ):
         err.print(
             f"camseg: note: below the {INT8_AGREEMENT:.0%} agreement that predict asks of an "
             f"int8 file, so it keeps using the fp32 model by default; give --model "

@@ -17,6 +17,7 @@ from camseg.cli.app import (
     ModelOpt,
     QuietOpt,
     RunOpt,
+    RuntimeOpt,
     WeightsOpt,
     app,
     choices,
@@ -68,6 +69,7 @@ def evaluate(
             "cannot run here), fp32, fp16 (CUDA) or bf16."
         ),
     ] = "train",  # type: ignore[assignment]
+    runtime: RuntimeOpt = "auto",  # type: ignore[assignment]
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -106,6 +108,7 @@ def evaluate(
         precision=precision.value,  # type: ignore[arg-type]
         out=out_dir,
         tune_process=True,  # this process is the command's own
+        runtime=runtime.value,
     )
     if json_out:
         print_json(json.loads((result.out_dir / "metrics.json").read_text(encoding="utf-8")))
@@ -195,6 +198,7 @@ def predict(
             "fp16 (CUDA)."
         ),
     ] = "auto",  # type: ignore[assignment]
+    runtime: RuntimeOpt = "auto",  # type: ignore[assignment]
     format_: Annotated[
         str | None,
         typer.Option(
@@ -229,6 +233,7 @@ def predict(
         precision=precision.value,
         exist_ok=exist_ok,
         tune_process=True,
+        runtime=runtime.value,
     )
     videos = any(is_video_source(item) for item in inputs)
     if not videos and stride != 1:
@@ -238,7 +243,7 @@ def predict(
     expanded = None if videos else expand_inputs(inputs)
     from camseg.infer.predict import fastest_model  # the run's int8 export, where it is faster
 
-    source, chosen = fastest_model(source, device, precision.value)
+    source, chosen = fastest_model(source, device, precision.value, runtime.value)
     if chosen is not None:
         err.print(f"camseg: {chosen}", soft_wrap=True)
     new_dir = out_dir is None

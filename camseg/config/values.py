@@ -24,6 +24,11 @@ PredictPrecision = Literal["auto", "fp32", "fp16", "bf16"]  # auto: the fastest 
 EvaluatePrecision = Literal["train", "fp32", "fp16", "bf16"]  # train: what training validated in
 
 
+# What runs an exported .onnx model: auto picks OpenVINO when installed (faster on the CPUs
+# measured, docs/benchmarks.md), else ONNX Runtime.
+Runtime = Literal["auto", "onnxruntime", "openvino"]
+
+
 Split = Literal["valid", "train", "all"]
 
 

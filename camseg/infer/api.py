@@ -39,9 +39,11 @@ class Segmenter:
     """Segments images with a trained model.
 
     `model`: a run folder (its model.pth), a model.pth or checkpoint file, a model.onnx from
-    `camseg export` (run by ONNX Runtime on the CPU in fp32, without fastai), or None for the
-    newest finished run under ./runs. `device`: auto, cpu, cuda or cuda:N. `precision`: auto
-    (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, fp16 or bf16. `tta`: average
+    `camseg export` (run on the CPU in its graph's precision, fp32 or int8, without fastai), or
+    None for the newest finished run under ./runs. `device`: auto, cpu, cuda or cuda:N.
+    `precision`: auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32, fp16 or
+    bf16. `runtime`, for a model.onnx: auto (OpenVINO when installed, else ONNX Runtime),
+    onnxruntime or openvino. `tta`: average
     each image with its mirror image (twice the time). `tune_process`: let camseg set the
     process-wide settings its own commands run with (cuDNN's kernel search on CUDA, glibc keeping
     freed memory on a CPU: camseg.infer.network.tune_process_for); off, the process is left as
@@ -60,12 +62,18 @@ class Segmenter:
         precision: str = "auto",
         tta: bool = False,
         tune_process: bool = False,
+        runtime: str = "auto",
     ) -> None:
         if model is None:
             model = latest_run(Path("runs")).dir
         source = model if isinstance(model, ModelFile) else Path(model)
         self._net: Network = load_network(
-            source, device=device, precision=precision, tta=tta, tune_process=tune_process
+            source,
+            device=device,
+            precision=precision,
+            tta=tta,
+            tune_process=tune_process,
+            runtime=runtime,
         )
         self._palette = self._net.info.palette()  # what training recorded
 
@@ -102,12 +110,17 @@ class Segmenter:
     def precision(self) -> str:
         return self._net.precision.name
 
+    @property
+    def runtime(self) -> str:
+        """pytorch, or for a model.onnx onnxruntime or openvino."""
+        return self._net.runtime
+
     def __repr__(self) -> str:
         h, w = self.size
         return (
             f"Segmenter(model_path={str(self.model_path)!r}, arch={self.arch!r}, "
             f"classes={len(self.classes)}, size={h}x{w}, device={str(self.device)!r}, "
-            f"precision={self.precision!r})"
+            f"precision={self.precision!r}, runtime={self.runtime!r})"
         )
 
     def predict(self, image: ImageLike, output: Output = "index") -> np.ndarray:

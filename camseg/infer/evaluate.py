@@ -33,7 +33,6 @@ from camseg.data.splits import reading_data_config, split_items
 from camseg.errors import CamsegError
 from camseg.infer.network import Network, class_mask, load_network, read_model, to_model_input
 from camseg.model.files import ModelFile
-from camseg.model.onnx_file import is_onnx
 from camseg.report.page import write_report
 from camseg.report.plots import plot_confusion
 
@@ -131,9 +130,11 @@ def evaluate(
     precision: EvaluatePrecision = EVALUATE_DEFAULT,
     out: Path | None = None,
     tune_process: bool = False,
+    runtime: str = "auto",
 ) -> Evaluation:
     """Score the model at `source` (run folder, model.pth, checkpoint or exported model.onnx) on
-    a split, by default in the precision training validated in (the model file records it).
+    a split, by default in the precision training validated in (the model file records it); an
+    .onnx on `runtime` (load_network's).
     Writes a new folder under `out` (default: the run's eval/, or eval/ beside a model file)."""
     mf = read_model(source)
     run = run_of(source)
@@ -159,6 +160,7 @@ def evaluate(
         policy="evaluate",
         exact=True,
         tune_process=tune_process,
+        runtime=runtime,
     )
     dev = net.device
     read_label = label_reader(files)
@@ -186,7 +188,7 @@ def evaluate(
         else "labels resized to the model input size (nearest), as in training",
         "tta": "horizontal flip" if tta else None,
         "device": str(dev),
-        "runtime": "onnxruntime" if is_onnx(mf.path) else "pytorch",
+        "runtime": net.runtime,
         "precision": net.precision.name,
         "precision_note": net.precision.note,  # why it is not the one asked for, if it is not
     }

@@ -4,8 +4,8 @@ training's validation pipeline did (from what model.pth records), optional flip 
 scores -> class indices at an image's or a label's own size.
 
 Needs only the model file: no training config, no fastai Learner. An exported model.onnx runs
-through the same `Network`, its module an ONNX Runtime session (camseg.infer.onnx_runtime),
-without fastai.
+through the same `Network`, its module an ONNX Runtime session or an OpenVINO compiled model
+(camseg.infer.onnx_runtime), without fastai.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from camseg.core.precision import InferencePolicy, RunPrecision, inference_preci
 from camseg.core.runs import model_file
 from camseg.errors import CamsegError
 from camseg.infer.fold import fold_for_inference
-from camseg.infer.onnx_runtime import onnx_module, onnx_precision
+from camseg.infer.onnx_runtime import onnx_module, onnx_precision, pick_runtime
 from camseg.model.files import ModelFile, read_model_file, to_model_input
 from camseg.model.onnx_file import is_onnx, read_onnx_file
 
@@ -61,6 +61,7 @@ class Network:
     device: torch.device
     precision: RunPrecision
     channels_last: bool
+    runtime: str = "pytorch"  # or, for an .onnx, onnxruntime or openvino
     # fastai's U-Net keeps each call's skip features in hooks shared by all calls
     # (UnetBlock.forward reads hook.stored): two threads in one model mix their images. One
     # call at a time per network; the lock is shared by the flip-TTA copy of it.
@@ -103,9 +104,12 @@ def load_network(
     tta: bool = False,
     exact: bool = False,
     tune_process: bool = False,
+    runtime: str = "auto",
 ) -> Network:
     """Load a run folder / model.pth / checkpoint / model.onnx (or a ModelFile read already)
-    for inference; a model.onnx runs on ONNX Runtime (camseg.infer.onnx_runtime) in fp32.
+    for inference; a model.onnx runs in its graph's precision on `runtime`: auto (OpenVINO when
+    installed, else ONNX Runtime; camseg.infer.onnx_runtime.pick_runtime), onnxruntime or
+    openvino. A model.pth runs on PyTorch (`runtime` auto).
 
     `precision`: one of `policy`'s choices: auto (predict: the fastest the device runs well),
     train (evaluate: what training validated in) or fp32 / fp16 / bf16; see camseg.core.precision.
@@ -118,10 +122,10 @@ def load_network(
     the CLI's commands do, a library call leaves the process as it is unless asked.
     """
     mf = source if isinstance(source, ModelFile) else read_model(source)
-    if is_onnx(mf.path):
-        module = onnx_module(mf, device)
+    if runtime_for(mf, runtime) != "pytorch":
         chosen = onnx_precision(precision, mf.precision, policy, mf.int8_agreement is not None)
-        net = Network(module, mf, torch.device("cpu"), chosen, channels_last=False)
+        module = onnx_module(mf, device, runtime)
+        net = Network(module, mf, torch.device("cpu"), chosen, False, runtime=module.runtime)
         return net.with_flip_tta() if tta else net
     dev = resolve_device(device, "--device")
     chosen = inference_precision(precision, mf.precision, dev, policy)
@@ -134,6 +138,21 @@ def load_network(
     info = dataclasses.replace(mf, state_dict={})  # the model holds the weights now
     net = Network(chosen.apply(model, dev), info, dev, chosen, channels_last=not exact)
     return net.with_flip_tta() if tta else net
+
+
+def runtime_for(mf: ModelFile, runtime: str = "auto") -> str:
+    """What runs the model `mf` describes at --runtime `runtime`: pytorch for a model.pth or
+    checkpoint (at auto only), else the .onnx's runtime (pick_runtime); an error before any
+    work when that cannot be."""
+    if is_onnx(mf.path):
+        return pick_runtime(mf, runtime)
+    if runtime != "auto":
+        raise CamsegError(
+            f"--runtime {runtime}: runs an exported .onnx model, and {mf.path} is a PyTorch "
+            "model file; export one (camseg export, or --int8), give --model FILE.onnx, or "
+            "leave --runtime at auto"
+        )
+    return "pytorch"
 
 
 def tune_process_for(device: torch.device) -> None:

@@ -1,9 +1,15 @@
-"""An exported model.onnx run on ONNX Runtime's CPU provider, as the module of
-camseg.infer.network's `Network` (the facade builds the Network; this backend never does). The
-file's contract and metadata are camseg.model.onnx_file's. No fastai."""
+"""An exported model.onnx run on the CPU by ONNX Runtime (its CPU provider) or OpenVINO, as the
+module of camseg.infer.network's `Network` (the facade builds the Network; this backend never
+does). The file's contract and metadata are camseg.model.onnx_file's. No fastai.
+
+Which runtime (`pick_runtime`): the one asked for, or at auto the first installed of
+onnx_file.RUNTIMES, OpenVINO before ONNX Runtime: on a Zen 4 it ran camseg's int8 file 1.5x as
+fast and the fp32 file 1.1x (docs/benchmarks.md). For an int8 file, auto takes the first whose
+agreement with fp32 the export measured at INT8_AGREEMENT or more."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, get_args
 
 import numpy as np
@@ -13,17 +19,48 @@ from camseg.config.values import EvaluatePrecision, Precision, PredictPrecision
 from camseg.core.precision import InferencePolicy, RunPrecision
 from camseg.errors import CamsegError, first_line, require_extra
 from camseg.model.files import ModelFile
-from camseg.model.onnx_file import INPUT
+from camseg.model.onnx_file import INPUT, INT8_AGREEMENT, OPENVINO_CONFIG, RUNTIMES, installed
+
+NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+
+
+def pick_runtime(info: ModelFile, runtime: str = "auto") -> str:
+    """The runtime that runs the .onnx `info` describes: `runtime` itself (an error naming its
+    extra when it is not installed), or at auto the first installed of RUNTIMES; for an int8
+    file the first whose recorded agreement reaches INT8_AGREEMENT, else the first that has one
+    recorded."""
+    if runtime != "auto":
+        if runtime not in RUNTIMES:
+            raise CamsegError(f"--runtime {runtime!r}: choose auto, {', '.join(RUNTIMES)}")
+        require_extra(runtime, extra=EXTRAS[runtime], what=f"--runtime {runtime}")
+        return runtime
+    have = [name for name in RUNTIMES if installed(name)]
+    if not have:
+        require_extra(
+            "onnxruntime",
+            extra="onnx",
+            what="running an ONNX model",
+            otherwise="OpenVINO: pip install 'camseg[openvino]'",
+        )
+    measured = info.int8_agreement
+    if measured is not None:
+        agreeing = [name for name in have if measured.get(name, 0.0) >= INT8_AGREEMENT]
+        return (agreeing or [name for name in have if name in measured] or have)[0]
+    return have[0]
 
 
 class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module: model input in, fp32 class scores out, on the input's
-    device, as `Network` expects of its module."""
+    """An ONNX Runtime session or an OpenVINO compiled model as a module: model input in, fp32
+    class scores out, on the input's device, as `Network` expects of its module."""
 
-    def __init__(self, session: Any, size: tuple[int, int]) -> None:
+    def __init__(
+        self, run: Callable[[np.ndarray], np.ndarray], size: tuple[int, int], runtime: str
+    ) -> None:
         super().__init__()
-        self.session = session
+        self.run = run  # (N, 3, H, W) float32 -> (N, classes, H, W) scores
         self.size = size
+        self.runtime = runtime
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:
@@ -33,38 +70,67 @@ class OnnxModule(torch.nn.Module):
                 f"{x.shape[-2]}x{x.shape[-1]}; use the model.pth for other sizes"
             )
         xb = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {INPUT: xb})[0]).to(x.device)
+        return torch.from_numpy(np.asarray(self.run(xb), dtype=np.float32)).to(x.device)
 
 
-def onnx_module(info: ModelFile, device: str = "auto") -> OnnxModule:
-    """An ONNX Runtime session on the CPU for an exported file, its inputs and outputs checked
-    against the metadata. `device` auto or cpu."""
+def onnx_module(info: ModelFile, device: str = "auto", runtime: str = "auto") -> OnnxModule:
+    """An exported file loaded on the CPU by `pick_runtime(info, runtime)`, its inputs and
+    outputs checked against the metadata. `device` auto or cpu."""
     if device not in ("auto", "cpu"):
         raise CamsegError(
-            f"--device {device}: an ONNX model runs on the CPU here (ONNX Runtime's CPU "
-            "provider); use --device cpu or auto, or the model.pth for a GPU"
+            f"--device {device}: an ONNX model runs on the CPU here (ONNX Runtime's or "
+            "OpenVINO's CPU runtime); use --device cpu or auto, or the model.pth for a GPU"
         )
-    ort = require_extra("onnxruntime", extra="onnx", what="running an ONNX model")
-
+    name = pick_runtime(info, runtime)
+    load = _openvino if name == "openvino" else _onnxruntime
     try:
-        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+        run, inputs, channels = load(info)
     except Exception as e:
-        raise CamsegError(f"{info.path}: ONNX Runtime cannot load it: {first_line(e)}") from None
-    inputs = session.get_inputs()
-    if [i.name for i in inputs] != [INPUT] or list(inputs[0].shape[1:]) != [3, *info.size]:
-        found = [(i.name, i.shape) for i in inputs]
+        raise CamsegError(f"{info.path}: {NAMES[name]} cannot load it: {first_line(e)}") from None
+    if [n for n, _ in inputs] != [INPUT] or list(inputs[0][1][1:]) != [3, *info.size]:
         raise CamsegError(
-            f"{info.path}: the graph takes {found}, not '{INPUT}' (N, 3, {info.size[0]}, "
+            f"{info.path}: the graph takes {inputs}, not '{INPUT}' (N, 3, {info.size[0]}, "
             f"{info.size[1]}) as its metadata says; re-export it with camseg export"
         )
-    channels = session.get_outputs()[0].shape[1:2]
-    if channels != [len(info.codes)]:
+    if channels != len(info.codes):
         raise CamsegError(
-            f"{info.path}: the graph gives {channels[0] if channels else '?'} class scores a "
-            f"pixel but its metadata lists {len(info.codes)} classes; re-export it with camseg "
-            "export"
+            f"{info.path}: the graph gives {channels or '?'} class scores a pixel but its "
+            f"metadata lists {len(info.codes)} classes; re-export it with camseg export"
         )
-    return OnnxModule(session, info.size)
+    return OnnxModule(run, info.size, name)
+
+
+Loaded = tuple[Callable[[np.ndarray], np.ndarray], list[tuple[str, list]], int | None]
+
+
+def _onnxruntime(info: ModelFile) -> Loaded:
+    """(run, [(input name, shape)], class channels of the output) of an ONNX Runtime session."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+    channels = session.get_outputs()[0].shape[1:2]
+    return (
+        lambda xb: session.run(None, {INPUT: xb})[0],
+        [(i.name, list(i.shape)) for i in session.get_inputs()],
+        channels[0] if channels and isinstance(channels[0], int) else None,
+    )
+
+
+def _openvino(info: ModelFile) -> Loaded:
+    """The same of an OpenVINO model compiled for the CPU (OPENVINO_CONFIG)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(info.path), "CPU", OPENVINO_CONFIG)
+
+    def dims(shape: Any) -> list:
+        return [d.get_length() if d.is_static else "N" for d in shape]
+
+    scores = dims(compiled.outputs[0].get_partial_shape())
+    return (
+        lambda xb: compiled(xb)[0],
+        [(i.get_any_name(), dims(i.get_partial_shape())) for i in compiled.inputs],
+        scores[1] if len(scores) == 4 and isinstance(scores[1], int) else None,
+    )
 
 
 def onnx_precision(

@@ -9,7 +9,6 @@ Needs only model.pth (or an exported model.onnx): no training config, no pickle.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from camseg.data.files import open_rgb
 from camseg.errors import CamsegError
 from camseg.infer.api import MAX_PIXELS, Segmenter, overlay
 from camseg.infer.inputs import expand_inputs
-from camseg.infer.network import read_model
+from camseg.infer.network import read_model, runtime_for
+from camseg.infer.onnx_runtime import NAMES, installed, pick_runtime
 from camseg.infer.outputs import (
     FORMATS,
     LEGEND,
@@ -39,30 +39,41 @@ from camseg.infer.outputs import (
     save_png,
     unique_names,
 )
-from camseg.model.onnx_file import INT8_AGREEMENT, is_onnx, read_onnx_file, run_int8_file
+from camseg.model.onnx_file import (
+    INT8_AGREEMENT,
+    RUNTIMES,
+    is_onnx,
+    read_onnx_file,
+    run_int8_file,
+)
 
 # Decode the next batch while the network runs this one, unless this one is already this big.
 AHEAD_PIXELS = 50_000_000
 
 
-def fastest_model(source: Path, device: str, precision: str) -> tuple[Path, str | None]:
+def fastest_model(
+    source: Path, device: str, precision: str, runtime: str = "auto"
+) -> tuple[Path, str | None]:
     """What `camseg predict` runs for a model file at --precision auto: on a CPU without AMX
-    the run's int8 export, when `camseg export --int8` wrote one that met INT8_AGREEMENT and
-    onnxruntime is installed; else the file itself (in bf16 where the CPU has native bf16, else
-    fp32). Measured (docs/benchmarks.md): int8 beat bf16 on a Zen 4 with AVX512-BF16 and fp32
-    everywhere; bf16 beat int8 only with AMX. The second value says which file, in one line,
-    when it is not the one asked for."""
-    if precision != "auto" or is_onnx(source) or importlib.util.find_spec("onnxruntime") is None:
+    the run's int8 export, when `camseg export --int8` wrote one and the runtime that would run
+    it (pick_runtime: OpenVINO when installed, else ONNX Runtime) met INT8_AGREEMENT at export;
+    else the file itself (in bf16 where the CPU has native bf16, else fp32). Measured
+    (docs/benchmarks.md): int8 beat bf16 on a Zen 4 with AVX512-BF16 and fp32 everywhere; bf16
+    beat int8 only with AMX. The second value says which file, in one line, when it is not the
+    one asked for."""
+    if precision != "auto" or is_onnx(source) or not any(map(installed, RUNTIMES)):
         return source, None
     int8 = run_int8_file(source)
     if int8 is None or resolve_device(device, "--device").type != "cpu" or cpu_has_amx():
         return source, None
-    agreement = read_onnx_file(int8).int8_agreement
+    info = read_onnx_file(int8)
+    name = pick_runtime(info, runtime)
+    agreement = (info.int8_agreement or {}).get(name)
     if agreement is None or agreement < INT8_AGREEMENT:
         return source, None
     return int8, (
-        f"predicting with {int8}: int8 on ONNX Runtime, {agreement:.2%} of its mask pixels as "
-        f"in fp32 at export (the fastest on a CPU without AMX; --precision fp32 or bf16 runs "
+        f"predicting with {int8}: int8 on {NAMES[name]}, {agreement:.2%} of its mask pixels "
+        f"as in fp32 at export (the fastest on a CPU without AMX; --precision fp32 or bf16 runs "
         f"{source.name})"
     )
 
@@ -122,6 +133,7 @@ def predict(
     on_image: Callable[[dict | None], None] | None = None,
     exist_ok: bool = False,
     tune_process: bool = False,
+    runtime: str = "auto",
 ) -> PredictResult:
     """Segment images; write the requested formats under `out` at each input's resolution.
     An output that exists already is an error unless exist_ok (then it is replaced)."""
@@ -131,6 +143,7 @@ def predict(
     batch_size = batch_size or auto_batch_size(dev)
     images = expand_inputs(inputs).images
     mf = read_model(model_path)  # model.pth, checkpoint or exported model.onnx
+    runtime_for(mf, runtime)  # a runtime that cannot run it: before any work
     names = unique_names([p.stem for p in images], {p.stem for p in images})
     inputs_resolved = {p.resolve() for p in images}
     targets = [out / f"{name}_{OUTPUT_SUFFIX[fmt]}.png" for name in names for fmt in formats]
@@ -147,7 +160,14 @@ def predict(
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
 
-    seg = Segmenter(mf, device=device, precision=precision, tta=tta, tune_process=tune_process)
+    seg = Segmenter(
+        mf,
+        device=device,
+        precision=precision,
+        tta=tta,
+        tune_process=tune_process,
+        runtime=runtime,
+    )
     del mf  # the network holds the weights now (0.2 GB less)
     codes, palette = seg.classes, seg.colors
     result = PredictResult()

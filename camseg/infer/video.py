@@ -20,7 +20,7 @@ from camseg.core.device import resolve_device
 from camseg.core.precision import PREDICT_DEFAULT, predict_precision
 from camseg.errors import CamsegError
 from camseg.infer.api import Segmenter, overlay
-from camseg.infer.network import read_model
+from camseg.infer.network import read_model, runtime_for
 from camseg.infer.outputs import (
     LEGEND,
     auto_batch_size,
@@ -182,6 +182,7 @@ def predict_videos(
     on_frame: Callable[[int, dict | None], None] | None = None,
     exist_ok: bool = False,
     tune_process: bool = False,
+    runtime: str = "auto",
 ) -> list[VideoResult]:
     """Segment video sources; write `formats` under `out` as <name>_overlay.mp4,
     <name>_color.mp4 and <name>_frames/<name>_<frame>_mask.png. Every source is opened before
@@ -208,6 +209,7 @@ def predict_videos(
             )
     refuse_earlier_outputs(targets, exist_ok)
     mf = read_model(model_path)
+    runtime_for(mf, runtime)  # a runtime that cannot run it: before any work
     legend = legend_to_write(out, mf, formats, exist_ok)
     codec = h264_encoder() if {"overlay", "color"} & set(formats) else ""
     try:
@@ -215,7 +217,14 @@ def predict_videos(
     except OSError as e:
         raise CamsegError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     require_writable(out, "--out")
-    seg = Segmenter(mf, device=device, precision=precision, tta=tta, tune_process=tune_process)
+    seg = Segmenter(
+        mf,
+        device=device,
+        precision=precision,
+        tta=tta,
+        tune_process=tune_process,
+        runtime=runtime,
+    )
 
     def before_videos() -> None:  # with the first video file: a failed call writes nothing
         nonlocal legend

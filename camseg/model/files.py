@@ -77,8 +77,9 @@ class ModelFile:
     ignore_index: int | None = None  # data.ignore_index of training; None: older files
     colors: tuple[tuple[int, int, int], ...] | None = None  # class colours; None: older files
     # an int8 .onnx (camseg export --int8): the share of mask pixels its export measured equal
-    # to the fp32 graph's; None for every other file
-    int8_agreement: float | None = None
+    # to the fp32 graph's, by runtime (onnxruntime, and openvino when it was installed); None for
+    # every other file
+    int8_agreement: dict[str, float] | None = None
 
     def palette(self) -> np.ndarray:
         """(classes, 3) uint8: the colours training recorded (data.palette, or its defaults);

@@ -5,6 +5,7 @@ does (camseg.infer.onnx_runtime runs it). Never imports fastai."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -24,6 +25,18 @@ INPUT, OUTPUT = "image", "scores"
 # An int8 file (camseg export --int8) is used in fp32's place by default only when its export
 # measured at least this share of mask pixels equal to the fp32 graph's (docs/benchmarks.md).
 INT8_AGREEMENT = 0.99
+OPENVINO_AGREEMENT = "int8_agreement_openvino"  # the metadata key of OpenVINO's measurement
+RUNTIMES = ("openvino", "onnxruntime")  # what can run an .onnx, the faster first (auto's order)
+# How camseg compiles an .onnx with OpenVINO: OpenVINO's CPU plugin runs an fp32 graph in bf16
+# on a CPU with native bf16 unless told f32 (its default there); camseg runs an .onnx in fp32 on
+# OpenVINO as on ONNX Runtime (an int8 file's quantized layers still run in int8).
+OPENVINO_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def installed(runtime: str) -> bool:
+    return importlib.util.find_spec(runtime) is not None
+
+
 DOC = (
     f"camseg U-Net. Input '{INPUT}': float32 (N, 3, H, W), RGB squished to the metadata's size "
     f"(bilinear), scaled to [0, 1], minus mean, divided by std. Output '{OUTPUT}': float32 "
@@ -79,8 +92,9 @@ def metadata(mf: ModelFile) -> dict[str, str]:
 
 def read_onnx_file(path: Path) -> ModelFile:
     """What an exported .onnx says about its network, as a ModelFile without weights (the graph
-    holds them; `load_onnx_network` runs it). Reads only the metadata, not the graph, then
-    checks that onnxruntime is there to run it, so predict refuses before writing anything."""
+    holds them; camseg.infer.onnx_runtime runs it). Reads only the metadata, not the graph,
+    then checks that a runtime (ONNX Runtime or OpenVINO) is there to run it, so predict refuses
+    before writing anything."""
     if not path.is_file():
         raise CamsegError(f"{path}: no such file")
     try:
@@ -105,7 +119,13 @@ def read_onnx_file(path: Path) -> ModelFile:
             "file is damaged; export it again (camseg export)"
         )
     info = _model_file(path, props)
-    require_extra("onnxruntime", extra="onnx", what="running an ONNX model")
+    if not any(map(installed, RUNTIMES)):
+        require_extra(
+            "onnxruntime",
+            extra="onnx",
+            what="running an ONNX model",
+            otherwise="OpenVINO: pip install 'camseg[openvino]'",
+        )
     return info
 
 
@@ -157,15 +177,20 @@ def _colors(props: dict[str, str], n: int) -> tuple[tuple[int, int, int], ...] |
     return tuple((int(c[0]), int(c[1]), int(c[2])) for c in colors)
 
 
-def _int8_agreement(props: dict[str, str]) -> float | None:
+def _int8_agreement(props: dict[str, str]) -> dict[str, float] | None:
+    """An int8 file's measured agreement by runtime: int8_agreement (ONNX Runtime, always) and
+    int8_agreement_openvino (when OpenVINO was installed at export)."""
     if props.get("quantization") is None:
         return None
     if props["quantization"] != "int8":
         raise ValueError("quantization")
-    value = float(json.loads(props["int8_agreement"]))
-    if not 0 <= value <= 1:
-        raise ValueError("int8_agreement")
-    return value
+    agreement = {}
+    for runtime, key in (("onnxruntime", "int8_agreement"), ("openvino", OPENVINO_AGREEMENT)):
+        if runtime == "onnxruntime" or key in props:
+            agreement[runtime] = float(json.loads(props[key]))
+            if not 0 <= agreement[runtime] <= 1:
+                raise ValueError(key)
+    return agreement
 
 
 def _ignore_index(props: dict[str, str]) -> int | None:
