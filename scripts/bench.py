@@ -2,6 +2,7 @@
 """Benchmarks that write their numbers to bench/results.json (merged by section).
 
     python scripts/bench.py predict [--device cpu] [--n 50] [--size 360x480] [--repeats 3]
+                                    [--model RUN]
     python scripts/bench.py train [--device cpu] [--size 96x128] [--batch-size 8] [--repeats 3]
     python scripts/bench.py data [--n 100] [--size 360x480]
     python scripts/bench.py bigphoto [--device cpu] [--size 360x480]
@@ -15,7 +16,10 @@
     python scripts/bench.py --quick            # `all` at tiny sizes (CI runs this)
 
 predict: camseg's batched predict against a plain per-image `learn.predict` loop over the same
-images (camvid_tiny frames upscaled), alternating A/B, both writing index masks to disk.
+images (camvid_tiny frames upscaled), alternating A/B, both writing index masks to disk; a U-Net
+with random weights, or with --model a trained run's weights at --size, which camseg runs as
+`camseg predict` does by default once the run has its int8 file (`camseg export --int8`, made
+at --size first): on a CPU without AMX that file, on OpenVINO when installed.
 train: one epoch of `camseg train` against one epoch of scripts/plain_fastai.py (the lesson-3
 recipe) on camvid_tiny, same size, batch size, seed, workers and device, alternating A/B in
 subprocesses.
@@ -132,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (settings: 1)")
     parser.add_argument("--rounds", type=int, default=3, help="video: alternations of `overlap`")
     parser.add_argument(
-        "--model", type=Path, default=None, help="backends: run folder or model.pth"
+        "--model",
+        type=Path,
+        default=None,
+        help="backends: run folder or model.pth; predict (and all): a finished run, else random "
+        "weights",
     )
     parser.add_argument(
         "--recipes",
@@ -167,7 +175,16 @@ def main(argv: list[str] | None = None) -> None:
             bench_setting(results, what, data, big, device, arch, bs or 8, repeats or 1)
         if what in ("all", "predict"):
             bench_predict(
-                results, data, big, n or 50, device, arch, bs, args.precision, repeats or 3
+                results,
+                data,
+                big,
+                n or 50,
+                device,
+                arch,
+                bs,
+                args.precision,
+                repeats or 3,
+                args.model,
             )
         if what in ("all", "data"):
             source = (144, 192) if args.quick else (720, 960)

@@ -25,9 +25,12 @@ def bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
+def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny, trained_run):
+    from camseg.core.device import cpu_has_amx
+
     out = tmp_path / "results.json"
-    proc = bench("--quick", "--out", str(out), "--data", str(camvid_tiny))
+    model = ("--model", str(trained_run))  # predict: what `camseg predict` runs by default
+    proc = bench("--quick", "--out", str(out), "--data", str(camvid_tiny), *model)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     predict = results["predict_cpu"]
@@ -35,6 +38,11 @@ def test_bench_quick_runs_and_writes_results(tmp_path, camvid_tiny):
     ratio = predict["camseg_images_per_s"] / predict["learn_predict_images_per_s"]
     assert abs(predict["speedup"] - ratio) < 0.02
     assert "machine" in predict and predict["images"] == 6
+    # the run's weights at the bench's size, with the int8 file made of them: on a CPU without
+    # AMX camseg predict runs that file, on OpenVINO (installed here)
+    assert predict["model"] == str(trained_run) and predict["int8_export"]["agreement"] > 0.9
+    (ran,) = predict["camseg_ran"]
+    assert ran.endswith("model.pth") if cpu_has_amx() else "int8 on OpenVINO" in ran
     assert results["data"]["cache_images_per_s"] > 0 and results["data"]["frames"] == 12
     train = results["train_cpu"]
     assert train["camseg_images_per_s"] > 0 and train["plain_fastai_images_per_s"] > 0
@@ -112,17 +120,18 @@ def test_video_benchmark_times_predict_on_a_clip(tmp_path, camvid_tiny):
 def test_backends_benchmark_compares_with_pytorch_fp32(tmp_path, camvid_tiny, trained_run):
     pytest.importorskip("onnxscript")
     out = tmp_path / "results.json"
-    skip = "onnxruntime-int8-dynamic,onnxruntime-int8,fastai-learn.predict"
+    skip = "onnxruntime-int8-dynamic,onnxruntime-int8,openvino-int8,fastai-learn.predict"
     args = ("--model", str(trained_run), "--skip", skip, "--data", str(camvid_tiny))
     proc = bench("backends", "--quick", *args, "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())["backends"]
     rows = {r["backend"]: r for r in result["rows"]}
-    assert set(rows) == {"pytorch-fp32", "pytorch-bf16", "onnxruntime-fp32"}
+    assert set(rows) == {"pytorch-fp32", "pytorch-bf16", "onnxruntime-fp32", "openvino-fp32"}
     assert result["model"]["run_at"] == [64, 96] and result["frames"] == 6
     reference = rows["pytorch-fp32"]
     assert reference["pixel_agreement_vs_pytorch_fp32"] == 1 and reference["acc_camvid_change"] == 0
-    assert rows["onnxruntime-fp32"]["pixel_agreement_vs_pytorch_fp32"] > 0.99
+    for name in ("onnxruntime-fp32", "openvino-fp32"):
+        assert rows[name]["pixel_agreement_vs_pytorch_fp32"] > 0.99
     assert all(r["images_per_s"] > 0 and 0 <= r["acc_camvid"] <= 1 for r in rows.values())
     assert bench("backends", "--skip", "nope").returncode == 2
 

@@ -1,7 +1,7 @@
 """`backends`: one trained model run at a size (a U-Net's weights fit any size) as PyTorch fp32,
 PyTorch bf16, ONNX Runtime fp32 (the `camseg export` file), ONNX Runtime int8 (`camseg export
---int8`, and dynamic quantization for comparison) and fastai's per-image `learn.predict`, on the
-CPU: images/s, agreement, accuracy."""
+--int8`, and dynamic quantization for comparison), the fp32 and int8 files on OpenVINO, and
+fastai's per-image `learn.predict`, on the CPU: images/s, agreement, accuracy."""
 
 from __future__ import annotations
 
@@ -31,8 +31,16 @@ OPTIONAL = (
     "onnxruntime-fp32",
     "onnxruntime-int8",
     "onnxruntime-int8-dynamic",
+    "openvino-fp32",
+    "openvino-int8",
     "fastai-learn.predict",
 )
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
 
 
 def dynamic_int8(fp32: Path, out: Path) -> Path:
@@ -85,6 +93,7 @@ def bench_backends(
     from camseg.data.splits import split_items
     from camseg.export import Int8Frames, export_onnx, spread
     from camseg.model.files import read_model_file
+    from camseg.model.onnx_file import installed
 
     h, w = size
     trained = read_model_file(model_file(model))
@@ -93,6 +102,7 @@ def bench_backends(
     valid = split_items(files, "valid")
     train = split_items(files, "train")
     load_before = os.getloadavg()
+    has_openvino = installed("openvino")
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -103,14 +113,22 @@ def bench_backends(
         backends: dict[str, Callable[[], Segmenter]] = {
             "pytorch-fp32": lambda: Segmenter(info, precision="fp32", **tuned),
             "pytorch-bf16": lambda: Segmenter(info, precision="bf16", **tuned),
-            "onnxruntime-fp32": lambda: Segmenter(exported, **tuned),
+            "onnxruntime-fp32": lambda: Segmenter(exported, runtime="onnxruntime", **tuned),
         }
+        if has_openvino:
+            backends["openvino-fp32"] = lambda: Segmenter(exported, runtime="openvino", **tuned)
         int8_check = None
-        if "onnxruntime-int8" not in skip:  # as `camseg export --int8` makes it, at size
+        if {"onnxruntime-int8", "openvino-int8"} - skip:  # as `camseg export --int8` makes it
             frames_for_int8 = Int8Frames(spread(train, 32), spread(valid, 20))
             int8 = export_onnx(info, tmp / "int8.onnx", int8=frames_for_int8)
             int8_check = int8.int8
-            backends["onnxruntime-int8"] = lambda: Segmenter(int8.path, **tuned)
+            backends["onnxruntime-int8"] = lambda: Segmenter(
+                int8.path, runtime="onnxruntime", **tuned
+            )
+            if has_openvino:
+                backends["openvino-int8"] = lambda: Segmenter(
+                    int8.path, runtime="openvino", **tuned
+                )
         if "onnxruntime-int8-dynamic" not in skip:
             dynamic = dynamic_int8(exported, tmp / "int8-dynamic.onnx")
             backends["onnxruntime-int8-dynamic"] = lambda: Segmenter(dynamic, **tuned)
@@ -196,6 +214,7 @@ def bench_backends(
             "rows": rows,
             "int8_export": dataclasses.asdict(int8_check) if int8_check else None,
             "onnxruntime": onnxruntime.__version__,
+            "openvino": _version("openvino") if has_openvino else None,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },

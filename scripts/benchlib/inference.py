@@ -19,6 +19,7 @@ if __name__ == "__main__":  # run as a script (one side of bench_predict): find 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib.common import (
+    BenchError,
     Results,
     Size,
     camseg_command,
@@ -40,21 +41,33 @@ def bench_predict(
     batch_size: int | None,
     precision: str,
     repeats: int,
+    trained: Path | None = None,
 ) -> None:
     """camseg's predict against the plain per-image `learn.predict` loop, each timed run in a
     fresh process of its own (alternating), so that neither inherits the other's process
     settings (camseg.core.heap) or warm caches. Each process first segments one image untimed
     (thread pools, first-call kernel choices), then times the whole call on the n images: for camseg
-    that includes loading the model, as `camseg predict` does."""
+    that includes loading the model, as `camseg predict` does.
+
+    The model: a U-Net of `arch` with random weights at `size`, or with `trained` (a finished
+    run) that run's weights at `size` in a run folder of their own, with the int8 file `camseg
+    export --int8` makes of them; camseg then runs what `camseg predict` runs by default there
+    (camseg.infer.predict.fastest_model: the int8 file on a CPU without AMX)."""
     from camseg.core.device import resolve_device
     from camseg.data.files import read_codes
+    from camseg.model.files import read_model_file
 
     device = resolve_device(device_name)
     codes = read_codes(data / "codes.txt")
+    int8 = None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         images = upscaled_frames(sorted((data / "images").glob("*.png")), tmp / "in", n, size)
-        model_path = untrained_model_file(tmp / "model.pth", arch, size, codes)
+        if trained is None:
+            model_path = untrained_model_file(tmp / "model.pth", arch, size, codes)
+        else:
+            model_path, int8 = _run_at_size(trained, tmp / "run", size)
+            arch = read_model_file(model_path).arch
         job = {
             "images": [str(p) for p in images],
             "model": str(model_path),
@@ -75,6 +88,7 @@ def bench_predict(
         for _ in range(repeats):  # alternate so drift hits both equally
             a.append(side("camseg"))
             b.append(side("learn_predict"))
+    chosen = {r["ran"] for r in a}
     a_ips = n / statistics.median(r["seconds"] for r in a)
     b_ips = n / statistics.median(r["seconds"] for r in b)
 
@@ -90,6 +104,10 @@ def bench_predict(
             "batch_size": batch_size or "auto",
             "precision": precision,
             "device": str(device),
+            "model": str(trained) if trained else "random weights",
+            # what camseg ran: the model.pth, or the run's int8 file (`camseg predict`'s note)
+            "camseg_ran": sorted(chosen),
+            "int8_export": int8,
             "camseg_images_per_s": round(a_ips, 2),
             "learn_predict_images_per_s": round(b_ips, 2),
             "speedup": round(a_ips / b_ips, 2),
@@ -111,13 +129,18 @@ def _timed_side(name: str, job: dict) -> dict:
     n images -> seconds, and the page faults and user / kernel CPU time of the timed part."""
     images = [Path(p) for p in job["images"]]
     out = Path(job["out"])
+    ran = job["model"]
     if name == "camseg":
-        from camseg.infer.predict import predict
+        from camseg.infer.predict import fastest_model, predict
+
+        # as the CLI does: the run's int8 file where that is the fastest (one line saying so)
+        source, note = fastest_model(Path(job["model"]), job["device"], job["precision"])
+        ran = note or str(source)
 
         def call(paths: list[Path], dst: Path) -> None:
             predict(
                 [str(p) for p in paths],
-                Path(job["model"]),
+                source,
                 dst,
                 batch_size=job["batch_size"],
                 device=job["device"],
@@ -151,7 +174,36 @@ def _timed_side(name: str, job: dict) -> dict:
         "page_faults": after.ru_minflt - before.ru_minflt + after.ru_majflt - before.ru_majflt,
         "kernel_cpu_s": after.ru_stime - before.ru_stime,
         "user_cpu_s": after.ru_utime - before.ru_utime,
+        "ran": ran,
     }
+
+
+def _run_at_size(trained: Path, folder: Path, size: Size) -> tuple[Path, dict]:
+    """A finished run folder holding `trained`'s weights at `size` (a U-Net's weights fit any
+    size; model.pth records the size it runs at) and their int8 export, made as `camseg export
+    --int8` makes it: calibrated on the run's training frames, checked on its validation frames
+    -> (its model.pth, what the export measured)."""
+    import dataclasses
+
+    import torch
+
+    from camseg.core.runs import Run, model_file
+    from camseg.export import export_onnx, int8_frames
+
+    run = Run(trained.resolve() if trained.is_dir() else trained.resolve().parent)
+    if not run.finished:
+        raise BenchError(f"--model {trained}: not a finished run folder (model.pth, summary.json)")
+    folder.mkdir(parents=True)
+    for name in ("config.yaml", "history.csv"):
+        shutil.copy2(run.dir / name, folder / name)
+    saved = torch.load(model_file(run.dir), map_location="cpu", weights_only=True)
+    saved["meta"]["size"] = list(size)
+    torch.save(saved, folder / "model.pth")
+    shutil.copy2(run.summary, folder / "summary.json")  # written last: the run is finished
+    pth = folder / "model.pth"
+    exported = export_onnx(pth, int8=int8_frames(pth))
+    assert exported.int8 is not None
+    return pth, dataclasses.asdict(exported.int8) | {"seconds": round(exported.seconds, 1)}
 
 
 def bench_bigphoto(
