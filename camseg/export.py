@@ -28,14 +28,15 @@ from camseg.data.splits import reading_data_config, split_items
 from camseg.errors import CamsegError, first_line, require_extra
 from camseg.model.files import ModelFile, read_model_file, to_model_input
 from camseg.model.onnx_file import (
+    AGREEMENT_KEYS,
     DOC,
     INPUT,
-    OPENVINO_AGREEMENT,
-    OPENVINO_CONFIG,
     OUTPUT,
+    RUNTIMES,
     graph_sha256,
     installed,
     is_onnx,
+    load_graph,
     metadata,
     run_export_name,
 )
@@ -201,15 +202,18 @@ def _quantize(data: bytes, mf: ModelFile, frames: Int8Frames) -> tuple[bytes, In
                 nodes_to_exclude=head,  # the nodes are in topological order
             )
         proto = onnx.load(str(q))
-        agreement = _agreement(data, q, frames.check, batch)
-    check = Int8Check(len(frames.calibration), len(frames.check), **agreement)
+        agreement = _agreement(fp32, q, frames.check, batch)
+    check = Int8Check(
+        len(frames.calibration),
+        len(frames.check),
+        agreement["onnxruntime"],
+        agreement.get("openvino"),
+    )
     props = metadata(mf) | {
         "quantization": "int8",
-        "int8_agreement": f"{check.agreement:.6f}",
         "int8_calibration_frames": str(check.calibration_frames),
+        **{AGREEMENT_KEYS[name]: f"{share:.6f}" for name, share in agreement.items()},
     }
-    if check.agreement_openvino is not None:
-        props[OPENVINO_AGREEMENT] = f"{check.agreement_openvino:.6f}"
     onnx.helper.set_model_props(proto, props)
     checksum = graph_sha256(proto.SerializeToString())
     onnx.helper.set_model_props(proto, props | {"graph_sha256": checksum})
@@ -217,29 +221,21 @@ def _quantize(data: bytes, mf: ModelFile, frames: Int8Frames) -> tuple[bytes, In
 
 
 def _agreement(
-    fp32: bytes, int8: Path, frames: list[Path], batch: Callable[[Path], np.ndarray]
+    fp32: Path, int8: Path, frames: list[Path], batch: Callable[[Path], np.ndarray]
 ) -> dict[str, float]:
     """The share of mask pixels on `frames` that the int8 graph gives as the fp32 graph does
-    (on ONNX Runtime), with each runtime that is installed to run it: `agreement` (ONNX
-    Runtime) and `agreement_openvino`. They differ a little: OpenVINO fuses the quantized
-    layers its own way."""
-    import onnxruntime as ort
-
-    reference = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
-    runs = {"agreement": ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])}
-    if installed("openvino"):
-        import openvino as ov
-
-        runs["agreement_openvino"] = ov.Core().compile_model(str(int8), "CPU", OPENVINO_CONFIG)
+    (on ONNX Runtime), by each runtime installed to run it (RUNTIMES). They differ a little:
+    OpenVINO fuses the quantized layers its own way."""
+    reference = load_graph(fp32, "onnxruntime")[0]
+    runs = {name: load_graph(int8, name)[0] for name in RUNTIMES if installed(name)}
     equal, total = dict.fromkeys(runs, 0), 0
     for path in frames:
         x = batch(path)
-        expected = reference.run(None, {INPUT: x})[0].argmax(1)
+        expected = reference(x).argmax(1)
         total += expected.size
-        for key, run in runs.items():
-            got = run.run(None, {INPUT: x})[0] if key == "agreement" else run(x)[0]
-            equal[key] += int((got.argmax(1) == expected).sum())
-    return {key: n / total for key, n in equal.items()}
+        for name, run in runs.items():
+            equal[name] += int((run(x).argmax(1) == expected).sum())
+    return {name: n / total for name, n in equal.items()}
 
 
 def _exportable(mf: ModelFile) -> torch.nn.Module:

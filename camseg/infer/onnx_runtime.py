@@ -10,7 +10,7 @@ agreement with fp32 the export measured at INT8_AGREEMENT or more."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import get_args
 
 import numpy as np
 import torch
@@ -19,7 +19,14 @@ from camseg.config.values import EvaluatePrecision, Precision, PredictPrecision
 from camseg.core.precision import InferencePolicy, RunPrecision
 from camseg.errors import CamsegError, first_line, require_extra
 from camseg.model.files import ModelFile
-from camseg.model.onnx_file import INPUT, INT8_AGREEMENT, OPENVINO_CONFIG, RUNTIMES, installed
+from camseg.model.onnx_file import (
+    INPUT,
+    INT8_AGREEMENT,
+    RUNTIMES,
+    installed,
+    load_graph,
+    require_runtime,
+)
 
 NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -35,14 +42,8 @@ def pick_runtime(info: ModelFile, runtime: str = "auto") -> str:
             raise CamsegError(f"--runtime {runtime!r}: choose auto, {', '.join(RUNTIMES)}")
         require_extra(runtime, extra=EXTRAS[runtime], what=f"--runtime {runtime}")
         return runtime
+    require_runtime()
     have = [name for name in RUNTIMES if installed(name)]
-    if not have:
-        require_extra(
-            "onnxruntime",
-            extra="onnx",
-            what="running an ONNX model",
-            otherwise="OpenVINO: pip install 'camseg[openvino]'",
-        )
     measured = info.int8_agreement
     if measured is not None:
         agreeing = [name for name in have if measured.get(name, 0.0) >= INT8_AGREEMENT]
@@ -82,9 +83,8 @@ def onnx_module(info: ModelFile, device: str = "auto", runtime: str = "auto") ->
             "OpenVINO's CPU runtime); use --device cpu or auto, or the model.pth for a GPU"
         )
     name = pick_runtime(info, runtime)
-    load = _openvino if name == "openvino" else _onnxruntime
     try:
-        run, inputs, channels = load(info)
+        run, inputs, channels = load_graph(info.path, name)
     except Exception as e:
         raise CamsegError(f"{info.path}: {NAMES[name]} cannot load it: {first_line(e)}") from None
     if [n for n, _ in inputs] != [INPUT] or list(inputs[0][1][1:]) != [3, *info.size]:
@@ -98,39 +98,6 @@ def onnx_module(info: ModelFile, device: str = "auto", runtime: str = "auto") ->
             f"metadata lists {len(info.codes)} classes; re-export it with camseg export"
         )
     return OnnxModule(run, info.size, name)
-
-
-Loaded = tuple[Callable[[np.ndarray], np.ndarray], list[tuple[str, list]], int | None]
-
-
-def _onnxruntime(info: ModelFile) -> Loaded:
-    """(run, [(input name, shape)], class channels of the output) of an ONNX Runtime session."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
-    channels = session.get_outputs()[0].shape[1:2]
-    return (
-        lambda xb: session.run(None, {INPUT: xb})[0],
-        [(i.name, list(i.shape)) for i in session.get_inputs()],
-        channels[0] if channels and isinstance(channels[0], int) else None,
-    )
-
-
-def _openvino(info: ModelFile) -> Loaded:
-    """The same of an OpenVINO model compiled for the CPU (OPENVINO_CONFIG)."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(info.path), "CPU", OPENVINO_CONFIG)
-
-    def dims(shape: Any) -> list:
-        return [d.get_length() if d.is_static else "N" for d in shape]
-
-    scores = dims(compiled.outputs[0].get_partial_shape())
-    return (
-        lambda xb: compiled(xb)[0],
-        [(i.get_any_name(), dims(i.get_partial_shape())) for i in compiled.inputs],
-        scores[1] if len(scores) == 4 and isinstance(scores[1], int) else None,
-    )
 
 
 def onnx_precision(

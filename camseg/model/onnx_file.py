@@ -9,9 +9,11 @@ import importlib.util
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, get_args
+from typing import IO, Any, get_args
+
+import numpy as np
 
 from camseg.config.values import MAX_SIDE, Precision
 from camseg.core import __version__
@@ -25,8 +27,9 @@ INPUT, OUTPUT = "image", "scores"
 # An int8 file (camseg export --int8) is used in fp32's place by default only when its export
 # measured at least this share of mask pixels equal to the fp32 graph's (docs/benchmarks.md).
 INT8_AGREEMENT = 0.99
-OPENVINO_AGREEMENT = "int8_agreement_openvino"  # the metadata key of OpenVINO's measurement
 RUNTIMES = ("openvino", "onnxruntime")  # what can run an .onnx, the faster first (auto's order)
+# The metadata key of each runtime's measured int8 agreement (ONNX Runtime's is always there).
+AGREEMENT_KEYS = {"onnxruntime": "int8_agreement", "openvino": "int8_agreement_openvino"}
 # How camseg compiles an .onnx with OpenVINO: OpenVINO's CPU plugin runs an fp32 graph in bf16
 # on a CPU with native bf16 unless told f32 (its default there); camseg runs an .onnx in fp32 on
 # OpenVINO as on ONNX Runtime (an int8 file's quantized layers still run in int8).
@@ -35,6 +38,51 @@ OPENVINO_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f
 
 def installed(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
+
+
+def require_runtime() -> None:
+    """One error naming both extras when neither runtime that runs an .onnx is installed."""
+    if not any(map(installed, RUNTIMES)):
+        require_extra(
+            "onnxruntime",
+            extra="onnx",
+            what="running an ONNX model",
+            otherwise="OpenVINO: pip install 'camseg[openvino]'",
+        )
+
+
+# What `load_graph` gives: run ((N, 3, H, W) float32 -> (N, classes, H, W) scores), the graph's
+# [(input name, shape)] and the class channels of its output (None when not fixed).
+Loaded = tuple[Callable[[np.ndarray], np.ndarray], list[tuple[str, list]], int | None]
+
+
+def load_graph(path: Path, runtime: str) -> Loaded:
+    """An .onnx loaded on the CPU by `runtime`: an ONNX Runtime session (CPU provider) or an
+    OpenVINO model compiled with OPENVINO_CONFIG. For camseg.infer.onnx_runtime, which checks
+    the graph against the metadata, and for the int8 export's agreement check."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_CONFIG)
+
+        def dims(shape: Any) -> list:
+            return [d.get_length() if d.is_static else "N" for d in shape]
+
+        scores = dims(compiled.outputs[0].get_partial_shape())
+        return (
+            lambda xb: compiled(xb)[0],
+            [(i.get_any_name(), dims(i.get_partial_shape())) for i in compiled.inputs],
+            scores[1] if len(scores) == 4 and isinstance(scores[1], int) else None,
+        )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    channels = session.get_outputs()[0].shape[1:2]
+    return (
+        lambda xb: session.run(None, {INPUT: xb})[0],
+        [(i.name, list(i.shape)) for i in session.get_inputs()],
+        channels[0] if channels and isinstance(channels[0], int) else None,
+    )
 
 
 DOC = (
@@ -119,13 +167,7 @@ def read_onnx_file(path: Path) -> ModelFile:
             "file is damaged; export it again (camseg export)"
         )
     info = _model_file(path, props)
-    if not any(map(installed, RUNTIMES)):
-        require_extra(
-            "onnxruntime",
-            extra="onnx",
-            what="running an ONNX model",
-            otherwise="OpenVINO: pip install 'camseg[openvino]'",
-        )
+    require_runtime()
     return info
 
 
@@ -185,7 +227,7 @@ def _int8_agreement(props: dict[str, str]) -> dict[str, float] | None:
     if props["quantization"] != "int8":
         raise ValueError("quantization")
     agreement = {}
-    for runtime, key in (("onnxruntime", "int8_agreement"), ("openvino", OPENVINO_AGREEMENT)):
+    for runtime, key in AGREEMENT_KEYS.items():
         if runtime == "onnxruntime" or key in props:
             agreement[runtime] = float(json.loads(props[key]))
             if not 0 <= agreement[runtime] <= 1:
