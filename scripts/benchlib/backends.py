@@ -6,6 +6,7 @@ fastai's per-image `learn.predict`, on the CPU: images/s, agreement, accuracy.""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import statistics
 import tempfile
@@ -35,12 +36,6 @@ OPTIONAL = (
     "openvino-int8",
     "fastai-learn.predict",
 )
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def dynamic_int8(fp32: Path, out: Path) -> Path:
@@ -214,7 +209,7 @@ def bench_backends(
             "rows": rows,
             "int8_export": dataclasses.asdict(int8_check) if int8_check else None,
             "onnxruntime": onnxruntime.__version__,
-            "openvino": _version("openvino") if has_openvino else None,
+            "openvino": importlib.metadata.version("openvino") if has_openvino else None,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },

@@ -55,7 +55,6 @@ def bench_predict(
     (camseg.infer.predict.fastest_model: the int8 file on a CPU without AMX)."""
     from camseg.core.device import resolve_device
     from camseg.data.files import read_codes
-    from camseg.model.files import read_model_file
 
     device = resolve_device(device_name)
     codes = read_codes(data / "codes.txt")
@@ -66,8 +65,7 @@ def bench_predict(
         if trained is None:
             model_path = untrained_model_file(tmp / "model.pth", arch, size, codes)
         else:
-            model_path, int8 = _run_at_size(trained, tmp / "run", size)
-            arch = read_model_file(model_path).arch
+            model_path, int8, arch = _run_at_size(trained, tmp / "run", size)
         job = {
             "images": [str(p) for p in images],
             "model": str(model_path),
@@ -178,11 +176,11 @@ def _timed_side(name: str, job: dict) -> dict:
     }
 
 
-def _run_at_size(trained: Path, folder: Path, size: Size) -> tuple[Path, dict]:
+def _run_at_size(trained: Path, folder: Path, size: Size) -> tuple[Path, dict, str]:
     """A finished run folder holding `trained`'s weights at `size` (a U-Net's weights fit any
     size; model.pth records the size it runs at) and their int8 export, made as `camseg export
     --int8` makes it: calibrated on the run's training frames, checked on its validation frames
-    -> (its model.pth, what the export measured)."""
+    -> (its model.pth, what the export measured, the arch)."""
     import dataclasses
 
     import torch
@@ -203,7 +201,8 @@ def _run_at_size(trained: Path, folder: Path, size: Size) -> tuple[Path, dict]:
     pth = folder / "model.pth"
     exported = export_onnx(pth, int8=int8_frames(pth))
     assert exported.int8 is not None
-    return pth, dataclasses.asdict(exported.int8) | {"seconds": round(exported.seconds, 1)}
+    measured = dataclasses.asdict(exported.int8) | {"seconds": round(exported.seconds, 1)}
+    return pth, measured, saved["meta"]["arch"]
 
 
 def bench_bigphoto(
