@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHARED_DATA, fast_args, small_copy
+from helpers import SHARED_DATA, copy_or_link, fast_args, small_copy
 from typer.testing import CliRunner
 
 
@@ -78,19 +77,10 @@ def trained_run(tmp_path_factory, camvid_tiny):
     assert _stamps(run) == before, "a test wrote into the shared trained_run; give it run_copy"
 
 
-def _copy_or_link(src: str, dst: str) -> None:
-    """Weights are only ever replaced whole (atomic rename), never written in place, so a copy
-    may share them with trained_run: a run is ~0.5 GB of them and dozens of tests copy one."""
-    if src.endswith((".pth", ".onnx")):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
 @pytest.fixture
 def run_copy(trained_run: Path, tmp_path: Path) -> Path:
     """A copy of trained_run for one test to write into."""
-    return shutil.copytree(trained_run, tmp_path / "run", copy_function=_copy_or_link)
+    return shutil.copytree(trained_run, tmp_path / "run", copy_function=copy_or_link)
 
 
 def pytest_report_header(config) -> str:

@@ -5,6 +5,7 @@ no test module imports another."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def copy_or_link(src: str, dst: str) -> None:
+    """shutil.copytree's copy_function for a run: weights are only ever replaced whole (atomic
+    rename), never written in place, so a copy may share them with the original: a run is
+    ~0.5 GB of them and dozens of tests copy one."""
+    if src.endswith((".pth", ".onnx")):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def fast_args(root: Path, out: Path, *extra: str) -> list[str]:

@@ -5,13 +5,12 @@ a CPU without AMX, on the runtime whose agreement is at least INT8_AGREEMENT (Op
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import written_dir
+from helpers import copy_or_link, written_dir
 from PIL import Image
 
 from camseg import Segmenter
@@ -23,10 +22,6 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    os.link(src, dst) if src.endswith(".pth") else shutil.copy2(src, dst)
-
-
 @pytest.fixture(scope="module")
 def int8_run(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
     """A copy of trained_run holding the int8 export `camseg export --int8 --json` wrote into
@@ -36,7 +31,7 @@ def int8_run(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
     from camseg.cli import app
 
     run = shutil.copytree(
-        trained_run, tmp_path_factory.mktemp("int8") / "tiny", copy_function=_link_or_copy
+        trained_run, tmp_path_factory.mktemp("int8") / "tiny", copy_function=copy_or_link
     )
     result = CliRunner().invoke(app, ["export", "--run", str(run), "--int8", "--json"])
     assert result.exit_code == 0, result.output
@@ -142,7 +137,7 @@ def test_an_int8_file_below_the_agreement_is_not_picked(int8_run, tmp_path, cli,
     monkeypatch.setattr(predict, "cpu_has_amx", lambda: False)
 
     def with_agreement(name: str, **agreement: str) -> Path:
-        low = shutil.copytree(run, tmp_path / name, copy_function=_link_or_copy)
+        low = shutil.copytree(run, tmp_path / name, copy_function=copy_or_link)
         model = onnx.load(str(low / "model-int8.onnx"))
         onnx.helper.set_model_props(
             model, {p.key: p.value for p in model.metadata_props} | agreement
@@ -183,7 +178,7 @@ def test_int8_frames_of_a_synthetic_run_are_read_not_generated_again(trained_run
     from camseg import CamsegError
     from camseg.export import int8_frames
 
-    run = shutil.copytree(trained_run, tmp_path / "run", copy_function=_link_or_copy)
+    run = shutil.copytree(trained_run, tmp_path / "run", copy_function=copy_or_link)
     gone = tmp_path / "synthetic"
     config = (run / "config.yaml").read_text().splitlines()
     config = [
